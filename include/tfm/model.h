@@ -1,0 +1,170 @@
+/*
+ * tfm/model.h — the Llama-style decoder: config, weights, per-sequence state,
+ * and the forward passes (prefill, batched decode).
+ *
+ * A short tour:
+ *
+ *     tfm_model *m;      tfm_checkpoint_load("m.bin", NULL, &m, err, sizeof err);
+ *     tfm_workspace *ws; tfm_workspace_create(m, 64, 2, &ws);   // 64 rows, 2 threads
+ *     tfm_state *st;     tfm_state_create(m, 0, &st);           // KV cache, seq_len
+ *     tfm_prefill(ws, st, prompt, n, logits);                   // sgemm over the prompt
+ *     for (;;) { int t = pick(logits); tfm_decode(ws, &st, &t, 1, logits); }
+ *
+ * The model is immutable once loaded and shared read-only by all threads.
+ * A state (one sequence: its KV cache and position) belongs to one sequence;
+ * a workspace (scratch for up to max_rows token rows, a thread pool, a
+ * profile) belongs to one compute thread at a time.  Both are allocated once:
+ * tfm_prefill and tfm_decode never call malloc.
+ *
+ * Architecture (llama2.c's run.c, which this is compatible with):
+ *   x = token_embedding[token]
+ *   per layer: x += wo · attn(rope(wq·rms(x)), rope(wk·rms(x)), wv·rms(x))
+ *              x += w2 · (silu(w1·rms(x)) * (w3·rms(x)))
+ *   logits = wcls · rms(x)
+ * RoPE rotates adjacent pairs (2i, 2i+1) within each head by
+ * pos / theta^(2i/head_size); n_kv_heads may divide n_heads (grouped-query
+ * attention: query head h reads kv head h / (n_heads / n_kv_heads)).
+ * Every matrix is stored row-major as (out, in), as llama2.c stores it.
+ */
+#ifndef TFM_MODEL_H
+#define TFM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tfm/profile.h"
+#include "tfm/status.h"
+
+typedef enum tfm_tokenizer_kind {
+    TFM_TOKENIZER_BYTE = 0, /* 256 byte tokens, then BOS (256) and EOS (257) */
+    TFM_TOKENIZER_LLAMA2C,  /* llama2.c's tokenizer.bin (SentencePiece BPE) */
+} tfm_tokenizer_kind;
+
+/* Attention kernel for the scores/softmax/values part. */
+typedef enum tfm_attn_kernel {
+    TFM_ATTN_AUTO = 0, /* the faster for the length */
+    TFM_ATTN_NAIVE,    /* materialise the (rows x context) scores */
+    TFM_ATTN_TILED,    /* key blocks, online softmax, O(rows) extra memory */
+} tfm_attn_kernel;
+
+typedef struct tfm_config {
+    int dim;               /* model width */
+    int hidden_dim;        /* SwiGLU inner width */
+    int n_layers;
+    int n_heads;           /* query heads; head_size = dim / n_heads */
+    int n_kv_heads;        /* key/value heads, divides n_heads */
+    int vocab_size;
+    int seq_len;           /* maximum positions (RoPE table, default KV size) */
+    int shared_classifier; /* 1: the output head is the token embedding */
+    float norm_eps;        /* RMSNorm epsilon, 1e-5 as llama2.c */
+    float rope_theta;      /* 10000 as llama2.c */
+} tfm_config;
+
+/* Fills the defaults that a zeroed config lacks (norm_eps, rope_theta). */
+void tfm_config_defaults(tfm_config *c);
+
+/* Checks every field (positive, head_size even, n_kv_heads divides n_heads,
+ * sizes that fit in memory arithmetic).  On error writes a message naming
+ * the field into err (may be NULL). */
+tfm_status tfm_config_validate(const tfm_config *c, char *err, size_t errlen);
+
+/* Number of parameters (the classifier counted once when shared). */
+size_t tfm_config_n_params(const tfm_config *c);
+
+#define TFM_META_MAX 16
+typedef struct tfm_meta_entry {
+    char key[48];
+    char value[208];
+} tfm_meta_entry;
+
+typedef struct tfm_weights {
+    float *token_embedding; /* (vocab, dim) */
+    float *rms_att;         /* (layer, dim) */
+    float *wq;              /* (layer, n_heads * head_size, dim) */
+    float *wk;              /* (layer, n_kv_heads * head_size, dim) */
+    float *wv;              /* (layer, n_kv_heads * head_size, dim) */
+    float *wo;              /* (layer, dim, n_heads * head_size) */
+    float *rms_ffn;         /* (layer, dim) */
+    float *w1;              /* (layer, hidden, dim) */
+    float *w2;              /* (layer, dim, hidden) */
+    float *w3;              /* (layer, hidden, dim) */
+    float *rms_final;       /* (dim) */
+    float *wcls;            /* (vocab, dim); == token_embedding when shared */
+} tfm_weights;
+
+typedef struct tfm_model {
+    tfm_config cfg;
+    tfm_weights w;
+    float *data;      /* owns every weight, llama2.c's order; n_floats long */
+    size_t n_floats;
+    float *rope_cos;  /* (seq_len, head_size / 2) */
+    float *rope_sin;  /* (seq_len, head_size / 2) */
+    tfm_tokenizer_kind tokenizer;
+    tfm_attn_kernel attention; /* default kernel for this model */
+    int n_meta;
+    tfm_meta_entry meta[TFM_META_MAX]; /* free-form strings from checkpoints */
+} tfm_model;
+
+/* Allocates a model with zeroed weights for a valid config (validated here).
+ * The caller owns *out and frees it with tfm_model_destroy. */
+tfm_status tfm_model_create(const tfm_config *c, tfm_model **out, char *err, size_t errlen);
+void tfm_model_destroy(tfm_model *m); /* NULL is a no-op */
+
+/* Fills the weights with seeded uniform noise (+-scale/sqrt(in) for matrices,
+ * 1 +- 0.1 for norm weights): the same seed gives the same model everywhere. */
+void tfm_model_init_random(tfm_model *m, uint64_t seed);
+
+/* Metadata: keys up to 47 bytes, values up to 207; set replaces. */
+const char *tfm_model_meta_get(const tfm_model *m, const char *key);
+tfm_status tfm_model_meta_set(tfm_model *m, const char *key, const char *value);
+
+/* ---- per-sequence state ------------------------------------------------ */
+
+typedef struct tfm_state {
+    const tfm_model *model; /* borrowed */
+    int pos;                /* tokens already in the cache */
+    int max_seq;            /* capacity in positions */
+    float *key_cache;       /* (layer, max_seq, kv_dim) */
+    float *value_cache;     /* (layer, max_seq, kv_dim) */
+} tfm_state;
+
+/* max_seq 0 means cfg.seq_len; larger than cfg.seq_len is TFM_E_RANGE. */
+tfm_status tfm_state_create(const tfm_model *m, int max_seq, tfm_state **out);
+void tfm_state_reset(tfm_state *s); /* forget the sequence: pos = 0 */
+void tfm_state_destroy(tfm_state *s);
+
+/* ---- workspace: scratch, threads, profile ------------------------------ */
+
+typedef struct tfm_workspace tfm_workspace;
+
+/* Scratch for up to max_rows token rows per call (a prefill chunk or a
+ * decode batch) and n_threads compute threads (the caller's plus
+ * n_threads - 1 workers).  The model is borrowed and must outlive it.
+ * Not thread-safe: one caller thread at a time. */
+tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
+                                tfm_workspace **out);
+void tfm_workspace_destroy(tfm_workspace *ws);
+int tfm_workspace_max_rows(const tfm_workspace *ws);
+/* The profile the forward writes into; owned by the workspace. */
+tfm_profile *tfm_workspace_profile(tfm_workspace *ws);
+/* Kernel for the next calls; TFM_ATTN_AUTO follows the model's default. */
+void tfm_workspace_set_attention(tfm_workspace *ws, tfm_attn_kernel k);
+
+/* Runs the prompt tokens[0..n) through the model at positions st->pos ...,
+ * as matrix-matrix products in chunks of max_rows, appending to the KV cache
+ * (st->pos += n).  logits (vocab), if not NULL, receives the last token's.
+ * Errors: TFM_E_INVALID (token out of vocab, n < 0), TFM_E_RANGE (no room in
+ * the cache); on error the state is unchanged. */
+tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n,
+                       float *logits);
+
+/* Advances n_seq sequences by one token each (tokens[i] at states[i]->pos),
+ * one matmul per weight matrix over the batch.  logits is (n_seq, vocab).
+ * n_seq <= max_rows; states must be distinct and of this model. */
+tfm_status tfm_decode(tfm_workspace *ws, tfm_state *const *states, const int *tokens,
+                      int n_seq, float *logits);
+
+/* Sets the number of threads OpenBLAS uses (process-wide). */
+void tfm_set_blas_threads(int n);
+
+#endif /* TFM_MODEL_H */
