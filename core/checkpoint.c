@@ -1,1 +1,828 @@
-/* placeholder */
+/*
+ * checkpoint.c — model files: safetensors and llama2.c's legacy .bin (see
+ * tfm/checkpoint.h).  The one core file that includes <jansson.h>.
+ *
+ * Layout.  model.c keeps every weight in one float array in llama2.c's order
+ * (embedding, then each per-layer kind stacked over the layers, rms_final,
+ * wcls).  A safetensors file names one tensor per layer; "slot" numbers them
+ * kind-major (0 the embedding, 1 + k*L + layer the per-layer kinds, 9L+1 the
+ * final norm, 9L+2 the classifier when not shared), which is exactly the
+ * order of the data array.  So a file we write has its data section equal
+ * to model->data byte for byte, and each tensor of any file we read is
+ * copied straight into its slice with one fread.  A llama2.c body is the
+ * same array with the RoPE tables (cos, then sin) between rms_final and
+ * wcls: two reads around a skip.
+ *
+ * Hostile input.  Every size is computed in size_t / uint64_t with overflow
+ * checks, tfm_config_validate bounds the shapes before anything is
+ * allocated, the header length is capped (HEADER_MAX), and every tensor's
+ * offsets are checked against its shape and the file size before reading.
+ * Errors name the key or tensor: TFM_E_FORMAT for a malformed file,
+ * TFM_E_TRUNCATED when data lies past the end, TFM_E_SHAPE for a tensor of
+ * the wrong shape, TFM_E_UNSUPPORTED for a dtype other than F32.
+ *
+ * Writes go to "<path>.tmp.<pid>" in the same directory: big fwrites,
+ * fflush, fsync, fclose, rename over path, then fsync of the directory so the
+ * rename itself is durable.  Any failure removes the temporary file.  Two
+ * threads of one process must not save to the same path at once (they would
+ * share the temporary name).
+ *
+ * Floats are written and read as raw bits: a little-endian host is assumed,
+ * as both formats are little-endian.
+ */
+#include "tfm/checkpoint.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "internal.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint.c writes raw little-endian floats: big-endian hosts are not supported"
+#endif
+
+#define HEADER_MAX ((uint64_t)100 << 20) /* safetensors JSON header cap */
+#define IO_CHUNK ((size_t)64 << 20)      /* bytes per fwrite */
+#define LLAMA2C_HEADER 28                /* seven int32 */
+#define N_LAYER_KINDS 9
+
+static const char *const layer_names[N_LAYER_KINDS] = {
+    "attention_norm.weight",  "attention.wq.weight",    "attention.wk.weight",
+    "attention.wv.weight",    "attention.wo.weight",    "ffn_norm.weight",
+    "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
+};
+
+/* Metadata keys that carry the config; everything else is model meta. */
+static const char *const int_keys[] = {"dim",        "hidden_dim", "n_layers",
+                                       "n_heads",    "n_kv_heads", "vocab_size",
+                                       "seq_len",    "shared_classifier"};
+#define N_INT_KEYS (sizeof int_keys / sizeof int_keys[0])
+static const char *const other_keys[] = {"format", "norm_eps", "rope_theta", "tokenizer"};
+#define N_OTHER_KEYS (sizeof other_keys / sizeof other_keys[0])
+
+__attribute__((format(printf, 4, 5))) static tfm_status
+set_err(char *err, size_t errlen, tfm_status s, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return s;
+}
+
+static int is_config_key(const char *key)
+{
+    for (size_t i = 0; i < N_INT_KEYS; i++)
+        if (strcmp(key, int_keys[i]) == 0)
+            return 1;
+    for (size_t i = 0; i < N_OTHER_KEYS; i++)
+        if (strcmp(key, other_keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- tensor slots ---------------------------------------------------------- */
+
+typedef struct tensor {
+    char name[64];
+    float *ptr;  /* the slice of model->data */
+    size_t dims[2];
+    int ndim;
+    size_t n;    /* dims[0] * dims[1] */
+} tensor;
+
+static int n_slots(const tfm_config *c)
+{
+    return N_LAYER_KINDS * c->n_layers + 2 + !c->shared_classifier;
+}
+
+/* Fills t for slot (see the file comment).  Products cannot overflow: the
+ * config was validated, which bounds the parameter count. */
+static void slot_info(const tfm_model *m, int slot, tensor *t)
+{
+    const tfm_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, h = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
+    size_t kv = d / (size_t)c->n_heads * (size_t)c->n_kv_heads, V = (size_t)c->vocab_size;
+    t->ndim = 2;
+    if (slot == 0) {
+        snprintf(t->name, sizeof t->name, "tok_embeddings.weight");
+        t->ptr = m->w.token_embedding, t->dims[0] = V, t->dims[1] = d;
+    } else if ((size_t)slot == N_LAYER_KINDS * L + 1) {
+        snprintf(t->name, sizeof t->name, "norm.weight");
+        t->ptr = m->w.rms_final, t->dims[0] = d, t->dims[1] = 1, t->ndim = 1;
+    } else if ((size_t)slot == N_LAYER_KINDS * L + 2) {
+        snprintf(t->name, sizeof t->name, "output.weight");
+        t->ptr = m->w.wcls, t->dims[0] = V, t->dims[1] = d;
+    } else {
+        size_t k = (size_t)(slot - 1) / L, layer = (size_t)(slot - 1) % L;
+        float *const base[N_LAYER_KINDS] = {m->w.rms_att, m->w.wq, m->w.wk,
+                                            m->w.wv,      m->w.wo, m->w.rms_ffn,
+                                            m->w.w1,      m->w.w2, m->w.w3};
+        const size_t rows[N_LAYER_KINDS] = {d, d, kv, kv, d, d, h, d, h};
+        const size_t cols[N_LAYER_KINDS] = {1, d, d, d, d, 1, d, h, d};
+        snprintf(t->name, sizeof t->name, "layers.%zu.%s", layer, layer_names[k]);
+        t->dims[0] = rows[k], t->dims[1] = cols[k];
+        t->ndim = cols[k] == 1 ? 1 : 2;
+        t->ptr = base[k] + layer * rows[k] * cols[k];
+    }
+    t->n = t->dims[0] * t->dims[1];
+}
+
+/* The slot of a tensor name, or -1 when the name is not one of this model's.
+ * Layer numbers are canonical decimals (no sign, no leading zero). */
+static int slot_of(const tfm_config *c, const char *name)
+{
+    int L = c->n_layers;
+    if (strcmp(name, "tok_embeddings.weight") == 0)
+        return 0;
+    if (strcmp(name, "norm.weight") == 0)
+        return N_LAYER_KINDS * L + 1;
+    if (strcmp(name, "output.weight") == 0)
+        return c->shared_classifier ? -1 : N_LAYER_KINDS * L + 2;
+    if (strncmp(name, "layers.", 7) != 0)
+        return -1;
+    const char *p = name + 7;
+    if (!isdigit((unsigned char)p[0]) || (p[0] == '0' && isdigit((unsigned char)p[1])))
+        return -1;
+    int layer = 0;
+    for (; isdigit((unsigned char)*p); p++) {
+        layer = layer * 10 + (*p - '0');
+        if (layer >= L)
+            return -1;
+    }
+    if (*p++ != '.')
+        return -1;
+    for (int k = 0; k < N_LAYER_KINDS; k++)
+        if (strcmp(p, layer_names[k]) == 0)
+            return 1 + k * L + layer;
+    return -1;
+}
+
+/* ---- input helpers --------------------------------------------------------- */
+
+static tfm_status open_input(const char *path, FILE **out, uint64_t *size, char *err,
+                             size_t errlen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return set_err(err, errlen, errno == ENOENT ? TFM_E_NOTFOUND : TFM_E_IO, "open %s: %s",
+                       path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) {
+        int e = errno;
+        fclose(f);
+        return set_err(err, errlen, TFM_E_IO, "stat %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return set_err(err, errlen, TFM_E_IO, "%s: not a regular file", path);
+    }
+    *out = f;
+    *size = (uint64_t)sb.st_size;
+    return TFM_OK;
+}
+
+static tfm_status read_exact(FILE *f, void *dst, size_t n, const char *what, char *err,
+                             size_t errlen)
+{
+    if (fread(dst, 1, n, f) == n)
+        return TFM_OK;
+    if (ferror(f))
+        return set_err(err, errlen, TFM_E_IO, "read %s: %s", what, strerror(errno));
+    return set_err(err, errlen, TFM_E_TRUNCATED, "%s: unexpected end of file", what);
+}
+
+static tfm_status seek_to(FILE *f, uint64_t off, char *err, size_t errlen)
+{
+    if (off > (uint64_t)INT64_MAX || fseeko(f, (off_t)off, SEEK_SET) != 0)
+        return set_err(err, errlen, TFM_E_IO, "seek: %s", strerror(errno));
+    return TFM_OK;
+}
+
+/* ---- safetensors: load ----------------------------------------------------- */
+
+static tfm_status meta_string(json_t *meta, const char *key, const char **out, char *err,
+                              size_t errlen)
+{
+    json_t *v = json_object_get(meta, key);
+    if (!v)
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: missing key '%s'", key);
+    if (!json_is_string(v))
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not a string", key);
+    *out = json_string_value(v);
+    return TFM_OK;
+}
+
+static tfm_status parse_config(json_t *meta, tfm_config *c, tfm_tokenizer_kind *tok, char *err,
+                               size_t errlen)
+{
+    int *const fields[N_INT_KEYS] = {&c->dim,        &c->hidden_dim, &c->n_layers,
+                                     &c->n_heads,    &c->n_kv_heads, &c->vocab_size,
+                                     &c->seq_len,    &c->shared_classifier};
+    float *const ffields[2] = {&c->norm_eps, &c->rope_theta};
+    const char *s = NULL;
+    tfm_status st;
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_INT_KEYS; i++) {
+        if ((st = meta_string(meta, int_keys[i], &s, err, errlen)) != TFM_OK)
+            return st;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (!isdigit((unsigned char)s[0]) && s[0] != '-')
+            end = (char *)s; /* no leading space or '+' */
+        if (end == s || *end || errno || v < INT_MIN || v > INT_MAX)
+            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not an integer: \"%.40s\"",
+                           int_keys[i], s);
+        *fields[i] = (int)v;
+    }
+    if (c->shared_classifier != 0 && c->shared_classifier != 1)
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: 'shared_classifier' must be 0 or 1");
+    for (int i = 0; i < 2; i++) {
+        const char *key = other_keys[1 + i];
+        if ((st = meta_string(meta, key, &s, err, errlen)) != TFM_OK)
+            return st;
+        char *end;
+        float v = strtof(s, &end);
+        if (end == s || *end || isspace((unsigned char)s[0]) || !isfinite(v))
+            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not a number: \"%.40s\"",
+                           key, s);
+        *ffields[i] = v;
+    }
+    *tok = TFM_TOKENIZER_BYTE; /* absent: the byte tokenizer */
+    if (json_object_get(meta, "tokenizer")) {
+        if ((st = meta_string(meta, "tokenizer", &s, err, errlen)) != TFM_OK)
+            return st;
+        if (strcmp(s, "llama2c") == 0)
+            *tok = TFM_TOKENIZER_LLAMA2C;
+        else if (strcmp(s, "byte") != 0)
+            return set_err(err, errlen, TFM_E_FORMAT, "metadata: unknown tokenizer \"%.40s\"", s);
+    }
+    char msg[200] = "";
+    if (tfm_config_validate(c, msg, sizeof msg) != TFM_OK)
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: invalid config: %s", msg);
+    return TFM_OK;
+}
+
+/* Reads a JSON array of non-negative integers into v[0..n), n <= max. */
+static int int_array(json_t *a, uint64_t *v, size_t max, size_t *n)
+{
+    if (!json_is_array(a) || json_array_size(a) > max)
+        return -1;
+    *n = json_array_size(a);
+    for (size_t i = 0; i < *n; i++) {
+        json_t *e = json_array_get(a, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0)
+            return -1;
+        v[i] = (uint64_t)json_integer_value(e);
+    }
+    return 0;
+}
+
+/* Checks one tensor entry against its slot; *begin is its data offset. */
+static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, uint64_t *begin,
+                              char *err, size_t errlen)
+{
+    if (!json_is_object(e))
+        return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: entry is not an object", t->name);
+    json_t *dtype = json_object_get(e, "dtype");
+    if (!json_is_string(dtype))
+        return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: missing dtype", t->name);
+    if (strcmp(json_string_value(dtype), "F32") != 0)
+        return set_err(err, errlen, TFM_E_UNSUPPORTED, "tensor %s: dtype %.16s, only F32 is supported",
+                       t->name, json_string_value(dtype));
+    uint64_t shape[8], off[2];
+    size_t nd, no;
+    if (int_array(json_object_get(e, "shape"), shape, 8, &nd) != 0)
+        return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: bad shape", t->name);
+    int same = nd == (size_t)t->ndim;
+    for (size_t i = 0; same && i < nd; i++)
+        same = shape[i] == t->dims[i];
+    if (!same) {
+        char got[96] = "[", *p = got + 1;
+        for (size_t i = 0; i < nd && p < got + sizeof got - 24; i++)
+            p += sprintf(p, "%s%llu", i ? ", " : "", (unsigned long long)shape[i]);
+        strcpy(p, "]");
+        if (t->ndim == 1)
+            return set_err(err, errlen, TFM_E_SHAPE, "tensor %s: shape %s, expected [%zu]",
+                           t->name, got, t->dims[0]);
+        return set_err(err, errlen, TFM_E_SHAPE, "tensor %s: shape %s, expected [%zu, %zu]",
+                       t->name, got, t->dims[0], t->dims[1]);
+    }
+    if (int_array(json_object_get(e, "data_offsets"), off, 2, &no) != 0 || no != 2 ||
+        off[0] > off[1])
+        return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: bad data_offsets", t->name);
+    if (off[1] - off[0] != (uint64_t)t->n * sizeof(float))
+        return set_err(err, errlen, TFM_E_FORMAT,
+                       "tensor %s: data_offsets span %llu bytes, shape needs %zu", t->name,
+                       (unsigned long long)(off[1] - off[0]), t->n * sizeof(float));
+    if (off[1] > data_size)
+        return set_err(err, errlen, TFM_E_TRUNCATED,
+                       "tensor %s: data ends at byte %llu, data section has %llu", t->name,
+                       (unsigned long long)off[1], (unsigned long long)data_size);
+    *begin = off[0];
+    return TFM_OK;
+}
+
+static tfm_status load_safetensors(FILE *f, uint64_t size, tfm_model **out, char *err,
+                                   size_t errlen)
+{
+    char *hdr = NULL;
+    json_t *root = NULL;
+    tfm_model *m = NULL;
+    uint64_t *offs = NULL;
+    tfm_status st;
+    unsigned char lenbuf[8];
+    *out = NULL;
+
+    if ((st = read_exact(f, lenbuf, 8, "safetensors header length", err, errlen)) != TFM_OK)
+        goto fail;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | lenbuf[i];
+    if (n > HEADER_MAX) {
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header length %llu exceeds 100 MB",
+                     (unsigned long long)n);
+        goto fail;
+    }
+    if (n > size - 8) {
+        st = set_err(err, errlen, TFM_E_TRUNCATED,
+                     "safetensors header length %llu exceeds the file (%llu bytes)",
+                     (unsigned long long)n, (unsigned long long)size);
+        goto fail;
+    }
+    hdr = malloc(n ? n : 1);
+    if (!hdr) {
+        st = set_err(err, errlen, TFM_E_NOMEM, "out of memory for the header");
+        goto fail;
+    }
+    if ((st = read_exact(f, hdr, n, "safetensors header", err, errlen)) != TFM_OK)
+        goto fail;
+    json_error_t je;
+    root = json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: %s (byte %d)", je.text,
+                     je.position);
+        goto fail;
+    }
+    if (!json_is_object(root)) {
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header is not a JSON object");
+        goto fail;
+    }
+    json_t *meta = json_object_get(root, "__metadata__");
+    if (!json_is_object(meta)) {
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: no __metadata__ object");
+        goto fail;
+    }
+    tfm_config cfg;
+    tfm_tokenizer_kind tok = TFM_TOKENIZER_BYTE;
+    if ((st = parse_config(meta, &cfg, &tok, err, errlen)) != TFM_OK)
+        goto fail;
+    if ((st = tfm_model_create(&cfg, &m, err, errlen)) != TFM_OK)
+        goto fail;
+    m->tokenizer = tok;
+
+    const char *key;
+    json_t *v;
+    json_object_foreach(meta, key, v) {
+        if (is_config_key(key))
+            continue;
+        if (!json_is_string(v)) {
+            st = set_err(err, errlen, TFM_E_FORMAT, "metadata: '%.48s' is not a string", key);
+            goto fail;
+        }
+        if (tfm_model_meta_set(m, key, json_string_value(v)) != TFM_OK) {
+            st = set_err(err, errlen, TFM_E_FORMAT,
+                         "metadata: cannot keep '%.48s' (at most %d entries, keys < %zu bytes, "
+                         "values < %zu bytes)",
+                         key, TFM_META_MAX, sizeof m->meta[0].key, sizeof m->meta[0].value);
+            goto fail;
+        }
+    }
+
+    /* Check every entry before reading any data; UINT64_MAX marks absent. */
+    int ns = n_slots(&cfg);
+    uint64_t data_start = 8 + n, data_size = size - data_start;
+    offs = malloc((size_t)ns * sizeof *offs);
+    if (!offs) {
+        st = set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < ns; i++)
+        offs[i] = UINT64_MAX;
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "__metadata__") == 0)
+            continue;
+        int slot = slot_of(&cfg, key);
+        if (slot < 0) {
+            st = set_err(err, errlen, TFM_E_FORMAT, "unknown tensor %.80s", key);
+            goto fail;
+        }
+        tensor t;
+        slot_info(m, slot, &t);
+        if ((st = check_entry(&t, v, data_size, &offs[slot], err, errlen)) != TFM_OK)
+            goto fail;
+    }
+    for (int i = 0; i < ns; i++) {
+        tensor t;
+        slot_info(m, i, &t);
+        if (offs[i] == UINT64_MAX) {
+            st = set_err(err, errlen, TFM_E_FORMAT, "missing tensor %s", t.name);
+            goto fail;
+        }
+        if ((st = seek_to(f, data_start + offs[i], err, errlen)) != TFM_OK ||
+            (st = read_exact(f, t.ptr, t.n * sizeof(float), t.name, err, errlen)) != TFM_OK)
+            goto fail;
+    }
+    free(offs);
+    json_decref(root);
+    free(hdr);
+    *out = m;
+    return TFM_OK;
+fail:
+    free(offs);
+    json_decref(root);
+    free(hdr);
+    tfm_model_destroy(m);
+    return st;
+}
+
+/* ---- llama2.c: load -------------------------------------------------------- */
+
+static tfm_status load_llama2c(FILE *f, uint64_t size, tfm_model **out, char *err, size_t errlen)
+{
+    tfm_model *m = NULL;
+    tfm_status st;
+    int32_t h[7];
+    *out = NULL;
+
+    if ((st = read_exact(f, h, sizeof h, "llama2.c header", err, errlen)) != TFM_OK)
+        goto fail;
+    tfm_config c = {0};
+    c.dim = h[0], c.hidden_dim = h[1], c.n_layers = h[2], c.n_heads = h[3];
+    c.n_kv_heads = h[4], c.seq_len = h[6];
+    /* vocab > 0: shared classifier; negative: a separate one follows. */
+    c.shared_classifier = h[5] > 0;
+    c.vocab_size = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5];
+    tfm_config_defaults(&c);
+    char msg[200] = "";
+    if (tfm_config_validate(&c, msg, sizeof msg) != TFM_OK) {
+        st = set_err(err, errlen, TFM_E_FORMAT, "llama2.c header: %s", msg);
+        goto fail;
+    }
+    /* Bounded by validate: no product below can overflow 64 bits. */
+    size_t n_params = tfm_config_n_params(&c);
+    size_t wcls = c.shared_classifier ? 0 : (size_t)c.vocab_size * (size_t)c.dim;
+    size_t rope = (size_t)c.seq_len * (size_t)(c.dim / c.n_heads); /* cos + sin */
+    uint64_t want = LLAMA2C_HEADER + (uint64_t)(n_params + rope) * sizeof(float);
+    if (size < want) {
+        st = set_err(err, errlen, TFM_E_TRUNCATED, "llama2.c file is %llu bytes, expected %llu",
+                     (unsigned long long)size, (unsigned long long)want);
+        goto fail;
+    }
+    if (size > want) {
+        st = set_err(err, errlen, TFM_E_FORMAT,
+                     "llama2.c file has trailing bytes: %llu bytes, expected %llu",
+                     (unsigned long long)size, (unsigned long long)want);
+        goto fail;
+    }
+    if ((st = tfm_model_create(&c, &m, err, errlen)) != TFM_OK)
+        goto fail;
+    m->tokenizer = TFM_TOKENIZER_LLAMA2C;
+    size_t body = (n_params - wcls) * sizeof(float);
+    if ((st = read_exact(f, m->data, body, "llama2.c weights", err, errlen)) != TFM_OK)
+        goto fail;
+    if (wcls) {
+        uint64_t at = LLAMA2C_HEADER + body + (uint64_t)rope * sizeof(float);
+        if ((st = seek_to(f, at, err, errlen)) != TFM_OK ||
+            (st = read_exact(f, m->w.wcls, wcls * sizeof(float), "llama2.c classifier", err,
+                             errlen)) != TFM_OK)
+            goto fail;
+    }
+    *out = m;
+    return TFM_OK;
+fail:
+    tfm_model_destroy(m);
+    return st;
+}
+
+tfm_status tfm_checkpoint_load(const char *path, tfm_ckpt_format fmt, tfm_model **out, char *err,
+                               size_t errlen)
+{
+    if (!out)
+        return set_err(err, errlen, TFM_E_INVALID, "out is NULL");
+    *out = NULL;
+    if (!path || (fmt != TFM_CKPT_AUTO && fmt != TFM_CKPT_SAFETENSORS && fmt != TFM_CKPT_LLAMA2C))
+        return set_err(err, errlen, TFM_E_INVALID, "bad path or format");
+    FILE *f;
+    uint64_t size = 0;
+    tfm_status st = open_input(path, &f, &size, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    if (fmt == TFM_CKPT_AUTO) {
+        /* safetensors: a u64 header length then '{'.  A llama2.c file has
+         * hidden_dim > 0 in bytes 4..7, so those bytes being zero (a header
+         * under 4 GB) keeps the two apart. */
+        unsigned char b[9];
+        fmt = TFM_CKPT_LLAMA2C;
+        if (size >= 9 && fread(b, 1, 9, f) == 9 && b[8] == '{' && !b[4] && !b[5] && !b[6] &&
+            !b[7])
+            fmt = TFM_CKPT_SAFETENSORS;
+        rewind(f);
+    }
+    if (fmt == TFM_CKPT_SAFETENSORS)
+        st = load_safetensors(f, size, out, err, errlen);
+    else
+        st = load_llama2c(f, size, out, err, errlen);
+    fclose(f);
+    return st;
+}
+
+/* ---- atomic writes --------------------------------------------------------- */
+
+typedef struct atomic_file {
+    FILE *f;
+    char *tmp;        /* "<path>.tmp.<pid>" */
+    const char *path; /* borrowed */
+} atomic_file;
+
+static tfm_status io_err(atomic_file *af, const char *what, int e, char *err, size_t errlen)
+{
+    return set_err(err, errlen, TFM_E_IO, "%s %s: %s", what, af->tmp ? af->tmp : af->path,
+                   strerror(e));
+}
+
+static tfm_status atomic_open(atomic_file *af, const char *path, char *err, size_t errlen)
+{
+    af->f = NULL;
+    af->path = path;
+    size_t len = strlen(path) + 32;
+    af->tmp = malloc(len);
+    if (!af->tmp)
+        return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+    snprintf(af->tmp, len, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(af->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || !(af->f = fdopen(fd, "wb"))) {
+        int e = errno;
+        tfm_status st = io_err(af, "create", e, err, errlen);
+        if (fd >= 0) {
+            close(fd);
+            unlink(af->tmp);
+        }
+        free(af->tmp);
+        af->tmp = NULL;
+        return st;
+    }
+    return TFM_OK;
+}
+
+static tfm_status atomic_write(atomic_file *af, const void *buf, size_t n, char *err,
+                               size_t errlen)
+{
+    const char *p = buf;
+    while (n) {
+        size_t k = n < IO_CHUNK ? n : IO_CHUNK;
+        errno = 0;
+        if (fwrite(p, 1, k, af->f) != k)
+            return io_err(af, "write", errno ? errno : EIO, err, errlen);
+        p += k, n -= k;
+    }
+    return TFM_OK;
+}
+
+/* Closes and removes the temporary file (after a failure). */
+static void atomic_abort(atomic_file *af)
+{
+    if (af->f)
+        fclose(af->f);
+    af->f = NULL;
+    if (af->tmp)
+        unlink(af->tmp);
+    free(af->tmp);
+    af->tmp = NULL;
+}
+
+/* Makes the file durable and moves it over path; on failure aborts. */
+static tfm_status atomic_commit(atomic_file *af, char *err, size_t errlen)
+{
+    tfm_status st;
+    if (fflush(af->f) != 0) {
+        st = io_err(af, "write", errno, err, errlen);
+        goto fail;
+    }
+    if (fsync(fileno(af->f)) != 0) {
+        st = io_err(af, "fsync", errno, err, errlen);
+        goto fail;
+    }
+    FILE *f = af->f;
+    af->f = NULL;
+    if (fclose(f) != 0) {
+        st = io_err(af, "close", errno, err, errlen);
+        goto fail;
+    }
+    if (rename(af->tmp, af->path) != 0) {
+        st = io_err(af, "rename", errno, err, errlen);
+        goto fail;
+    }
+    free(af->tmp);
+    af->tmp = NULL;
+
+    /* The rename is durable only once the directory entry is on disk. */
+    const char *slash = strrchr(af->path, '/');
+    size_t dlen = slash ? (slash == af->path ? 1 : (size_t)(slash - af->path)) : 1;
+    char *dir = malloc(dlen + 1);
+    if (!dir)
+        return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+    if (slash)
+        memcpy(dir, af->path, dlen);
+    else
+        dir[0] = '.';
+    dir[dlen] = '\0';
+    st = TFM_OK;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0)
+        st = set_err(err, errlen, TFM_E_IO, "fsync directory %s: %s", dir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    return st;
+fail:
+    atomic_abort(af);
+    return st;
+}
+
+/* ---- safetensors: save ----------------------------------------------------- */
+
+static int set_str(json_t *obj, const char *key, const char *value)
+{
+    return json_object_set_new(obj, key, json_string(value));
+}
+
+/* The header JSON; *text is malloc'd (free it). */
+static tfm_status safetensors_header(const tfm_model *m, char **text, char *err, size_t errlen)
+{
+    const tfm_config *c = &m->cfg;
+    json_t *root = json_object(), *meta = json_object();
+    tfm_status st = TFM_OK;
+    int bad = !root || !meta;
+    *text = NULL;
+    if (!bad)
+        bad = json_object_set_new(root, "__metadata__", meta);
+    else
+        json_decref(meta);
+    if (bad)
+        goto fail;
+
+    const int ivals[N_INT_KEYS] = {c->dim,        c->hidden_dim, c->n_layers,
+                                   c->n_heads,    c->n_kv_heads, c->vocab_size,
+                                   c->seq_len,    c->shared_classifier ? 1 : 0};
+    char buf[32];
+    bad |= set_str(meta, "format", "attnd");
+    for (size_t i = 0; i < N_INT_KEYS; i++) {
+        snprintf(buf, sizeof buf, "%d", ivals[i]);
+        bad |= set_str(meta, int_keys[i], buf);
+    }
+    snprintf(buf, sizeof buf, "%.9g", (double)c->norm_eps);
+    bad |= set_str(meta, "norm_eps", buf);
+    snprintf(buf, sizeof buf, "%.9g", (double)c->rope_theta);
+    bad |= set_str(meta, "rope_theta", buf);
+    bad |= set_str(meta, "tokenizer", m->tokenizer == TFM_TOKENIZER_LLAMA2C ? "llama2c" : "byte");
+    if (bad)
+        goto fail;
+    for (int i = 0; i < m->n_meta; i++) {
+        const char *k = m->meta[i].key;
+        if (is_config_key(k)) {
+            st = set_err(err, errlen, TFM_E_INVALID, "meta key '%s' is reserved for the config", k);
+            goto fail;
+        }
+        if (set_str(meta, k, m->meta[i].value) != 0) {
+            st = set_err(err, errlen, TFM_E_INVALID, "meta entry '%s' is not valid UTF-8", k);
+            goto fail;
+        }
+    }
+    /* Slots follow the data array, so offsets are running sums. */
+    uint64_t off = 0;
+    for (int i = 0, ns = n_slots(c); i < ns; i++) {
+        tensor t;
+        slot_info(m, i, &t);
+        uint64_t end = off + (uint64_t)t.n * sizeof(float);
+        json_t *e = t.ndim == 1
+            ? json_pack("{s:s, s:[I], s:[I,I]}", "dtype", "F32", "shape", (json_int_t)t.dims[0],
+                        "data_offsets", (json_int_t)off, (json_int_t)end)
+            : json_pack("{s:s, s:[I,I], s:[I,I]}", "dtype", "F32", "shape",
+                        (json_int_t)t.dims[0], (json_int_t)t.dims[1], "data_offsets",
+                        (json_int_t)off, (json_int_t)end);
+        if (!e || json_object_set_new(root, t.name, e) != 0)
+            goto fail;
+        off = end;
+    }
+    if (off != (uint64_t)m->n_floats * sizeof(float)) {
+        st = set_err(err, errlen, TFM_E_INTERNAL, "tensor slots do not cover the weights");
+        goto fail;
+    }
+    *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!*text)
+        goto fail;
+    json_decref(root);
+    return TFM_OK;
+fail:
+    json_decref(root);
+    if (st == TFM_OK)
+        st = set_err(err, errlen, TFM_E_NOMEM, "out of memory building the header");
+    return st;
+}
+
+static tfm_status save_safetensors(const tfm_model *m, const char *path, char *err,
+                                   size_t errlen)
+{
+    char *json = NULL;
+    tfm_status st = safetensors_header(m, &json, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    /* Pad with spaces so the data starts 8-byte aligned. */
+    size_t len = strlen(json), pad = (8 - len % 8) % 8;
+    uint64_t n = len + pad;
+    unsigned char lenbuf[8];
+    for (int i = 0; i < 8; i++)
+        lenbuf[i] = (unsigned char)(n >> (8 * i));
+    static const char spaces[8] = "        ";
+    atomic_file af;
+    if ((st = atomic_open(&af, path, err, errlen)) != TFM_OK) {
+        free(json);
+        return st;
+    }
+    if ((st = atomic_write(&af, lenbuf, 8, err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, json, len, err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, spaces, pad, err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, m->data, m->n_floats * sizeof(float), err, errlen)) != TFM_OK) {
+        atomic_abort(&af);
+        free(json);
+        return st;
+    }
+    free(json);
+    return atomic_commit(&af, err, errlen);
+}
+
+/* ---- llama2.c: save -------------------------------------------------------- */
+
+/* Metadata and the tokenizer kind are dropped: the format has no place for
+ * them.  The RoPE tables are written as run.c's export does (cos, then
+ * sin); run.c skips them. */
+static tfm_status save_llama2c(const tfm_model *m, const char *path, char *err, size_t errlen)
+{
+    const tfm_config *c = &m->cfg;
+    if (c->norm_eps != 1e-5f || c->rope_theta != 10000.0f)
+        return set_err(err, errlen, TFM_E_UNSUPPORTED,
+                       "llama2.c files need norm_eps 1e-5 and rope_theta 10000 (have %g, %g)",
+                       (double)c->norm_eps, (double)c->rope_theta);
+    int32_t h[7] = {c->dim,     c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+                    c->shared_classifier ? c->vocab_size : -c->vocab_size, c->seq_len};
+    size_t wcls = c->shared_classifier ? 0 : (size_t)c->vocab_size * (size_t)c->dim;
+    size_t body = m->n_floats - wcls;
+    size_t rope = (size_t)c->seq_len * (size_t)(c->dim / c->n_heads / 2);
+    atomic_file af;
+    tfm_status st = atomic_open(&af, path, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    if ((st = atomic_write(&af, h, sizeof h, err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, m->data, body * sizeof(float), err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, m->rope_cos, rope * sizeof(float), err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, m->rope_sin, rope * sizeof(float), err, errlen)) != TFM_OK ||
+        (st = atomic_write(&af, m->w.wcls, wcls * sizeof(float), err, errlen)) != TFM_OK) {
+        atomic_abort(&af);
+        return st;
+    }
+    return atomic_commit(&af, err, errlen);
+}
+
+tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_format fmt,
+                               char *err, size_t errlen)
+{
+    if (!m || !path || !*path)
+        return set_err(err, errlen, TFM_E_INVALID, "model or path is NULL");
+    if (fmt == TFM_CKPT_AUTO) {
+        size_t n = strlen(path);
+        fmt = n >= 4 && strcmp(path + n - 4, ".bin") == 0 ? TFM_CKPT_LLAMA2C
+                                                          : TFM_CKPT_SAFETENSORS;
+    }
+    if (fmt == TFM_CKPT_SAFETENSORS)
+        return save_safetensors(m, path, err, errlen);
+    if (fmt == TFM_CKPT_LLAMA2C)
+        return save_llama2c(m, path, err, errlen);
+    return set_err(err, errlen, TFM_E_INVALID, "unknown checkpoint format %d", (int)fmt);
+}

@@ -1,1 +1,392 @@
-/* placeholder */
+/*
+ * forward.c — the forward passes: prefill (a prompt as matrix-matrix
+ * products) and batched decode (one token for each of several sequences).
+ *
+ * Both run the same layer code over a block of R token rows held in the
+ * workspace (R <= max_rows): rows are a prompt's consecutive tokens in
+ * prefill, and one token of each sequence in decode.  Every weight matrix is
+ * then one product over the R rows (tfm__matmul: a bandwidth kernel for few
+ * rows, sgemm for many).  Only attention differs:
+ *   prefill  per head, scores S = Q K^T over the chunk's rows and all cached
+ *            positions by sgemm, causal mask, softmax, then S V by sgemm;
+ *            heads are split over the pool.
+ *   decode   per (sequence, head), dot products against that sequence's
+ *            cache, softmax, weighted sum of values; pairs split over the
+ *            pool.
+ *
+ * Nothing here allocates: the workspace owns the scratch, the state owns
+ * its KV cache.  Every op is recorded in the workspace's profile.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct tfm_workspace {
+    const tfm_model *m;
+    int max_rows, max_ctx, n_threads;
+    tfm__pool *pool;
+    tfm_profile prof;
+    float *x;    /* (R, dim) residual stream */
+    float *xb;   /* (R, dim) normed input / attention output */
+    float *xb2;  /* (R, dim) */
+    float *q;    /* (R, dim) */
+    float *k;    /* (R, kv_dim) decode: new keys before they go to each cache */
+    float *v;    /* (R, kv_dim) */
+    float *hb;   /* (R, hidden) */
+    float *hb2;  /* (R, hidden) */
+    float *att;  /* (n_threads, max_rows, max_ctx) attention scores */
+    const int *pos; /* decode: each row's position (points into posbuf) */
+    int *posbuf;    /* (R) */
+    tfm_state **rows_state; /* (R) decode: each row's sequence */
+};
+
+void openblas_set_num_threads(int num_threads);
+
+tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
+                                tfm_workspace **out)
+{
+    *out = NULL;
+    if (!m || max_rows < 1 || n_threads < 1 || n_threads > 256)
+        return TFM_E_INVALID;
+    const tfm_config *c = &m->cfg;
+    size_t R = (size_t)max_rows, d = (size_t)c->dim, h = (size_t)c->hidden_dim;
+    size_t kv = d / (size_t)c->n_heads * (size_t)c->n_kv_heads;
+    tfm_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws)
+        return TFM_E_NOMEM;
+    ws->m = m;
+    ws->max_rows = max_rows;
+    ws->max_ctx = c->seq_len;
+    ws->n_threads = n_threads;
+    ws->prof.enabled = 1;
+    /* one set of compute threads: ours (see pool.c) */
+    openblas_set_num_threads(1);
+    ws->pool = tfm__pool_create(n_threads);
+    ws->x = tfm__alloc(R * d * sizeof(float));
+    ws->xb = tfm__alloc(R * d * sizeof(float));
+    ws->xb2 = tfm__alloc(R * d * sizeof(float));
+    ws->q = tfm__alloc(R * d * sizeof(float));
+    ws->k = tfm__alloc(R * kv * sizeof(float));
+    ws->v = tfm__alloc(R * kv * sizeof(float));
+    ws->hb = tfm__alloc(R * h * sizeof(float));
+    ws->hb2 = tfm__alloc(R * h * sizeof(float));
+    ws->att = tfm__alloc((size_t)n_threads * R * (size_t)ws->max_ctx * sizeof(float));
+    ws->posbuf = calloc(R, sizeof(int));
+    ws->rows_state = calloc(R, sizeof(tfm_state *));
+    if (!ws->pool || !ws->x || !ws->xb || !ws->xb2 || !ws->q || !ws->k || !ws->v || !ws->hb ||
+        !ws->hb2 || !ws->att || !ws->posbuf || !ws->rows_state) {
+        tfm_workspace_destroy(ws);
+        return TFM_E_NOMEM;
+    }
+    *out = ws;
+    return TFM_OK;
+}
+
+void tfm_workspace_destroy(tfm_workspace *ws)
+{
+    if (!ws)
+        return;
+    tfm__pool_destroy(ws->pool);
+    tfm__free(ws->x);
+    tfm__free(ws->xb);
+    tfm__free(ws->xb2);
+    tfm__free(ws->q);
+    tfm__free(ws->k);
+    tfm__free(ws->v);
+    tfm__free(ws->hb);
+    tfm__free(ws->hb2);
+    tfm__free(ws->att);
+    free(ws->posbuf);
+    free(ws->rows_state);
+    free(ws);
+}
+
+int tfm_workspace_max_rows(const tfm_workspace *ws) { return ws->max_rows; }
+int tfm_workspace_threads(const tfm_workspace *ws) { return ws->n_threads; }
+tfm_profile *tfm_workspace_profile(tfm_workspace *ws) { return &ws->prof; }
+
+/* ---- attention ------------------------------------------------------------ */
+
+/* Prefill: one chunk of T rows of one sequence, at positions p0 .. p0+T-1;
+ * the chunk's keys and values are already in the cache. */
+typedef struct {
+    tfm_workspace *ws;
+    const tfm_state *st;
+    int layer, p0, T;
+} prefill_attn_args;
+
+static void prefill_attn_task(void *ctx, int t, int nt)
+{
+    const prefill_attn_args *a = ctx;
+    tfm_workspace *ws = a->ws;
+    const tfm_config *c = &ws->m->cfg;
+    int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
+    int T = a->T, p0 = a->p0, ctxlen = p0 + T;
+    size_t lofs = (size_t)a->layer * (size_t)a->st->max_seq * (size_t)kv;
+    float *S = ws->att + (size_t)t * ws->max_rows * ws->max_ctx; /* (T, ctxlen) */
+    float scale = 1.0f / sqrtf((float)hs);
+    int h0, h1;
+    tfm__split(c->n_heads, t, nt, 1, &h0, &h1);
+    for (int h = h0; h < h1; h++) {
+        const float *K = a->st->key_cache + lofs + (size_t)(h / group) * hs;
+        const float *V = a->st->value_cache + lofs + (size_t)(h / group) * hs;
+        /* S (T, ctxlen) = Q_h (T, hs) · K_h^T / sqrt(hs) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, ctxlen, hs, scale,
+                    ws->q + (size_t)h * hs, c->dim, K, kv, 0.0f, S, ctxlen);
+        for (int r = 0; r < T; r++) {
+            float *row = S + (size_t)r * ctxlen;
+            int valid = p0 + r + 1; /* causal: keys 0 .. p0 + r */
+            tfm__softmax(row, valid);
+            memset(row + valid, 0, (size_t)(ctxlen - valid) * sizeof(float));
+        }
+        /* out_h (T, hs) = S · V_h (ctxlen, hs) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, ctxlen, 1.0f, S, ctxlen, V,
+                    kv, 0.0f, ws->xb + (size_t)h * hs, c->dim);
+    }
+}
+
+/* Decode: row r is one token of sequence rows_state[r] at position pos[r]. */
+typedef struct {
+    tfm_workspace *ws;
+    int layer, R;
+} decode_attn_args;
+
+static void decode_attn_task(void *ctx, int t, int nt)
+{
+    const decode_attn_args *a = ctx;
+    tfm_workspace *ws = a->ws;
+    const tfm_config *c = &ws->m->cfg;
+    int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
+    float *att = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
+    float scale = 1.0f / sqrtf((float)hs);
+    int j0, j1;
+    tfm__split(a->R * c->n_heads, t, nt, 1, &j0, &j1);
+    for (int j = j0; j < j1; j++) {
+        int r = j / c->n_heads, h = j % c->n_heads;
+        const tfm_state *st = ws->rows_state[r];
+        int ctxlen = ws->pos[r] + 1;
+        size_t lofs = (size_t)a->layer * (size_t)st->max_seq * (size_t)kv + (size_t)(h / group) * hs;
+        const float *K = st->key_cache + lofs, *V = st->value_cache + lofs;
+        const float *q = ws->q + (size_t)r * c->dim + (size_t)h * hs;
+        for (int p = 0; p < ctxlen; p++)
+            att[p] = tfm__dot(q, K + (size_t)p * kv, hs) * scale;
+        tfm__softmax(att, ctxlen);
+        float *o = ws->xb + (size_t)r * c->dim + (size_t)h * hs;
+        memset(o, 0, (size_t)hs * sizeof(float));
+        for (int p = 0; p < ctxlen; p++)
+            tfm__axpy(o, att[p], V + (size_t)p * kv, hs);
+    }
+}
+
+/* ---- the layer stack over R rows ------------------------------------------ */
+
+/* Books one attention call (one sequence, one layer) of context ctx over
+ * `keys` query-key pairs (ctx for a decode row, the causal triangle for a
+ * prefill chunk) and dt seconds.  Scores, softmax and values run fused per
+ * head, so their time is booked as contraction (it dominates) while their
+ * FLOPs go to their own classes. */
+static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph, double dt,
+                             int ctx, double keys)
+{
+    int b = tfm_ctx_bucket(ctx);
+    double f = 4.0 * c->dim * keys; /* QK^T and PV, 2 flops a multiply-add, all heads */
+    p->attn_seconds[ph][b] += dt;
+    p->attn_flops[ph][b] += f;
+    p->attn_calls[ph][b] += 1;
+    p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
+    p->flops[ph][TFM_CLASS_CONTRACTION] += f;
+    p->flops[ph][TFM_CLASS_NORMALIZATION] += 5.0 * c->n_heads * keys;
+    p->comp_seconds[ph][TFM_COMP_ATTENTION] += dt;
+}
+
+/* Runs the layers over ws->x (R rows).  Prefill: st, p0 set, R consecutive
+ * positions.  Decode: st NULL, per-row states and positions in ws. */
+static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, int R)
+{
+    const tfm_model *m = ws->m;
+    const tfm_config *c = &m->cfg;
+    const tfm_weights *w = &m->w;
+    tfm_profile *prof = &ws->prof;
+    int d = c->dim, hid = c->hidden_dim, hs = d / c->n_heads, kv = hs * c->n_kv_heads;
+    int half = hs / 2;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t ld = (size_t)l * d;
+        /* attention block */
+        double t0 = tfm__prof_start(prof);
+        for (int r = 0; r < R; r++)
+            tfm__rmsnorm(ws->xb + (size_t)r * d, ws->x + (size_t)r * d, w->rms_att + ld, d,
+                         c->norm_eps);
+        tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_ATTENTION, t0, 4.0 * R * d);
+
+        t0 = tfm__prof_start(prof);
+        float *kout = ws->k, *vout = ws->v;
+        if (st) { /* prefill writes straight into the cache rows */
+            size_t off = ((size_t)l * st->max_seq + (size_t)p0) * kv;
+            kout = st->key_cache + off;
+            vout = st->value_cache + off;
+        }
+        tfm__matmul(ws->pool, ws->q, ws->xb, w->wq + (size_t)l * d * d, R, d, d);
+        tfm__matmul(ws->pool, kout, ws->xb, w->wk + (size_t)l * kv * d, R, d, kv);
+        tfm__matmul(ws->pool, vout, ws->xb, w->wv + (size_t)l * kv * d, R, d, kv);
+        tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_ATTENTION, t0,
+                     2.0 * R * d * (d + 2.0 * kv));
+
+        t0 = tfm__prof_start(prof);
+        for (int r = 0; r < R; r++) {
+            int pos = st ? p0 + r : ws->pos[r];
+            const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
+            tfm__rope(ws->q + (size_t)r * d, c->n_heads, hs, cs, sn);
+            tfm__rope(kout + (size_t)r * kv, c->n_kv_heads, hs, cs, sn);
+        }
+        if (!st) { /* decode: each row's new key and value into its own cache */
+            for (int r = 0; r < R; r++) {
+                tfm_state *s = ws->rows_state[r];
+                size_t off = ((size_t)l * s->max_seq + (size_t)ws->pos[r]) * kv;
+                memcpy(s->key_cache + off, ws->k + (size_t)r * kv, (size_t)kv * sizeof(float));
+                memcpy(s->value_cache + off, ws->v + (size_t)r * kv, (size_t)kv * sizeof(float));
+            }
+        }
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_ATTENTION, t0,
+                     3.0 * R * (d + kv));
+
+        t0 = tfm__prof_start(prof);
+        if (st) {
+            prefill_attn_args a = {ws, st, l, p0, R};
+            tfm__pool_run(ws->pool, prefill_attn_task, &a);
+            if (prof->enabled)
+                record_attention(prof, c, ph, tfm_now() - t0, p0 + R,
+                                 (double)R * p0 + (double)R * (R + 1) / 2.0);
+        } else {
+            decode_attn_args a = {ws, l, R};
+            tfm__pool_run(ws->pool, decode_attn_task, &a);
+            if (prof->enabled) {
+                /* one pool run for all rows: share its time out by keys */
+                double dt = tfm_now() - t0, keys = 0;
+                for (int r = 0; r < R; r++)
+                    keys += ws->pos[r] + 1;
+                for (int r = 0; r < R; r++)
+                    record_attention(prof, c, ph, dt * (ws->pos[r] + 1) / keys, ws->pos[r] + 1,
+                                     ws->pos[r] + 1);
+            }
+        }
+
+        t0 = tfm__prof_start(prof);
+        tfm__matmul(ws->pool, ws->xb2, ws->xb, w->wo + (size_t)l * d * d, R, d, d);
+        tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_ATTENTION, t0, 2.0 * R * d * d);
+        t0 = tfm__prof_start(prof);
+        tfm__add(ws->x, ws->xb2, R * d);
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_ATTENTION, t0, (double)R * d);
+
+        /* MLP block */
+        t0 = tfm__prof_start(prof);
+        for (int r = 0; r < R; r++)
+            tfm__rmsnorm(ws->xb + (size_t)r * d, ws->x + (size_t)r * d, w->rms_ffn + ld, d,
+                         c->norm_eps);
+        tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_MLP, t0, 4.0 * R * d);
+        t0 = tfm__prof_start(prof);
+        tfm__matmul(ws->pool, ws->hb, ws->xb, w->w1 + (size_t)l * hid * d, R, d, hid);
+        tfm__matmul(ws->pool, ws->hb2, ws->xb, w->w3 + (size_t)l * hid * d, R, d, hid);
+        tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_MLP, t0, 4.0 * R * d * hid);
+        t0 = tfm__prof_start(prof);
+        tfm__swiglu(ws->hb, ws->hb2, R * hid);
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_MLP, t0, 5.0 * R * hid);
+        t0 = tfm__prof_start(prof);
+        tfm__matmul(ws->pool, ws->xb, ws->hb, w->w2 + (size_t)l * d * hid, R, hid, d);
+        tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_MLP, t0, 2.0 * R * d * hid);
+        t0 = tfm__prof_start(prof);
+        tfm__add(ws->x, ws->xb, R * d);
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_MLP, t0, (double)R * d);
+    }
+}
+
+static void embed(tfm_workspace *ws, const int *tokens, int R)
+{
+    const tfm_config *c = &ws->m->cfg;
+    for (int r = 0; r < R; r++)
+        memcpy(ws->x + (size_t)r * c->dim, ws->m->w.token_embedding + (size_t)tokens[r] * c->dim,
+               (size_t)c->dim * sizeof(float));
+}
+
+/* Final norm and classifier for R rows of ws->x starting at row r0. */
+static void classify(tfm_workspace *ws, tfm_phase ph, int r0, int R, float *logits)
+{
+    const tfm_config *c = &ws->m->cfg;
+    tfm_profile *prof = &ws->prof;
+    int d = c->dim;
+    double t0 = tfm__prof_start(prof);
+    for (int r = 0; r < R; r++)
+        tfm__rmsnorm(ws->xb + (size_t)r * d, ws->x + (size_t)(r0 + r) * d, ws->m->w.rms_final, d,
+                     c->norm_eps);
+    tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_OTHER, t0, 4.0 * R * d);
+    t0 = tfm__prof_start(prof);
+    tfm__matmul(ws->pool, logits, ws->xb, ws->m->w.wcls, R, d, c->vocab_size);
+    tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_OTHER, t0,
+                 2.0 * R * d * c->vocab_size);
+}
+
+static int tokens_valid(const tfm_model *m, const int *tokens, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return 0;
+    return 1;
+}
+
+tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n, float *logits)
+{
+    if (!ws || !st || st->model != ws->m || n < 0 || (n > 0 && !tokens))
+        return TFM_E_INVALID;
+    if (!tokens_valid(ws->m, tokens, n))
+        return TFM_E_INVALID;
+    if (n > st->max_seq - st->pos)
+        return TFM_E_RANGE;
+    if (n == 0)
+        return TFM_OK;
+    for (int done = 0; done < n;) {
+        int R = n - done < ws->max_rows ? n - done : ws->max_rows;
+        embed(ws, tokens + done, R);
+        run_layers(ws, TFM_PHASE_PREFILL, st, st->pos, R);
+        st->pos += R;
+        done += R;
+        if (done == n && logits)
+            classify(ws, TFM_PHASE_PREFILL, R - 1, 1, logits);
+    }
+    ws->prof.tokens[TFM_PHASE_PREFILL] += (uint64_t)n;
+    return TFM_OK;
+}
+
+tfm_status tfm_decode(tfm_workspace *ws, tfm_state *const *states, const int *tokens, int n_seq,
+                      float *logits)
+{
+    if (!ws || !states || !tokens || !logits || n_seq < 1)
+        return TFM_E_INVALID;
+    if (n_seq > ws->max_rows)
+        return TFM_E_RANGE;
+    if (!tokens_valid(ws->m, tokens, n_seq))
+        return TFM_E_INVALID;
+    for (int r = 0; r < n_seq; r++) {
+        tfm_state *s = states[r];
+        if (!s || s->model != ws->m)
+            return TFM_E_INVALID;
+        if (s->pos >= s->max_seq)
+            return TFM_E_RANGE;
+        for (int q = 0; q < r; q++)
+            if (states[q] == s)
+                return TFM_E_INVALID;
+    }
+    for (int r = 0; r < n_seq; r++) {
+        ws->rows_state[r] = states[r];
+        ws->posbuf[r] = states[r]->pos;
+    }
+    ws->pos = ws->posbuf;
+    embed(ws, tokens, n_seq);
+    run_layers(ws, TFM_PHASE_DECODE, NULL, 0, n_seq);
+    classify(ws, TFM_PHASE_DECODE, 0, n_seq, logits);
+    for (int r = 0; r < n_seq; r++)
+        states[r]->pos++;
+    ws->prof.tokens[TFM_PHASE_DECODE] += (uint64_t)n_seq;
+    return TFM_OK;
+}

@@ -1,1 +1,266 @@
-/* placeholder */
+/*
+ * ops.c — the numeric kernels: dot, axpy, RMSNorm, softmax, RoPE, SwiGLU and
+ * the weight-matrix product every layer is made of.
+ *
+ * Decode is bound by memory bandwidth: each token streams every weight once.
+ * cblas_sgemv streams at about half the speed of a plain vectorised loop on
+ * these machines (PEERS.md), so for a handful of rows tfm__matmul uses its
+ * own kernel: four weight rows at a time against each input row, AVX-512
+ * FMA with masked tails, split by weight rows over the pool.  From
+ * TFM__GEMM_MIN_ROWS rows on, sgemm's cache blocking wins and each pool
+ * thread calls single-threaded cblas_sgemm on its slice of weight rows.
+ *
+ * Without AVX-512 the same loops are written over 8-wide partial sums that
+ * the compiler vectorises.  Every kernel has a plain-loop reference in
+ * tests/unit/test_ops.c.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+
+#if HAVE_AVX512
+static inline __mmask16 tail_mask(int r) { return (__mmask16)((1u << r) - 1u); }
+
+/* e^x for 16 lanes: x = k ln2 + r, |r| <= ln2/2, e^r by a degree-6
+ * polynomial (Cephes' expf coefficients), times 2^k built in the exponent
+ * bits.  Relative error about 2e-7; inputs below -87 flush to 0, which is
+ * what softmax wants for masked scores. */
+static inline __m512 exp512(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f);
+    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    __m512 res = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    /* exactly 0 for the flushed range (2^-126 scaling would leave denormals) */
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GT_OQ), res);
+}
+#endif
+
+float tfm__dot(const float *a, const float *b, int n)
+{
+#if HAVE_AVX512
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#else
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += a[i + k] * b[i + k];
+    float s = 0;
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    for (int k = 0; k < 8; k++)
+        s += acc[k];
+    return s;
+#endif
+}
+
+void tfm__axpy(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+void tfm__add(float *y, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+void tfm__scale(float *y, float a, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] *= a;
+}
+
+void tfm__rmsnorm(float *o, const float *x, const float *w, int n, float eps)
+{
+    float ss = tfm__dot(x, x, n) / (float)n + eps;
+    ss = 1.0f / sqrtf(ss);
+    for (int i = 0; i < n; i++)
+        o[i] = w[i] * (ss * x[i]);
+}
+
+void tfm__softmax(float *x, int n)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++)
+        max = x[i] > max ? x[i] : max;
+    float sum = 0;
+    int i = 0;
+#if HAVE_AVX512
+    __m512 vmax = _mm512_set1_ps(max), vsum = _mm512_setzero_ps();
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : tail_mask(n - i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(x + i, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    sum = _mm512_reduce_add_ps(vsum);
+#else
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+#endif
+    float inv = 1.0f / sum;
+    for (i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+void tfm__rope(float *v, int n_heads, int head_size, const float *cos, const float *sin)
+{
+    int half = head_size / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *p = v + (size_t)h * head_size;
+        for (int i = 0; i < half; i++) {
+            float a = p[2 * i], b = p[2 * i + 1];
+            p[2 * i] = a * cos[i] - b * sin[i];
+            p[2 * i + 1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+void tfm__swiglu(float *h, const float *g, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float v = h[i];
+        v *= 1.0f / (1.0f + expf(-v));
+        h[i] = v * g[i];
+    }
+}
+
+/* ---- weight-matrix products --------------------------------------------- */
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int B, d, n;
+} mm_args;
+
+/* y[b, r0..r1) for every input row b: four weight rows at a time, so each
+ * weight row is read from memory once and the following input rows find it
+ * in L1/L2. */
+static void kernel_rows(const mm_args *a, int r0, int r1)
+{
+    const int d = a->d, n = a->n;
+    int i = r0;
+#if HAVE_AVX512
+    for (; i + 4 <= r1; i += 4) {
+        const float *w0 = a->w + (size_t)i * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;
+        for (int b = 0; b < a->B; b++) {
+            const float *x = a->x + (size_t)b * d;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+            int j = 0;
+            for (; j + 16 <= d; j += 16) {
+                __m512 xv = _mm512_loadu_ps(x + j);
+                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j), xv, s0);
+                s1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j), xv, s1);
+                s2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j), xv, s2);
+                s3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j), xv, s3);
+            }
+            if (j < d) {
+                __mmask16 m = tail_mask(d - j);
+                __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
+                s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, s0);
+                s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, s1);
+                s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, s2);
+                s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
+            }
+            float *y = a->y + (size_t)b * n + i;
+            y[0] = _mm512_reduce_add_ps(s0);
+            y[1] = _mm512_reduce_add_ps(s1);
+            y[2] = _mm512_reduce_add_ps(s2);
+            y[3] = _mm512_reduce_add_ps(s3);
+        }
+    }
+#endif
+    for (; i < r1; i++)
+        for (int b = 0; b < a->B; b++)
+            a->y[(size_t)b * n + i] = tfm__dot(a->w + (size_t)i * d, a->x + (size_t)b * d, d);
+}
+
+static void kernel_task(void *ctx, int t, int nt)
+{
+    const mm_args *a = ctx;
+    int lo, hi;
+    tfm__split(a->n, t, nt, 16, &lo, &hi);
+    if (lo < hi)
+        kernel_rows(a, lo, hi);
+}
+
+static void sgemm_task(void *ctx, int t, int nt)
+{
+    const mm_args *a = ctx;
+    int lo, hi;
+    tfm__split(a->n, t, nt, 16, &lo, &hi);
+    if (lo >= hi)
+        return;
+    /* Y[:, lo:hi] = X · W[lo:hi, :]^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->B, hi - lo, a->d, 1.0f, a->x, a->d,
+                a->w + (size_t)lo * a->d, a->d, 0.0f, a->y + lo, a->n);
+}
+
+/* Below this many multiply-adds a job is not worth waking the workers. */
+#define PARALLEL_MIN_MACS (1 << 14)
+
+void tfm__matmul_kernel(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
+                        int n)
+{
+    mm_args a = {y, x, w, B, d, n};
+    if ((size_t)B * d * n < PARALLEL_MIN_MACS)
+        kernel_task(&a, 0, 1);
+    else
+        tfm__pool_run(pool, kernel_task, &a);
+}
+
+void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
+                       int n)
+{
+    mm_args a = {y, x, w, B, d, n};
+    if ((size_t)B * d * n < PARALLEL_MIN_MACS)
+        sgemm_task(&a, 0, 1);
+    else
+        tfm__pool_run(pool, sgemm_task, &a);
+}
+
+void tfm__matmul(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d, int n)
+{
+    if (B < TFM__GEMM_MIN_ROWS)
+        tfm__matmul_kernel(pool, y, x, w, B, d, n);
+    else
+        tfm__matmul_sgemm(pool, y, x, w, B, d, n);
+}

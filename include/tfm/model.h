@@ -40,13 +40,6 @@ typedef enum tfm_tokenizer_kind {
     TFM_TOKENIZER_LLAMA2C,  /* llama2.c's tokenizer.bin (SentencePiece BPE) */
 } tfm_tokenizer_kind;
 
-/* Attention kernel for the scores/softmax/values part. */
-typedef enum tfm_attn_kernel {
-    TFM_ATTN_AUTO = 0, /* the faster for the length */
-    TFM_ATTN_NAIVE,    /* materialise the (rows x context) scores */
-    TFM_ATTN_TILED,    /* key blocks, online softmax, O(rows) extra memory */
-} tfm_attn_kernel;
-
 typedef struct tfm_config {
     int dim;               /* model width */
     int hidden_dim;        /* SwiGLU inner width */
@@ -100,7 +93,6 @@ typedef struct tfm_model {
     float *rope_cos;  /* (seq_len, head_size / 2) */
     float *rope_sin;  /* (seq_len, head_size / 2) */
     tfm_tokenizer_kind tokenizer;
-    tfm_attn_kernel attention; /* default kernel for this model */
     int n_meta;
     tfm_meta_entry meta[TFM_META_MAX]; /* free-form strings from checkpoints */
 } tfm_model;
@@ -140,15 +132,18 @@ typedef struct tfm_workspace tfm_workspace;
 /* Scratch for up to max_rows token rows per call (a prefill chunk or a
  * decode batch) and n_threads compute threads (the caller's plus
  * n_threads - 1 workers).  The model is borrowed and must outlive it.
- * Not thread-safe: one caller thread at a time. */
+ * Not thread-safe: one caller thread at a time.  OpenBLAS is set to one
+ * thread process-wide: products are split over the workspace's own threads,
+ * so two workspaces (the engine's, a trainer's) never oversubscribe through
+ * a hidden second pool. */
 tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
                                 tfm_workspace **out);
 void tfm_workspace_destroy(tfm_workspace *ws);
 int tfm_workspace_max_rows(const tfm_workspace *ws);
-/* The profile the forward writes into; owned by the workspace. */
+int tfm_workspace_threads(const tfm_workspace *ws);
+/* The profile the forward writes into; owned by the workspace, enabled at
+ * creation. */
 tfm_profile *tfm_workspace_profile(tfm_workspace *ws);
-/* Kernel for the next calls; TFM_ATTN_AUTO follows the model's default. */
-void tfm_workspace_set_attention(tfm_workspace *ws, tfm_attn_kernel k);
 
 /* Runs the prompt tokens[0..n) through the model at positions st->pos ...,
  * as matrix-matrix products in chunks of max_rows, appending to the KV cache
@@ -163,8 +158,5 @@ tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int 
  * n_seq <= max_rows; states must be distinct and of this model. */
 tfm_status tfm_decode(tfm_workspace *ws, tfm_state *const *states, const int *tokens,
                       int n_seq, float *logits);
-
-/* Sets the number of threads OpenBLAS uses (process-wide). */
-void tfm_set_blas_threads(int n);
 
 #endif /* TFM_MODEL_H */

@@ -1,0 +1,79 @@
+/*
+ * internal.h — cross-file internals of the core (tfm__ prefix): aligned
+ * allocation, the compute thread pool, the vectorised kernels, and the
+ * profile recording helpers.  Not installed; never included by the server.
+ */
+#ifndef TFM_INTERNAL_H
+#define TFM_INTERNAL_H
+
+#include <stddef.h>
+
+#include "tfm/model.h"
+#include "tfm/profile.h"
+
+/* 64-byte aligned memory (one cache line, one AVX-512 vector); NULL on
+ * failure or size 0.  Freed with tfm__free. */
+void *tfm__alloc(size_t bytes);
+void tfm__free(void *p);
+
+/* ---- thread pool --------------------------------------------------------
+ * n_threads compute threads: the caller of tfm__pool_run is thread 0, and
+ * n_threads - 1 workers spin briefly, then sleep, between jobs.  A job is
+ * fn(ctx, i, n) run once by each thread i in [0, n); run returns when all
+ * are done.  Only one thread may call run at a time (the workspace's owner).
+ * Nothing is allocated per job. */
+typedef struct tfm__pool tfm__pool;
+typedef void (*tfm__task_fn)(void *ctx, int i, int n);
+tfm__pool *tfm__pool_create(int n_threads);
+void tfm__pool_destroy(tfm__pool *p);
+int tfm__pool_size(const tfm__pool *p);
+void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx);
+/* [*lo, *hi) is thread i's share of n items, in multiples of align. */
+void tfm__split(int n, int i, int nthreads, int align, int *lo, int *hi);
+
+/* ---- kernels (ops.c) ----------------------------------------------------- */
+float tfm__dot(const float *a, const float *b, int n);
+void tfm__axpy(float *y, float a, const float *x, int n); /* y += a * x */
+void tfm__add(float *y, const float *x, int n);           /* y += x */
+void tfm__scale(float *y, float a, int n);                /* y *= a */
+/* o = w * x / sqrt(mean(x^2) + eps), as run.c computes it. */
+void tfm__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
+/* In place, numerically stable (max subtracted). */
+void tfm__softmax(float *x, int n);
+/* Rotates n_heads heads of head_size at one position: pairs (2i, 2i+1) by
+ * the angle whose cos/sin are cos[i], sin[i] (head_size / 2 each). */
+void tfm__rope(float *v, int n_heads, int head_size, const float *cos, const float *sin);
+/* h = silu(h) * g, element-wise. */
+void tfm__swiglu(float *h, const float *g, int n);
+
+/* Y (B, n) = X (B, d) · W^T for W (n, d) row-major: every weight matrix
+ * product of the model.  Small B (decode) streams W once through a
+ * vectorised kernel split by rows over the pool; larger B (prefill, big
+ * batches) calls cblas_sgemm on each thread's slice of W's rows. */
+void tfm__matmul(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d, int n);
+/* The same through one path only, for tests and benchmarks. */
+void tfm__matmul_kernel(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
+                        int n);
+void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
+                       int n);
+/* Below this many rows tfm__matmul uses the kernel, from it on sgemm. */
+#define TFM__GEMM_MIN_ROWS 8
+
+/* ---- profile recording --------------------------------------------------- */
+static inline void tfm__prof_op(tfm_profile *p, tfm_phase ph, tfm_op_class c, tfm_component comp,
+                                double t0, double flops)
+{
+    if (!p || !p->enabled)
+        return;
+    double dt = tfm_now() - t0;
+    p->seconds[ph][c] += dt;
+    p->flops[ph][c] += flops;
+    p->comp_seconds[ph][comp] += dt;
+}
+
+static inline double tfm__prof_start(const tfm_profile *p)
+{
+    return p && p->enabled ? tfm_now() : 0.0;
+}
+
+#endif /* TFM_INTERNAL_H */
