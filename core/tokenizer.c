@@ -537,7 +537,8 @@ tfm_status tfm_tokenizer_encode(const tfm_tokenizer *t, const char *text, size_t
         }
         if (eos)
             tok[n++] = L2C_EOS; /* after merging, as run.c */
-        memcpy(ids, tok, (size_t)(n < max_ids ? n : max_ids) * sizeof *ids);
+        if (max_ids > 0) /* ids may be NULL for a size query */
+            memcpy(ids, tok, (size_t)(n < max_ids ? n : max_ids) * sizeof *ids);
         free(tok);
     }
     *n_ids = n;
