@@ -13,13 +13,12 @@
  * same array with the RoPE tables (cos, then sin) between rms_final and
  * wcls: two reads around a skip.
  *
- * Hostile input.  Every size is computed in size_t / uint64_t with overflow
- * checks, tfm_config_validate bounds the shapes before anything is
- * allocated, the header length is capped (HEADER_MAX), and every tensor's
+ * Hostile input.  tfm_config_validate bounds every shape (so no size product
+ * overflows), the file must be long enough for the config before the model
+ * is allocated, the header length is capped (HEADER_MAX), and each tensor's
  * offsets are checked against its shape and the file size before reading.
- * Errors name the key or tensor: TFM_E_FORMAT for a malformed file,
- * TFM_E_TRUNCATED when data lies past the end, TFM_E_SHAPE for a tensor of
- * the wrong shape, TFM_E_UNSUPPORTED for a dtype other than F32.
+ * Errors name the key or tensor: TFM_E_FORMAT (malformed), TFM_E_TRUNCATED
+ * (data past the end), TFM_E_SHAPE, TFM_E_UNSUPPORTED (dtype other than F32).
  *
  * Writes go to "<path>.tmp.<pid>" in the same directory: big fwrites,
  * fflush, fsync, fclose, rename over path, then fsync of the directory so the
@@ -35,6 +34,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -64,13 +64,13 @@ static const char *const layer_names[N_LAYER_KINDS] = {
     "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
 };
 
-/* Metadata keys that carry the config; everything else is model meta. */
-static const char *const int_keys[] = {"dim",        "hidden_dim", "n_layers",
-                                       "n_heads",    "n_kv_heads", "vocab_size",
-                                       "seq_len",    "shared_classifier"};
-#define N_INT_KEYS (sizeof int_keys / sizeof int_keys[0])
-static const char *const other_keys[] = {"format", "norm_eps", "rope_theta", "tokenizer"};
-#define N_OTHER_KEYS (sizeof other_keys / sizeof other_keys[0])
+/* Metadata keys that carry the config (the integers first, then the two
+ * floats); every other key is model meta. */
+static const char *const config_keys[] = {
+    "dim",     "hidden_dim", "n_layers", "n_heads",    "n_kv_heads", "vocab_size",
+    "seq_len", "shared_classifier",      "norm_eps",   "rope_theta", "tokenizer",  "format"};
+#define N_INT_KEYS 8
+#define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
 __attribute__((format(printf, 4, 5))) static tfm_status
 set_err(char *err, size_t errlen, tfm_status s, const char *fmt, ...)
@@ -86,11 +86,8 @@ set_err(char *err, size_t errlen, tfm_status s, const char *fmt, ...)
 
 static int is_config_key(const char *key)
 {
-    for (size_t i = 0; i < N_INT_KEYS; i++)
-        if (strcmp(key, int_keys[i]) == 0)
-            return 1;
-    for (size_t i = 0; i < N_OTHER_KEYS; i++)
-        if (strcmp(key, other_keys[i]) == 0)
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++)
+        if (strcmp(key, config_keys[i]) == 0)
             return 1;
     return 0;
 }
@@ -183,12 +180,7 @@ static tfm_status open_input(const char *path, FILE **out, uint64_t *size, char 
         return set_err(err, errlen, errno == ENOENT ? TFM_E_NOTFOUND : TFM_E_IO, "open %s: %s",
                        path, strerror(errno));
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0) {
-        int e = errno;
-        fclose(f);
-        return set_err(err, errlen, TFM_E_IO, "stat %s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);
         return set_err(err, errlen, TFM_E_IO, "%s: not a regular file", path);
     }
@@ -216,63 +208,44 @@ static tfm_status seek_to(FILE *f, uint64_t off, char *err, size_t errlen)
 
 /* ---- safetensors: load ----------------------------------------------------- */
 
-static tfm_status meta_string(json_t *meta, const char *key, const char **out, char *err,
-                              size_t errlen)
-{
-    json_t *v = json_object_get(meta, key);
-    if (!v)
-        return set_err(err, errlen, TFM_E_FORMAT, "metadata: missing key '%s'", key);
-    if (!json_is_string(v))
-        return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not a string", key);
-    *out = json_string_value(v);
-    return TFM_OK;
-}
-
+/* The config from __metadata__: every field required, as a decimal string. */
 static tfm_status parse_config(json_t *meta, tfm_config *c, tfm_tokenizer_kind *tok, char *err,
                                size_t errlen)
 {
-    int *const fields[N_INT_KEYS] = {&c->dim,        &c->hidden_dim, &c->n_layers,
-                                     &c->n_heads,    &c->n_kv_heads, &c->vocab_size,
-                                     &c->seq_len,    &c->shared_classifier};
-    float *const ffields[2] = {&c->norm_eps, &c->rope_theta};
-    const char *s = NULL;
-    tfm_status st;
+    int *const ints[N_INT_KEYS] = {&c->dim,        &c->hidden_dim, &c->n_layers,
+                                   &c->n_heads,    &c->n_kv_heads, &c->vocab_size,
+                                   &c->seq_len,    &c->shared_classifier};
+    float *const floats[2] = {&c->norm_eps, &c->rope_theta};
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < N_INT_KEYS; i++) {
-        if ((st = meta_string(meta, int_keys[i], &s, err, errlen)) != TFM_OK)
-            return st;
-        char *end;
+    for (size_t i = 0; i < N_INT_KEYS + 2; i++) {
+        const char *key = config_keys[i];
+        const char *s = json_string_value(json_object_get(meta, key));
+        if (!s)
+            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' missing or not a string",
+                           key);
+        char *end = (char *)s;
         errno = 0;
-        long v = strtol(s, &end, 10);
-        if (!isdigit((unsigned char)s[0]) && s[0] != '-')
-            end = (char *)s; /* no leading space or '+' */
-        if (end == s || *end || errno || v < INT_MIN || v > INT_MAX)
-            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not an integer: \"%.40s\"",
-                           int_keys[i], s);
-        *fields[i] = (int)v;
+        if (i < N_INT_KEYS) {
+            long v = isdigit((unsigned char)s[0]) || s[0] == '-' ? strtol(s, &end, 10) : 0;
+            if (v < INT_MIN || v > INT_MAX)
+                errno = ERANGE;
+            *ints[i] = (int)v;
+        } else if (!isspace((unsigned char)s[0])) {
+            *floats[i - N_INT_KEYS] = strtof(s, &end);
+            if (!isfinite(*floats[i - N_INT_KEYS]))
+                errno = ERANGE;
+        }
+        if (end == s || *end || errno)
+            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not a%s: \"%.40s\"", key,
+                           i < N_INT_KEYS ? "n integer" : " number", s);
     }
     if (c->shared_classifier != 0 && c->shared_classifier != 1)
         return set_err(err, errlen, TFM_E_FORMAT, "metadata: 'shared_classifier' must be 0 or 1");
-    for (int i = 0; i < 2; i++) {
-        const char *key = other_keys[1 + i];
-        if ((st = meta_string(meta, key, &s, err, errlen)) != TFM_OK)
-            return st;
-        char *end;
-        float v = strtof(s, &end);
-        if (end == s || *end || isspace((unsigned char)s[0]) || !isfinite(v))
-            return set_err(err, errlen, TFM_E_FORMAT, "metadata: '%s' is not a number: \"%.40s\"",
-                           key, s);
-        *ffields[i] = v;
-    }
-    *tok = TFM_TOKENIZER_BYTE; /* absent: the byte tokenizer */
-    if (json_object_get(meta, "tokenizer")) {
-        if ((st = meta_string(meta, "tokenizer", &s, err, errlen)) != TFM_OK)
-            return st;
-        if (strcmp(s, "llama2c") == 0)
-            *tok = TFM_TOKENIZER_LLAMA2C;
-        else if (strcmp(s, "byte") != 0)
-            return set_err(err, errlen, TFM_E_FORMAT, "metadata: unknown tokenizer \"%.40s\"", s);
-    }
+    json_t *tv = json_object_get(meta, "tokenizer"); /* absent: the byte tokenizer */
+    const char *s = json_string_value(tv);
+    *tok = s && strcmp(s, "llama2c") == 0 ? TFM_TOKENIZER_LLAMA2C : TFM_TOKENIZER_BYTE;
+    if (tv && (!s || (strcmp(s, "llama2c") != 0 && strcmp(s, "byte") != 0)))
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: unknown 'tokenizer' (byte, llama2c)");
     char msg[200] = "";
     if (tfm_config_validate(c, msg, sizeof msg) != TFM_OK)
         return set_err(err, errlen, TFM_E_FORMAT, "metadata: invalid config: %s", msg);
@@ -304,7 +277,7 @@ static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, ui
     if (!json_is_string(dtype))
         return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: missing dtype", t->name);
     if (strcmp(json_string_value(dtype), "F32") != 0)
-        return set_err(err, errlen, TFM_E_UNSUPPORTED, "tensor %s: dtype %.16s, only F32 is supported",
+        return set_err(err, errlen, TFM_E_UNSUPPORTED, "tensor %s: dtype %.16s, only F32",
                        t->name, json_string_value(dtype));
     uint64_t shape[8], off[2];
     size_t nd, no;
@@ -314,15 +287,13 @@ static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, ui
     for (size_t i = 0; same && i < nd; i++)
         same = shape[i] == t->dims[i];
     if (!same) {
-        char got[96] = "[", *p = got + 1;
+        char got[96] = "[", want[48], *p = got + 1;
         for (size_t i = 0; i < nd && p < got + sizeof got - 24; i++)
             p += sprintf(p, "%s%llu", i ? ", " : "", (unsigned long long)shape[i]);
         strcpy(p, "]");
-        if (t->ndim == 1)
-            return set_err(err, errlen, TFM_E_SHAPE, "tensor %s: shape %s, expected [%zu]",
-                           t->name, got, t->dims[0]);
-        return set_err(err, errlen, TFM_E_SHAPE, "tensor %s: shape %s, expected [%zu, %zu]",
-                       t->name, got, t->dims[0], t->dims[1]);
+        snprintf(want, sizeof want, t->ndim == 1 ? "[%zu]" : "[%zu, %zu]", t->dims[0], t->dims[1]);
+        return set_err(err, errlen, TFM_E_SHAPE, "tensor %s: shape %s, expected %s", t->name, got,
+                       want);
     }
     if (int_array(json_object_get(e, "data_offsets"), off, 2, &no) != 0 || no != 2 ||
         off[0] > off[1])
@@ -339,125 +310,126 @@ static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, ui
     return TFM_OK;
 }
 
+/* Reads the length and the JSON header; *root (an object) is the caller's. */
+static tfm_status read_header(FILE *f, uint64_t size, json_t **root, uint64_t *n, char *err,
+                              size_t errlen)
+{
+    unsigned char b[8];
+    tfm_status st = read_exact(f, b, 8, "safetensors header length", err, errlen);
+    if (st != TFM_OK)
+        return st;
+    *n = 0;
+    for (int i = 7; i >= 0; i--)
+        *n = *n << 8 | b[i];
+    if (*n > HEADER_MAX)
+        return set_err(err, errlen, TFM_E_FORMAT, "safetensors header length %llu exceeds 100 MB",
+                       (unsigned long long)*n);
+    if (size < 8 || *n > size - 8)
+        return set_err(err, errlen, TFM_E_TRUNCATED,
+                       "safetensors header length %llu exceeds the file (%llu bytes)",
+                       (unsigned long long)*n, (unsigned long long)size);
+    char *hdr = malloc(*n ? *n : 1);
+    if (!hdr)
+        return set_err(err, errlen, TFM_E_NOMEM, "out of memory for the header");
+    json_error_t je;
+    if ((st = read_exact(f, hdr, *n, "safetensors header", err, errlen)) == TFM_OK &&
+        !(*root = json_loadb(hdr, *n, JSON_REJECT_DUPLICATES, &je)))
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: %s (byte %d)", je.text,
+                     je.position);
+    free(hdr);
+    if (st == TFM_OK && !json_is_object(*root))
+        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header is not a JSON object");
+    return st;
+}
+
+/* Checks every tensor entry of root, then reads each into its slice. */
+static tfm_status read_tensors(FILE *f, tfm_model *m, json_t *root, uint64_t data_start,
+                               uint64_t size, char *err, size_t errlen)
+{
+    int ns = n_slots(&m->cfg);
+    uint64_t *offs = malloc((size_t)ns * sizeof *offs);
+    if (!offs)
+        return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+    for (int i = 0; i < ns; i++)
+        offs[i] = UINT64_MAX; /* absent */
+    tfm_status st = TFM_OK;
+    const char *key;
+    json_t *v;
+    tensor t;
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "__metadata__") == 0)
+            continue;
+        int slot = slot_of(&m->cfg, key);
+        if (slot < 0) {
+            st = set_err(err, errlen, TFM_E_FORMAT, "unknown tensor %.80s", key);
+            break;
+        }
+        slot_info(m, slot, &t);
+        if ((st = check_entry(&t, v, size - data_start, &offs[slot], err, errlen)) != TFM_OK)
+            break;
+    }
+    for (int i = 0; st == TFM_OK && i < ns; i++) {
+        slot_info(m, i, &t);
+        if (offs[i] == UINT64_MAX)
+            st = set_err(err, errlen, TFM_E_FORMAT, "missing tensor %s", t.name);
+        else if ((st = seek_to(f, data_start + offs[i], err, errlen)) == TFM_OK)
+            st = read_exact(f, t.ptr, t.n * sizeof(float), t.name, err, errlen);
+    }
+    free(offs);
+    return st;
+}
+
 static tfm_status load_safetensors(FILE *f, uint64_t size, tfm_model **out, char *err,
                                    size_t errlen)
 {
-    char *hdr = NULL;
     json_t *root = NULL;
     tfm_model *m = NULL;
-    uint64_t *offs = NULL;
+    tfm_config cfg;
+    tfm_tokenizer_kind tok = TFM_TOKENIZER_BYTE;
+    uint64_t n = 0;
     tfm_status st;
-    unsigned char lenbuf[8];
     *out = NULL;
 
-    if ((st = read_exact(f, lenbuf, 8, "safetensors header length", err, errlen)) != TFM_OK)
+    if ((st = read_header(f, size, &root, &n, err, errlen)) != TFM_OK)
         goto fail;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--)
-        n = n << 8 | lenbuf[i];
-    if (n > HEADER_MAX) {
-        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header length %llu exceeds 100 MB",
-                     (unsigned long long)n);
-        goto fail;
-    }
-    if (n > size - 8) {
-        st = set_err(err, errlen, TFM_E_TRUNCATED,
-                     "safetensors header length %llu exceeds the file (%llu bytes)",
-                     (unsigned long long)n, (unsigned long long)size);
-        goto fail;
-    }
-    hdr = malloc(n ? n : 1);
-    if (!hdr) {
-        st = set_err(err, errlen, TFM_E_NOMEM, "out of memory for the header");
-        goto fail;
-    }
-    if ((st = read_exact(f, hdr, n, "safetensors header", err, errlen)) != TFM_OK)
-        goto fail;
-    json_error_t je;
-    root = json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: %s (byte %d)", je.text,
-                     je.position);
-        goto fail;
-    }
-    if (!json_is_object(root)) {
-        st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header is not a JSON object");
-        goto fail;
-    }
     json_t *meta = json_object_get(root, "__metadata__");
     if (!json_is_object(meta)) {
         st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: no __metadata__ object");
         goto fail;
     }
-    tfm_config cfg;
-    tfm_tokenizer_kind tok = TFM_TOKENIZER_BYTE;
     if ((st = parse_config(meta, &cfg, &tok, err, errlen)) != TFM_OK)
         goto fail;
+    /* A tiny file must not make us allocate a huge model. */
+    uint64_t need = (uint64_t)tfm_config_n_params(&cfg) * sizeof(float);
+    if (size - 8 - n < need) {
+        st = set_err(err, errlen, TFM_E_TRUNCATED,
+                     "safetensors data is %llu bytes, the config needs %llu",
+                     (unsigned long long)(size - 8 - n), (unsigned long long)need);
+        goto fail;
+    }
     if ((st = tfm_model_create(&cfg, &m, err, errlen)) != TFM_OK)
         goto fail;
     m->tokenizer = tok;
-
     const char *key;
     json_t *v;
     json_object_foreach(meta, key, v) {
         if (is_config_key(key))
             continue;
-        if (!json_is_string(v)) {
-            st = set_err(err, errlen, TFM_E_FORMAT, "metadata: '%.48s' is not a string", key);
-            goto fail;
-        }
-        if (tfm_model_meta_set(m, key, json_string_value(v)) != TFM_OK) {
+        if (!json_is_string(v) || tfm_model_meta_set(m, key, json_string_value(v)) != TFM_OK) {
             st = set_err(err, errlen, TFM_E_FORMAT,
-                         "metadata: cannot keep '%.48s' (at most %d entries, keys < %zu bytes, "
-                         "values < %zu bytes)",
+                         "metadata: cannot keep '%.48s' (string values only; at most %d "
+                         "entries, keys < %zu bytes, values < %zu bytes)",
                          key, TFM_META_MAX, sizeof m->meta[0].key, sizeof m->meta[0].value);
             goto fail;
         }
     }
-
-    /* Check every entry before reading any data; UINT64_MAX marks absent. */
-    int ns = n_slots(&cfg);
-    uint64_t data_start = 8 + n, data_size = size - data_start;
-    offs = malloc((size_t)ns * sizeof *offs);
-    if (!offs) {
-        st = set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+    if ((st = read_tensors(f, m, root, 8 + n, size, err, errlen)) != TFM_OK)
         goto fail;
-    }
-    for (int i = 0; i < ns; i++)
-        offs[i] = UINT64_MAX;
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "__metadata__") == 0)
-            continue;
-        int slot = slot_of(&cfg, key);
-        if (slot < 0) {
-            st = set_err(err, errlen, TFM_E_FORMAT, "unknown tensor %.80s", key);
-            goto fail;
-        }
-        tensor t;
-        slot_info(m, slot, &t);
-        if ((st = check_entry(&t, v, data_size, &offs[slot], err, errlen)) != TFM_OK)
-            goto fail;
-    }
-    for (int i = 0; i < ns; i++) {
-        tensor t;
-        slot_info(m, i, &t);
-        if (offs[i] == UINT64_MAX) {
-            st = set_err(err, errlen, TFM_E_FORMAT, "missing tensor %s", t.name);
-            goto fail;
-        }
-        if ((st = seek_to(f, data_start + offs[i], err, errlen)) != TFM_OK ||
-            (st = read_exact(f, t.ptr, t.n * sizeof(float), t.name, err, errlen)) != TFM_OK)
-            goto fail;
-    }
-    free(offs);
     json_decref(root);
-    free(hdr);
     *out = m;
     return TFM_OK;
 fail:
-    free(offs);
     json_decref(root);
-    free(hdr);
     tfm_model_destroy(m);
     return st;
 }
@@ -490,15 +462,10 @@ static tfm_status load_llama2c(FILE *f, uint64_t size, tfm_model **out, char *er
     size_t wcls = c.shared_classifier ? 0 : (size_t)c.vocab_size * (size_t)c.dim;
     size_t rope = (size_t)c.seq_len * (size_t)(c.dim / c.n_heads); /* cos + sin */
     uint64_t want = LLAMA2C_HEADER + (uint64_t)(n_params + rope) * sizeof(float);
-    if (size < want) {
-        st = set_err(err, errlen, TFM_E_TRUNCATED, "llama2.c file is %llu bytes, expected %llu",
-                     (unsigned long long)size, (unsigned long long)want);
-        goto fail;
-    }
-    if (size > want) {
-        st = set_err(err, errlen, TFM_E_FORMAT,
-                     "llama2.c file has trailing bytes: %llu bytes, expected %llu",
-                     (unsigned long long)size, (unsigned long long)want);
+    if (size != want) {
+        st = set_err(err, errlen, size < want ? TFM_E_TRUNCATED : TFM_E_FORMAT,
+                     "llama2.c file is %llu bytes, expected %llu%s", (unsigned long long)size,
+                     (unsigned long long)want, size > want ? " (trailing bytes)" : "");
         goto fail;
     }
     if ((st = tfm_model_create(&c, &m, err, errlen)) != TFM_OK)
@@ -555,115 +522,81 @@ tfm_status tfm_checkpoint_load(const char *path, tfm_ckpt_format fmt, tfm_model 
 
 /* ---- atomic writes --------------------------------------------------------- */
 
+/* The first error sticks (like ferror): later writes do nothing and commit
+ * reports it, so a save is a plain sequence of writes. */
 typedef struct atomic_file {
     FILE *f;
     char *tmp;        /* "<path>.tmp.<pid>" */
     const char *path; /* borrowed */
+    tfm_status st;
+    char *err;
+    size_t errlen;
 } atomic_file;
 
-static tfm_status io_err(atomic_file *af, const char *what, int e, char *err, size_t errlen)
+static void io_err(atomic_file *af, const char *what, int e)
 {
-    return set_err(err, errlen, TFM_E_IO, "%s %s: %s", what, af->tmp ? af->tmp : af->path,
-                   strerror(e));
+    if (af->st == TFM_OK)
+        af->st = set_err(af->err, af->errlen, TFM_E_IO, "%s %s: %s", what, af->tmp, strerror(e));
 }
 
 static tfm_status atomic_open(atomic_file *af, const char *path, char *err, size_t errlen)
 {
-    af->f = NULL;
-    af->path = path;
+    *af = (atomic_file){.path = path, .err = err, .errlen = errlen};
     size_t len = strlen(path) + 32;
-    af->tmp = malloc(len);
-    if (!af->tmp)
+    if (!(af->tmp = malloc(len)))
         return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
     snprintf(af->tmp, len, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(af->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || !(af->f = fdopen(fd, "wb"))) {
-        int e = errno;
-        tfm_status st = io_err(af, "create", e, err, errlen);
-        if (fd >= 0) {
-            close(fd);
-            unlink(af->tmp);
-        }
+    if (!(af->f = fopen(af->tmp, "wbe"))) { /* e: O_CLOEXEC */
+        io_err(af, "create", errno);
         free(af->tmp);
-        af->tmp = NULL;
-        return st;
+        return af->st;
     }
     return TFM_OK;
 }
 
-static tfm_status atomic_write(atomic_file *af, const void *buf, size_t n, char *err,
-                               size_t errlen)
+static void atomic_write(atomic_file *af, const void *buf, size_t n)
 {
-    const char *p = buf;
-    while (n) {
+    for (const char *p = buf; n && af->st == TFM_OK;) {
         size_t k = n < IO_CHUNK ? n : IO_CHUNK;
         errno = 0;
         if (fwrite(p, 1, k, af->f) != k)
-            return io_err(af, "write", errno ? errno : EIO, err, errlen);
+            io_err(af, "write", errno ? errno : EIO);
         p += k, n -= k;
     }
-    return TFM_OK;
 }
 
-/* Closes and removes the temporary file (after a failure). */
-static void atomic_abort(atomic_file *af)
+/* Makes the file durable and renames it over path, or removes it after any
+ * error (a sticky one included). */
+static tfm_status atomic_commit(atomic_file *af)
 {
-    if (af->f)
-        fclose(af->f);
-    af->f = NULL;
-    if (af->tmp)
+    if (af->st == TFM_OK && fflush(af->f) != 0)
+        io_err(af, "write", errno);
+    if (af->st == TFM_OK && fsync(fileno(af->f)) != 0)
+        io_err(af, "fsync", errno);
+    if (fclose(af->f) != 0)
+        io_err(af, "close", errno);
+    if (af->st == TFM_OK && rename(af->tmp, af->path) != 0)
+        io_err(af, "rename", errno);
+    if (af->st != TFM_OK) {
         unlink(af->tmp);
-    free(af->tmp);
-    af->tmp = NULL;
-}
-
-/* Makes the file durable and moves it over path; on failure aborts. */
-static tfm_status atomic_commit(atomic_file *af, char *err, size_t errlen)
-{
-    tfm_status st;
-    if (fflush(af->f) != 0) {
-        st = io_err(af, "write", errno, err, errlen);
-        goto fail;
-    }
-    if (fsync(fileno(af->f)) != 0) {
-        st = io_err(af, "fsync", errno, err, errlen);
-        goto fail;
-    }
-    FILE *f = af->f;
-    af->f = NULL;
-    if (fclose(f) != 0) {
-        st = io_err(af, "close", errno, err, errlen);
-        goto fail;
-    }
-    if (rename(af->tmp, af->path) != 0) {
-        st = io_err(af, "rename", errno, err, errlen);
-        goto fail;
+        free(af->tmp);
+        return af->st;
     }
     free(af->tmp);
-    af->tmp = NULL;
-
-    /* The rename is durable only once the directory entry is on disk. */
-    const char *slash = strrchr(af->path, '/');
-    size_t dlen = slash ? (slash == af->path ? 1 : (size_t)(slash - af->path)) : 1;
-    char *dir = malloc(dlen + 1);
-    if (!dir)
-        return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
-    if (slash)
-        memcpy(dir, af->path, dlen);
-    else
-        dir[0] = '.';
-    dir[dlen] = '\0';
-    st = TFM_OK;
+    /* The rename is durable only once the directory entry is on disk
+     * (EINVAL: the file system cannot sync directories; nothing to do). */
+    char *copy = strdup(af->path);
+    if (!copy)
+        return set_err(af->err, af->errlen, TFM_E_NOMEM, "out of memory");
+    const char *dir = dirname(copy);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0)
-        st = set_err(err, errlen, TFM_E_IO, "fsync directory %s: %s", dir, strerror(errno));
+    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL))
+        af->st = set_err(af->err, af->errlen, TFM_E_IO, "fsync directory %s: %s", dir,
+                         strerror(errno));
     if (fd >= 0)
         close(fd);
-    free(dir);
-    return st;
-fail:
-    atomic_abort(af);
-    return st;
+    free(copy);
+    return af->st;
 }
 
 /* ---- safetensors: save ----------------------------------------------------- */
@@ -679,15 +612,11 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
     const tfm_config *c = &m->cfg;
     json_t *root = json_object(), *meta = json_object();
     tfm_status st = TFM_OK;
-    int bad = !root || !meta;
+    int bad = !root || !meta || json_object_set(root, "__metadata__", meta) != 0;
+    json_decref(meta); /* root holds it */
     *text = NULL;
-    if (!bad)
-        bad = json_object_set_new(root, "__metadata__", meta);
-    else
-        json_decref(meta);
     if (bad)
         goto fail;
-
     const int ivals[N_INT_KEYS] = {c->dim,        c->hidden_dim, c->n_layers,
                                    c->n_heads,    c->n_kv_heads, c->vocab_size,
                                    c->seq_len,    c->shared_classifier ? 1 : 0};
@@ -695,7 +624,7 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
     bad |= set_str(meta, "format", "attnd");
     for (size_t i = 0; i < N_INT_KEYS; i++) {
         snprintf(buf, sizeof buf, "%d", ivals[i]);
-        bad |= set_str(meta, int_keys[i], buf);
+        bad |= set_str(meta, config_keys[i], buf);
     }
     snprintf(buf, sizeof buf, "%.9g", (double)c->norm_eps);
     bad |= set_str(meta, "norm_eps", buf);
@@ -721,12 +650,10 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
         tensor t;
         slot_info(m, i, &t);
         uint64_t end = off + (uint64_t)t.n * sizeof(float);
-        json_t *e = t.ndim == 1
-            ? json_pack("{s:s, s:[I], s:[I,I]}", "dtype", "F32", "shape", (json_int_t)t.dims[0],
-                        "data_offsets", (json_int_t)off, (json_int_t)end)
-            : json_pack("{s:s, s:[I,I], s:[I,I]}", "dtype", "F32", "shape",
-                        (json_int_t)t.dims[0], (json_int_t)t.dims[1], "data_offsets",
-                        (json_int_t)off, (json_int_t)end);
+        json_int_t d0 = (json_int_t)t.dims[0], d1 = (json_int_t)t.dims[1];
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape",
+                              t.ndim == 1 ? json_pack("[I]", d0) : json_pack("[I,I]", d0, d1),
+                              "data_offsets", (json_int_t)off, (json_int_t)end);
         if (!e || json_object_set_new(root, t.name, e) != 0)
             goto fail;
         off = end;
@@ -762,20 +689,15 @@ static tfm_status save_safetensors(const tfm_model *m, const char *path, char *e
         lenbuf[i] = (unsigned char)(n >> (8 * i));
     static const char spaces[8] = "        ";
     atomic_file af;
-    if ((st = atomic_open(&af, path, err, errlen)) != TFM_OK) {
-        free(json);
-        return st;
-    }
-    if ((st = atomic_write(&af, lenbuf, 8, err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, json, len, err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, spaces, pad, err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, m->data, m->n_floats * sizeof(float), err, errlen)) != TFM_OK) {
-        atomic_abort(&af);
-        free(json);
-        return st;
+    if ((st = atomic_open(&af, path, err, errlen)) == TFM_OK) {
+        atomic_write(&af, lenbuf, 8);
+        atomic_write(&af, json, len);
+        atomic_write(&af, spaces, pad);
+        atomic_write(&af, m->data, m->n_floats * sizeof(float));
+        st = atomic_commit(&af);
     }
     free(json);
-    return atomic_commit(&af, err, errlen);
+    return st;
 }
 
 /* ---- llama2.c: save -------------------------------------------------------- */
@@ -799,15 +721,12 @@ static tfm_status save_llama2c(const tfm_model *m, const char *path, char *err, 
     tfm_status st = atomic_open(&af, path, err, errlen);
     if (st != TFM_OK)
         return st;
-    if ((st = atomic_write(&af, h, sizeof h, err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, m->data, body * sizeof(float), err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, m->rope_cos, rope * sizeof(float), err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, m->rope_sin, rope * sizeof(float), err, errlen)) != TFM_OK ||
-        (st = atomic_write(&af, m->w.wcls, wcls * sizeof(float), err, errlen)) != TFM_OK) {
-        atomic_abort(&af);
-        return st;
-    }
-    return atomic_commit(&af, err, errlen);
+    atomic_write(&af, h, sizeof h);
+    atomic_write(&af, m->data, body * sizeof(float));
+    atomic_write(&af, m->rope_cos, rope * sizeof(float));
+    atomic_write(&af, m->rope_sin, rope * sizeof(float));
+    atomic_write(&af, m->w.wcls, wcls * sizeof(float));
+    return atomic_commit(&af);
 }
 
 tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_format fmt,

@@ -4,7 +4,7 @@
  *
  * A short tour:
  *
- *     tfm_model *m;      tfm_checkpoint_load("m.bin", NULL, &m, err, sizeof err);
+ *     tfm_model *m;      tfm_checkpoint_load("m.bin", TFM_CKPT_AUTO, &m, err, sizeof err);
  *     tfm_workspace *ws; tfm_workspace_create(m, 64, 2, &ws);   // 64 rows, 2 threads
  *     tfm_state *st;     tfm_state_create(m, 0, &st);           // KV cache, seq_len
  *     tfm_prefill(ws, st, prompt, n, logits);                   // sgemm over the prompt
