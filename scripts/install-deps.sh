@@ -11,7 +11,8 @@ PKGS=(
   libuv1-dev        # the server's event loop
   libmicrohttpd-dev # HTTP/1.1
   libcmocka-dev     # unit tests
-  curl python3      # server and CLI tests
+  curl python3 python3-yaml python3-jsonschema # server tests: HTTP, the OpenAPI schema
+  prometheus        # promtool checks the /metrics exposition
 )
 
 missing=()

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench.sh BUILD_DIR — runs `attn bench` on the 15M and 110M shapes, keeps
+# the JSON lines in BUILD_DIR/bench.jsonl and prints a markdown summary
+# against the peer figures of ../shared/PEERS.md.  `make bench` calls it.
+#
+# The peers were measured on a quiet 2-core Zen 4; ratios from a busy
+# machine say little.  15M uses a 128-token prompt, the length of the
+# llama.cpp prefill figure.  110M decodes 128 tokens a run and skips the
+# kernel section (it does not depend on the shape, the 15M run has it), to
+# keep the whole under about five minutes on two cores.
+set -euo pipefail
+
+BUILD=${1:?usage: scripts/bench.sh BUILD_DIR}
+ATTN=$BUILD/attn
+OUT=$BUILD/bench.jsonl
+if [ ! -x "$ATTN" ]; then
+  echo "bench.sh: $ATTN not found; build first (make build)" >&2
+  exit 1
+fi
+
+: >"$OUT"
+"$ATTN" bench --shape 15M --prompt-tokens 128 | tee -a "$OUT"
+"$ATTN" bench --shape 110M --decode-tokens 128 --runs 5 \
+  --only decode,batch,prefill,bandwidth | tee -a "$OUT"
+echo
+
+python3 - "$OUT" <<'EOF'
+import json, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+# PEERS.md: decode tokens/s (llama2.c -Ofast -march=native, llama.cpp F32),
+# llama.cpp prefill of a 128-token prompt on 15M, read bandwidth in GB/s.
+PEER_DECODE = {("15M", 1): (310, 398), ("15M", 2): (490, 513),
+               ("110M", 1): (50, 47.5), ("110M", 2): (64, 70)}
+PEER_PREFILL = {1: 4441, 2: 8041}
+PEER_READ = {1: 22, 2: 31}
+
+def find(bench, shape, t, **kw):
+    for r in rows:
+        if (r["bench"] == bench and r["shape"] == shape and r.get("threads") == t
+                and all(r.get(k) == v for k, v in kw.items())):
+            return r
+    return {}
+
+def num(v, d=1):
+    return "-" if v is None else f"{v:,.{d}f}"
+
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+def pct(v):
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+configs = [r for r in rows if r["bench"] == "config"]
+out = ["## attn bench", "",
+       "Ratios are attnd / peer (above 1: attnd is faster); peers from PEERS.md, "
+       "quiet 2-core Zen 4. Medians of the runs.", "",
+       "### Decode, tokens/s", "",
+       "| shape | threads | attnd | vs llama2.c | vs llama.cpp | batch 4 | batch 8 "
+       "| of roofline: triad / read |",
+       "|---|---|---|---|---|---|---|---|"]
+for cfg in configs:
+    s = cfg["shape"]
+    for t in cfg["threads"]:
+        d = find("decode", s, t).get("median_tokens_per_s")
+        b4 = find("decode_batch", s, t, batch=4).get("median_tokens_per_s")
+        b8 = find("decode_batch", s, t, batch=8).get("median_tokens_per_s")
+        roof = find("roofline", s, t)
+        l2c, lcpp = PEER_DECODE.get((s, t), (None, None))
+        out.append(f"| {s} | {t} | {num(d)} | {ratio(d, l2c)} | {ratio(d, lcpp)} | {num(b4)} "
+                   f"| {num(b8)} | {pct(roof.get('decode_fraction_of_roofline'))} / "
+                   f"{pct(roof.get('decode_fraction_of_read_roofline'))} |")
+
+out += ["", "### Prefill, tokens/s", "",
+        "| shape | threads | prompt | one call (sgemm) | token by token | speedup | vs llama.cpp |",
+        "|---|---|---|---|---|---|---|"]
+for cfg in configs:
+    s = cfg["shape"]
+    for t in cfg["threads"]:
+        p = find("prefill", s, t, mode="sgemm")
+        tbt = find("prefill", s, t, mode="token_by_token").get("median_tokens_per_s")
+        v = p.get("median_tokens_per_s")
+        peer = PEER_PREFILL.get(t) if s == "15M" and p.get("tokens") == 128 else None
+        out.append(f"| {s} | {t} | {p.get('tokens', '-')} | {num(v)} | {num(tbt)} "
+                   f"| {ratio(v, tbt)} | {ratio(v, peer)} |")
+
+out += ["", "### Memory bandwidth, GB/s (best of runs)", "",
+        "| run | threads | read | copy | triad | peers' read |", "|---|---|---|---|---|---|"]
+for cfg in configs:
+    for t in cfg["threads"]:
+        bw = find("bandwidth", cfg["shape"], t)
+        if bw:
+            out.append(f"| {cfg['shape']} | {t} | {num(bw['read_gbs'])} | {num(bw['copy_gbs'])} "
+                       f"| {num(bw['triad_gbs'])} | {PEER_READ.get(t, '-')} |")
+
+kern = [r for r in rows if r["bench"] == "kernel"]
+if kern:
+    ts = sorted({r["threads"] for r in kern})
+    out += ["", "### Matrix product, GB/s of weights: kernel / sgemm (ratio)", "",
+            "| matrix | rows B | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in ts) + " |",
+            "|---|---|" + "---|" * len(ts)]
+    keys = []
+    for r in kern:
+        if (r["matrix"], r["batch"]) not in keys:
+            keys.append((r["matrix"], r["batch"]))
+    for m, b in keys:
+        cells = []
+        for t in ts:
+            r = next((r for r in kern if (r["matrix"], r["batch"], r["threads"]) == (m, b, t)), {})
+            cells.append(f"{num(r.get('kernel_gbs'))} / {num(r.get('sgemm_gbs'))} "
+                         f"({ratio(r.get('kernel_gbs'), r.get('sgemm_gbs'))})" if r else "-")
+        out.append(f"| {m} | {b} | " + " | ".join(cells) + " |")
+print("\n".join(out))
+EOF

@@ -1,0 +1,58 @@
+/*
+ * app.h — the service's shared state (one per process), owned by main.c.
+ *
+ * Threads: the libuv loop thread owns dispatch — signals, timers, the
+ * engine's inbox, resuming parked connections, shutdown; libmicrohttpd's
+ * epoll thread does the socket I/O, routing and validation; the engine
+ * thread runs inference; a libuv worker loads models at start-up.  Fields
+ * are the loop thread's unless marked.
+ *
+ * (Driving libmicrohttpd 0.9.75 from the loop through its epoll fd was
+ * tried first: a reply queued before the request body is read, such as an
+ * early 413, leaves its external-epoll mode spinning with no progress, so
+ * it runs its own thread and hands over only through resume.)
+ */
+#ifndef SRV_APP_H
+#define SRV_APP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "config.h"
+#include "engine.h"
+#include "models.h"
+#include "stats.h"
+
+struct MHD_Daemon;
+typedef struct srv_req srv_req;
+
+typedef struct srv_app {
+    srv_config cfg;
+    uv_loop_t *loop;
+    struct MHD_Daemon *mhd;
+    int port;                 /* the bound port */
+    uv_timer_t watch_timer;   /* client disconnects, draining */
+    uv_timer_t grace_timer;   /* shutdown deadline */
+    uv_async_t inbox_async;   /* engine -> loop: jobs with news */
+    uv_signal_t sigint, sigterm;
+    uv_work_t load_work;
+
+    pthread_mutex_t inbox_mu; /* guards inbox (any thread) */
+    srv_job **inbox;
+    int inbox_len, inbox_cap, inbox_closed;
+
+    srv_models models;        /* written by the loader, then read-only */
+    atomic_int ready;         /* models loaded and the engine running */
+    srv_engine *engine;
+    srv_stats stats;          /* thread-safe */
+
+    pthread_mutex_t wait_mu;  /* guards waiting (loop and HTTP threads) */
+    srv_job **waiting;        /* jobs with a connection attached */
+    int n_waiting, cap_waiting;
+    atomic_int active;        /* requests in progress (HTTP thread counts) */
+    atomic_int draining;      /* SIGINT/SIGTERM seen: refuse new work */
+    int exit_code;
+} srv_app;
+
+#endif

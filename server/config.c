@@ -1,0 +1,175 @@
+/*
+ * config.c — flags and their ATTND_* environment twins.
+ *
+ * One table describes every setting: its flag, its variable, its kind and
+ * where it lands in srv_config, so --help, the environment and the parser
+ * cannot disagree.  The environment is read first and flags override it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { K_STR, K_INT, K_SIZE, K_MODEL, K_BOOL } kind;
+
+typedef struct {
+    const char *flag, *env, *arg, *help;
+    kind k;
+    size_t off, cap; /* K_STR: capacity */
+    long lo, hi;
+} opt;
+
+#define F(field) offsetof(srv_config, field)
+#define CAP(field) sizeof(((srv_config *)0)->field)
+static const opt opts[] = {
+    {"--host", "ATTND_HOST", "ADDR", "address to listen on (127.0.0.1)", K_STR, F(host), CAP(host), 0, 0},
+    {"--port", "ATTND_PORT", "N", "TCP port, 0 for an ephemeral one (8080)", K_INT, F(port), 0, 0, 65535},
+    {"--data-dir", "ATTND_DATA_DIR", "DIR", "job records and checkpoints (./data)", K_STR, F(data_dir), CAP(data_dir), 0, 0},
+    {"--model", "ATTND_MODEL", "PATH", "serve this model (repeatable; the name is the file's stem;\n"
+     "                          .safetensors or llama2.c .bin); ATTND_MODEL takes a comma list", K_MODEL, 0, 0, 0, 0},
+    {"--models-dir", "ATTND_MODELS_DIR", "DIR", "without --model, serve every model here\n"
+     "                          (./models, else <prefix>/share/attnd/models)", K_STR, F(models_dir), CAP(models_dir), 0, 0},
+    {"--tokenizer", "ATTND_TOKENIZER", "PATH", "tokenizer.bin for llama2.c models (default: beside the model)", K_STR, F(tokenizer), CAP(tokenizer), 0, 0},
+    {"--threads", "ATTND_THREADS", "N", "compute threads (the number of cores)", K_INT, F(threads), 0, 1, 256},
+    {"--max-batch", "ATTND_MAX_BATCH", "N", "sequences decoded together per model (8)", K_INT, F(max_batch), 0, 1, 256},
+    {"--queue-depth", "ATTND_QUEUE_DEPTH", "N", "requests waiting for a slot before 503 (64)", K_INT, F(queue_depth), 0, 1, 100000},
+    {"--max-body-bytes", "ATTND_MAX_BODY_BYTES", "N", "largest request body, else 413 (1048576)", K_SIZE, F(max_body_bytes), 0, 1, 1L << 30},
+    {"--grace-seconds", "ATTND_GRACE_SECONDS", "N", "on SIGINT/SIGTERM, time to finish in-flight work (10)", K_INT, F(grace_seconds), 0, 0, 3600},
+    {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
+};
+#define N_OPTS (sizeof opts / sizeof *opts)
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: attnd [options]\n\n"
+               "An HTTP inference service for small Llama-style transformers.\n"
+               "Every option also reads an environment variable (the flag wins).\n\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
+                 opts[i].arg ? opts[i].arg : "");
+        fprintf(f, "  %-22s  %s\n  %-22s  [%s]\n", left, opts[i].help, "", opts[i].env);
+    }
+    fprintf(f, "  %-22s  this text\n", "-h, --help");
+}
+
+static int set(srv_config *cfg, const opt *o, const char *v, const char *from)
+{
+    char *base = (char *)cfg;
+    char *end;
+    long l;
+    switch (o->k) {
+    case K_STR:
+        if (strlen(v) >= o->cap) {
+            fprintf(stderr, "attnd: %s: value too long\n", from);
+            return 0;
+        }
+        strcpy(base + o->off, v);
+        return 1;
+    case K_BOOL:
+        *(int *)(base + o->off) = !(v && (!strcmp(v, "0") || !strcmp(v, "false") || !*v));
+        return 1;
+    case K_INT:
+    case K_SIZE:
+        errno = 0;
+        l = strtol(v, &end, 10);
+        if (errno || end == v || *end || l < o->lo || l > o->hi) {
+            fprintf(stderr, "attnd: %s: expected an integer between %ld and %ld, got \"%s\"\n",
+                    from, o->lo, o->hi, v);
+            return 0;
+        }
+        if (o->k == K_INT)
+            *(int *)(base + o->off) = (int)l;
+        else
+            *(size_t *)(base + o->off) = (size_t)l;
+        return 1;
+    case K_MODEL:
+        if (cfg->n_models >= SRV_MAX_MODELS) {
+            fprintf(stderr, "attnd: %s: at most %d models\n", from, SRV_MAX_MODELS);
+            return 0;
+        }
+        cfg->models[cfg->n_models++] = v;
+        return 1;
+    }
+    return 0;
+}
+
+int srv_config_parse(srv_config *cfg, int argc, char **argv)
+{
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->host, sizeof cfg->host, "127.0.0.1");
+    cfg->port = 8080;
+    snprintf(cfg->data_dir, sizeof cfg->data_dir, "./data");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->threads = ncpu > 0 ? (int)(ncpu < 256 ? ncpu : 256) : 1;
+    cfg->max_batch = 8;
+    cfg->queue_depth = 64;
+    cfg->max_body_bytes = 1 << 20;
+    cfg->grace_seconds = 10;
+
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const char *v = getenv(opts[i].env);
+        if (!v || !*v)
+            continue;
+        if (opts[i].k == K_MODEL) {
+            free(cfg->env_models);
+            cfg->env_models = strdup(v);
+            if (!cfg->env_models)
+                return 2;
+            for (char *save = NULL, *tok = strtok_r(cfg->env_models, ",", &save); tok;
+                 tok = strtok_r(NULL, ",", &save))
+                if (!set(cfg, &opts[i], tok, opts[i].env))
+                    return 2;
+        } else if (!set(cfg, &opts[i], v, opts[i].env)) {
+            return 2;
+        }
+    }
+    int env_models = cfg->n_models, cli_models = 0;
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "-h") || !strcmp(argv[a], "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        const opt *o = NULL;
+        const char *val = NULL;
+        for (size_t i = 0; i < N_OPTS && !o; i++) {
+            size_t fl = strlen(opts[i].flag);
+            if (!strcmp(argv[a], opts[i].flag))
+                o = &opts[i];
+            else if (!strncmp(argv[a], opts[i].flag, fl) && argv[a][fl] == '=')
+                o = &opts[i], val = argv[a] + fl + 1;
+        }
+        if (!o) {
+            fprintf(stderr, "attnd: unknown option %s\n\n", argv[a]);
+            usage(stderr);
+            return 2;
+        }
+        if (o->k == K_BOOL && !val)
+            val = "1";
+        if (!val) {
+            if (a + 1 >= argc) {
+                fprintf(stderr, "attnd: %s needs a value\n\n", o->flag);
+                usage(stderr);
+                return 2;
+            }
+            val = argv[++a];
+        }
+        if (o->k == K_MODEL && cli_models++ == 0)
+            cfg->n_models -= env_models; /* flags replace the environment's list */
+        if (!set(cfg, o, val, o->flag)) {
+            usage(stderr);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+void srv_config_deinit(srv_config *cfg)
+{
+    free(cfg->env_models);
+    cfg->env_models = NULL;
+}

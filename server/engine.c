@@ -1,0 +1,608 @@
+/*
+ * engine.c — the scheduler thread: admission, chunked prefill, batched
+ * decode, sampling, stop conditions and the job's output (see engine.h).
+ *
+ * One iteration of the loop:
+ *   1. admit queued jobs into free slots of their model (FIFO; a job whose
+ *      model has no free slot holds the queue's head, so order is kept);
+ *   2. tokenise newly admitted prompts and check they fit the context;
+ *   3. drop cancelled sequences;
+ *   4. prefill one chunk (up to the workspace's rows) of the oldest prompt
+ *      still prefilling, so that a long prompt delays running sequences by
+ *      one chunk at a time, not by its whole length (chunked prefill);
+ *   5. for each model, one batched decode step over its running sequences.
+ * All compute happens on this thread; the per-token path allocates nothing
+ * but the job's output buffers when they must grow (sized at admission to
+ * make that rare).
+ */
+#define _GNU_SOURCE /* memmem */
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tfm/model.h"
+#include "tfm/tokenizer.h"
+
+/* Prompt rows per prefill chunk (and so the workspace's rows). */
+#define PREFILL_CHUNK 256
+
+typedef enum { SLOT_FREE = 0, SLOT_ADMITTED, SLOT_PREFILL, SLOT_DECODE } slot_phase;
+
+typedef struct slot {
+    slot_phase phase;
+    srv_job *job;
+    tfm_state *st;
+    tfm_sampler *smp;
+    int *ids; /* the prompt's tokens, seq_len long */
+    int n_ids, prefilled;
+    int last; /* the token to feed next */
+} slot;
+
+typedef struct mctx {
+    const srv_model *m;
+    tfm_workspace *ws;
+    slot *slots; /* max_batch */
+    float *logits; /* (max_batch, vocab) */
+    tfm_state **bst;
+    int *btok, *bslot;
+    int eos, stop2; /* tokens that end a sequence */
+} mctx;
+
+struct srv_engine {
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    srv_job **q; /* ring buffer */
+    int q_head, q_len, q_cap;
+    int stopping;
+    mctx *mc;
+    int n_mc, max_batch;
+    atomic_int running;
+    tfm_profile prof; /* under mu: the workspaces' profiles, summed */
+    srv_engine_hooks hooks;
+};
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+srv_job *srv_job_create(void)
+{
+    srv_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    atomic_init(&j->refs, 1);
+    atomic_init(&j->cancelled, 0);
+    pthread_mutex_init(&j->mu, NULL);
+    j->max_tokens = 128;
+    j->sampling.temperature = 1.0f;
+    j->sampling.top_p = 1.0f;
+    j->http_status = 200;
+    return j;
+}
+
+void srv_job_ref(srv_job *j) { atomic_fetch_add(&j->refs, 1); }
+
+void srv_job_unref(srv_job *j)
+{
+    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
+        return;
+    free(j->prompt);
+    for (int i = 0; i < j->n_stop; i++)
+        free(j->stop[i]);
+    free(j->tokens);
+    srv_buf_free(&j->text);
+    srv_buf_free(&j->out);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static void notify(srv_job *j)
+{
+    if (j->notify)
+        j->notify(j, j->notify_ctx);
+}
+
+static const char *finish_name(srv_finish f)
+{
+    switch (f) {
+    case SRV_FINISH_LENGTH: return "length";
+    case SRV_FINISH_EOS: return "eos";
+    case SRV_FINISH_STOP: return "stop";
+    case SRV_FINISH_CANCELLED: return "cancelled";
+    default: return "error";
+    }
+}
+
+/* Ends a job with an error reply (status, code, message, field). */
+static void fail_job(srv_job *j, int status, const char *code, const char *msg, const char *field)
+{
+    pthread_mutex_lock(&j->mu);
+    j->out.len = 0;
+    j->http_status = status;
+    j->finish = SRV_FINISH_ERROR;
+    srv_buf_printf(&j->out, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+    srv_json_string(&j->out, msg, strlen(msg));
+    if (field)
+        srv_buf_printf(&j->out, ",\"field\":\"%s\"", field);
+    srv_buf_append(&j->out, "}}", 2);
+    j->done = 1;
+    j->t_end = tfm_now();
+    pthread_mutex_unlock(&j->mu);
+    notify(j);
+}
+
+static void usage_and_timings(srv_buf *b, const srv_job *j)
+{
+    double prefill = j->t_prefill_done > j->t_admit ? j->t_prefill_done - j->t_admit : 0;
+    double decode = j->t_end > j->t_prefill_done && j->t_prefill_done > 0
+                        ? j->t_end - j->t_prefill_done
+                        : 0;
+    int decoded = j->n_tokens > 1 ? j->n_tokens - 1 : 0; /* the first came from prefill */
+    srv_buf_printf(b,
+                   "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d},"
+                   "\"timings\":{\"queue_ms\":%.3f,\"prefill_ms\":%.3f,\"decode_ms\":%.3f,"
+                   "\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.1f}",
+                   j->prompt_tokens, j->n_tokens, j->prompt_tokens + j->n_tokens,
+                   (j->t_admit - j->t_submit) * 1e3, prefill * 1e3, decode * 1e3,
+                   prefill > 0 ? j->prompt_tokens / prefill : 0.0,
+                   decode > 0 ? decoded / decode : 0.0);
+}
+
+/* The final output: the whole body, or the stream's last events. */
+static void finish_job(srv_job *j, srv_finish why)
+{
+    pthread_mutex_lock(&j->mu);
+    j->finish = why;
+    j->t_end = tfm_now();
+    if (why != SRV_FINISH_CANCELLED) {
+        srv_buf *b = &j->out;
+        if (j->stream) {
+            /* whatever text was held back goes out with the final event */
+            srv_buf_append(b, "data: {\"text\":", 14);
+            srv_json_string(b, j->text.p + j->released, j->text.len - j->released);
+            j->released = j->text.len;
+            srv_buf_printf(b, ",\"finish_reason\":\"%s\",\"model\":", finish_name(why));
+            srv_json_string(b, j->model->name, strlen(j->model->name));
+            srv_buf_append(b, ",", 1);
+            usage_and_timings(b, j);
+            srv_buf_append(b, "}\n\ndata: [DONE]\n\n", 17);
+        } else {
+            srv_buf_append(b, "{\"model\":", 9);
+            srv_json_string(b, j->model->name, strlen(j->model->name));
+            srv_buf_append(b, ",\"text\":", 8);
+            srv_json_string(b, j->text.p ? j->text.p : "", j->text.len);
+            srv_buf_append(b, ",\"tokens\":[", 11);
+            for (int i = 0; i < j->n_tokens; i++)
+                srv_buf_printf(b, i ? ",%d" : "%d", j->tokens[i]);
+            srv_buf_printf(b, "],\"finish_reason\":\"%s\",", finish_name(why));
+            usage_and_timings(b, j);
+            srv_buf_append(b, "}", 1);
+        }
+    }
+    j->done = 1;
+    pthread_mutex_unlock(&j->mu);
+    notify(j);
+}
+
+/* ---- slots ---------------------------------------------------------------- */
+
+static void release_slot(srv_engine *e, slot *s)
+{
+    if (s->job)
+        srv_job_unref(s->job);
+    s->job = NULL;
+    s->phase = SLOT_FREE;
+    atomic_fetch_sub(&e->running, 1);
+}
+
+/* Tokenises and checks an admitted job; 0 ok, -1 when it was failed. */
+static int start_job(srv_engine *e, mctx *mc, slot *s)
+{
+    srv_job *j = s->job;
+    const tfm_config *c = &mc->m->model->cfg;
+    j->t_admit = tfm_now();
+    if (e->hooks.queue_wait)
+        e->hooks.queue_wait(e->hooks.ctx, j->t_admit - j->t_submit);
+    int n = 0;
+    tfm_status st = tfm_tokenizer_encode(mc->m->tok, j->prompt, j->prompt_len, 1, 0, s->ids,
+                                         c->seq_len, &n);
+    if (st != TFM_OK && st != TFM_E_RANGE) {
+        fail_job(j, 500, "internal", tfm_strerror(st), NULL);
+        return -1;
+    }
+    if (n >= c->seq_len) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "the prompt is %d tokens; model %s has a context of %d, leaving no room to "
+                 "generate",
+                 n, mc->m->name, c->seq_len);
+        fail_job(j, 422, "invalid_argument", msg, "prompt");
+        return -1;
+    }
+    if (tfm_sampler_reset(s->smp, &j->sampling) != TFM_OK) {
+        fail_job(j, 422, "invalid_argument", "invalid sampling parameters", "temperature");
+        return -1;
+    }
+    j->tokens = malloc((size_t)j->max_tokens * sizeof(int));
+    if (!j->tokens || srv_buf_reserve(&j->text, (size_t)j->max_tokens * 8 + 64) ||
+        srv_buf_reserve(&j->out, j->stream ? (size_t)j->max_tokens * 48 + 512 : 256)) {
+        fail_job(j, 500, "internal", "out of memory", NULL);
+        return -1;
+    }
+    j->prompt_tokens = n;
+    s->n_ids = n;
+    s->prefilled = 0;
+    tfm_state_reset(s->st);
+    s->phase = SLOT_PREFILL;
+    if (j->stream) {
+        pthread_mutex_lock(&j->mu);
+        j->started = 1;
+        pthread_mutex_unlock(&j->mu);
+        notify(j);
+    }
+    return 0;
+}
+
+/* Longest stop-string-safe, character-complete prefix of the text that a
+ * stream may send now. */
+static size_t releasable(const srv_job *j)
+{
+    size_t hold = 0;
+    for (int i = 0; i < j->n_stop; i++)
+        if (j->stop_len[i] - 1 > hold)
+            hold = j->stop_len[i] - 1;
+    size_t n = j->text.len > hold ? j->text.len - hold : 0;
+    if (n < j->released)
+        return j->released;
+    return srv_utf8_complete(j->text.p, n);
+}
+
+/* A sampled token: stop conditions, text, stream event.  Returns 1 when
+ * the sequence finished (and its slot was released). */
+static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
+{
+    srv_job *j = s->job;
+    double now = tfm_now();
+    if (j->n_tokens == 0) {
+        j->t_first = now;
+        if (e->hooks.first_token)
+            e->hooks.first_token(e->hooks.ctx, now - j->t_submit);
+    } else if (e->hooks.inter_token) {
+        e->hooks.inter_token(e->hooks.ctx, now - j->t_last);
+    }
+    j->t_last = now;
+    if (tok == mc->eos || tok == mc->stop2) {
+        finish_job(j, SRV_FINISH_EOS);
+        release_slot(e, s);
+        return 1;
+    }
+    int prev = j->n_tokens ? j->tokens[j->n_tokens - 1] : s->ids[s->n_ids - 1];
+    j->tokens[j->n_tokens++] = tok;
+    const char *piece = "";
+    size_t plen = 0;
+    tfm_tokenizer_decode(mc->m->tok, prev, tok, &piece, &plen);
+    size_t old = j->text.len;
+    pthread_mutex_lock(&j->mu);
+    srv_buf_append(&j->text, piece, plen);
+    pthread_mutex_unlock(&j->mu);
+    /* a stop string can only end in the new piece: search from just
+     * before it, and cut the text at the earliest hit */
+    srv_finish fin = SRV_FINISH_NONE;
+    size_t cut = j->text.len;
+    for (int i = 0; i < j->n_stop; i++) {
+        size_t from = old >= j->stop_len[i] ? old - j->stop_len[i] + 1 : 0;
+        if (j->text.len < from + j->stop_len[i])
+            continue;
+        char *hit = memmem(j->text.p + from, j->text.len - from, j->stop[i], j->stop_len[i]);
+        if (hit && (size_t)(hit - j->text.p) < cut) {
+            cut = (size_t)(hit - j->text.p);
+            fin = SRV_FINISH_STOP;
+        }
+    }
+    j->text.len = cut;
+    if (fin == SRV_FINISH_NONE &&
+        (j->n_tokens >= j->max_tokens || s->st->pos >= s->st->max_seq))
+        fin = SRV_FINISH_LENGTH;
+    if (j->stream) {
+        size_t upto = fin != SRV_FINISH_NONE ? j->text.len : releasable(j);
+        if (upto < j->released)
+            upto = j->released;
+        pthread_mutex_lock(&j->mu);
+        srv_buf_printf(&j->out, "data: {\"token\":%d,\"text\":", tok);
+        srv_json_string(&j->out, j->text.p + j->released, upto - j->released);
+        srv_buf_append(&j->out, "}\n\n", 3);
+        j->released = upto;
+        pthread_mutex_unlock(&j->mu);
+        if (fin == SRV_FINISH_NONE)
+            notify(j);
+    }
+    if (fin != SRV_FINISH_NONE) {
+        finish_job(j, fin);
+        release_slot(e, s);
+        return 1;
+    }
+    s->last = tok;
+    return 0;
+}
+
+static void prefill_step(srv_engine *e)
+{
+    mctx *best_mc = NULL;
+    slot *best = NULL;
+    for (int m = 0; m < e->n_mc; m++)
+        for (int i = 0; i < e->max_batch; i++) {
+            slot *s = &e->mc[m].slots[i];
+            if (s->phase == SLOT_PREFILL && (!best || s->job->t_admit < best->job->t_admit))
+                best = s, best_mc = &e->mc[m];
+        }
+    if (!best)
+        return;
+    slot *s = best;
+    mctx *mc = best_mc;
+    srv_job *j = s->job;
+    int chunk = s->n_ids - s->prefilled;
+    if (chunk > PREFILL_CHUNK)
+        chunk = PREFILL_CHUNK;
+    int last = s->prefilled + chunk == s->n_ids;
+    tfm_status st = tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
+                                last ? mc->logits : NULL);
+    if (st != TFM_OK) {
+        fail_job(j, 500, "internal", tfm_strerror(st), NULL);
+        release_slot(e, s);
+        return;
+    }
+    s->prefilled += chunk;
+    if (!last)
+        return;
+    j->t_prefill_done = tfm_now();
+    if (e->hooks.tokens)
+        e->hooks.tokens(e->hooks.ctx, j->prompt_tokens, 0);
+    s->phase = SLOT_DECODE;
+    emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits));
+}
+
+static void decode_step(srv_engine *e, mctx *mc)
+{
+    int B = 0;
+    for (int i = 0; i < e->max_batch; i++) {
+        slot *s = &mc->slots[i];
+        if (s->phase != SLOT_DECODE)
+            continue;
+        mc->bst[B] = s->st;
+        mc->btok[B] = s->last;
+        mc->bslot[B] = i;
+        B++;
+    }
+    if (B == 0)
+        return;
+    if (e->hooks.batch)
+        e->hooks.batch(e->hooks.ctx, B);
+    tfm_status st = tfm_decode(mc->ws, mc->bst, mc->btok, B, mc->logits);
+    int vocab = mc->m->model->cfg.vocab_size;
+    for (int b = 0; b < B; b++) {
+        slot *s = &mc->slots[mc->bslot[b]];
+        if (st != TFM_OK) {
+            fail_job(s->job, 500, "internal", tfm_strerror(st), NULL);
+            release_slot(e, s);
+            continue;
+        }
+        if (e->hooks.tokens)
+            e->hooks.tokens(e->hooks.ctx, 0, 1);
+        emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits + (size_t)b * vocab));
+    }
+}
+
+static mctx *ctx_for(srv_engine *e, const srv_model *m)
+{
+    for (int i = 0; i < e->n_mc; i++)
+        if (e->mc[i].m == m)
+            return &e->mc[i];
+    return NULL;
+}
+
+static void *engine_main(void *arg)
+{
+    srv_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->stopping && e->q_len == 0 && atomic_load(&e->running) == 0)
+            pthread_cond_wait(&e->cv, &e->mu);
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        /* 1. admission, in FIFO order */
+        srv_job *dropped[16];
+        int n_dropped = 0;
+        while (e->q_len > 0 && n_dropped < 16) {
+            srv_job *j = e->q[e->q_head];
+            mctx *mc = ctx_for(e, j->model);
+            slot *free_slot = NULL;
+            if (!atomic_load(&j->cancelled) && mc)
+                for (int i = 0; i < e->max_batch && !free_slot; i++)
+                    if (mc->slots[i].phase == SLOT_FREE)
+                        free_slot = &mc->slots[i];
+            if (!free_slot && !atomic_load(&j->cancelled) && mc)
+                break; /* the head waits for its model's slot */
+            e->q_head = (e->q_head + 1) % e->q_cap;
+            e->q_len--;
+            if (!free_slot) {
+                dropped[n_dropped++] = j;
+                continue;
+            }
+            free_slot->job = j;
+            free_slot->phase = SLOT_ADMITTED;
+            atomic_fetch_add(&e->running, 1);
+        }
+        pthread_mutex_unlock(&e->mu);
+        for (int i = 0; i < n_dropped; i++) {
+            if (ctx_for(e, dropped[i]->model))
+                finish_job(dropped[i], SRV_FINISH_CANCELLED);
+            else
+                fail_job(dropped[i], 404, "model_not_found", "the model is not served",
+                         "model");
+            srv_job_unref(dropped[i]);
+        }
+        /* 2, 3: start new jobs, drop cancelled ones */
+        for (int m = 0; m < e->n_mc; m++)
+            for (int i = 0; i < e->max_batch; i++) {
+                slot *s = &e->mc[m].slots[i];
+                if (s->phase == SLOT_ADMITTED && start_job(e, &e->mc[m], s) != 0)
+                    release_slot(e, s);
+                else if (s->phase != SLOT_FREE && atomic_load(&s->job->cancelled)) {
+                    finish_job(s->job, SRV_FINISH_CANCELLED);
+                    release_slot(e, s);
+                }
+            }
+        /* 4, 5: one prefill chunk, then one decode step per model */
+        prefill_step(e);
+        for (int m = 0; m < e->n_mc; m++)
+            decode_step(e, &e->mc[m]);
+        /* publish the op accounting for /metrics */
+        pthread_mutex_lock(&e->mu);
+        tfm_profile_reset(&e->prof);
+        for (int m = 0; m < e->n_mc; m++)
+            tfm_profile_add(&e->prof, tfm_workspace_profile(e->mc[m].ws));
+        pthread_mutex_unlock(&e->mu);
+    }
+    return NULL;
+}
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_depth,
+                              int n_threads, const srv_engine_hooks *hooks)
+{
+    srv_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    atomic_init(&e->running, 0);
+    e->max_batch = max_batch;
+    e->q_cap = queue_depth > 0 ? queue_depth : 1;
+    e->q = calloc((size_t)e->q_cap, sizeof *e->q);
+    e->mc = calloc((size_t)(reg->n ? reg->n : 1), sizeof *e->mc);
+    e->prof.enabled = 1;
+    if (hooks)
+        e->hooks = *hooks;
+    if (!e->q || !e->mc)
+        goto fail;
+    for (int i = 0; i < reg->n; i++) {
+        const srv_model *m = &reg->items[i];
+        if (strcmp(m->kind, "text"))
+            continue;
+        mctx *mc = &e->mc[e->n_mc++];
+        const tfm_config *c = &m->model->cfg;
+        mc->m = m;
+        mc->eos = tfm_tokenizer_eos(m->tok);
+        /* llama2.c models end a sequence with BOS, as run.c stops on it */
+        mc->stop2 = tfm_tokenizer_kind_of(m->tok) == TFM_TOKENIZER_LLAMA2C ? tfm_tokenizer_bos(m->tok)
+                                                                          : mc->eos;
+        int rows = max_batch > PREFILL_CHUNK ? max_batch : PREFILL_CHUNK;
+        if (tfm_workspace_create(m->model, rows, n_threads, &mc->ws) != TFM_OK)
+            goto fail;
+        tfm_workspace_profile(mc->ws)->enabled = 1;
+        mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
+        mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
+        mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);
+        mc->btok = calloc((size_t)max_batch, sizeof(int));
+        mc->bslot = calloc((size_t)max_batch, sizeof(int));
+        if (!mc->slots || !mc->logits || !mc->bst || !mc->btok || !mc->bslot)
+            goto fail;
+        for (int k = 0; k < max_batch; k++) {
+            slot *s = &mc->slots[k];
+            tfm_sampler_params sp = {0.0f, 0, 1.0f, 0};
+            s->ids = malloc((size_t)c->seq_len * sizeof(int));
+            if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
+                tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
+                goto fail;
+        }
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0)
+        goto fail;
+    e->thread_started = 1;
+    return e;
+fail:
+    fprintf(stderr, "attnd: engine: out of memory\n");
+    srv_engine_destroy(e);
+    return NULL;
+}
+
+void srv_engine_destroy(srv_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (e->thread_started)
+        pthread_join(e->thread, NULL);
+    while (e->q_len > 0) {
+        srv_job *j = e->q[e->q_head];
+        e->q_head = (e->q_head + 1) % e->q_cap;
+        e->q_len--;
+        finish_job(j, SRV_FINISH_CANCELLED);
+        srv_job_unref(j);
+    }
+    for (int m = 0; m < e->n_mc; m++) {
+        mctx *mc = &e->mc[m];
+        for (int k = 0; mc->slots && k < e->max_batch; k++) {
+            slot *s = &mc->slots[k];
+            if (s->phase != SLOT_FREE) {
+                finish_job(s->job, SRV_FINISH_CANCELLED);
+                release_slot(e, s);
+            }
+            tfm_state_destroy(s->st);
+            tfm_sampler_destroy(s->smp);
+            free(s->ids);
+        }
+        free(mc->slots);
+        free(mc->logits);
+        free(mc->bst);
+        free(mc->btok);
+        free(mc->bslot);
+        tfm_workspace_destroy(mc->ws);
+    }
+    free(e->mc);
+    free(e->q);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+int srv_engine_submit(srv_engine *e, srv_job *j)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping || e->q_len >= e->q_cap) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    srv_job_ref(j);
+    j->t_submit = tfm_now();
+    e->q[(e->q_head + e->q_len) % e->q_cap] = j;
+    e->q_len++;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int srv_engine_queued(srv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int n = e->q_len;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+int srv_engine_running(srv_engine *e) { return atomic_load(&e->running); }
+
+void srv_engine_profile(srv_engine *e, tfm_profile *out)
+{
+    pthread_mutex_lock(&e->mu);
+    *out = e->prof;
+    pthread_mutex_unlock(&e->mu);
+}

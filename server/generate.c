@@ -1,0 +1,246 @@
+/*
+ * generate.c — POST /generate: validate the body, hand a job to the engine.
+ *
+ * Every field is checked here, on the loop thread, before anything is
+ * queued, so a bad request costs no engine time and names its field
+ * (422).  What can only be known after tokenising (a prompt longer than the
+ * context) is checked by the engine and comes back as the same error shape.
+ * Unknown fields are refused: a typo like "max_token" should not silently
+ * fall back to a default, as it does in some servers.
+ */
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+#define MAX_TOKENS_LIMIT 4096
+
+static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_tokens",
+                                    "temperature", "top_k", "top_p", "seed", "stop", "stream"};
+
+static void on_job(srv_job *j, void *ctx);
+
+/* A number field in [lo, hi]; 1 when absent (out keeps its default). */
+static int number(srv_req *r, json_t *body, const char *key, double lo, double hi, int lo_open,
+                  double *out)
+{
+    json_t *v = json_object_get(body, key);
+    if (!v)
+        return 1;
+    if (!json_is_number(v)) {
+        srv_reply_error(r, 422, "invalid_argument", key, "%s must be a number", key);
+        return 0;
+    }
+    double d = json_number_value(v);
+    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo)) {
+        srv_reply_error(r, 422, "invalid_argument", key, "%s must be %s %g and <= %g", key,
+                        lo_open ? ">" : ">=", lo, hi);
+        return 0;
+    }
+    *out = d;
+    return 1;
+}
+
+/* An integer field in [lo, hi]; 1 when absent. */
+static int integer(srv_req *r, json_t *body, const char *key, json_int_t lo, json_int_t hi,
+                   json_int_t *out)
+{
+    json_t *v = json_object_get(body, key);
+    if (!v)
+        return 1;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        srv_reply_error(r, 422, "invalid_argument", key,
+                        "%s must be an integer between %lld and %lld", key, (long long)lo,
+                        (long long)hi);
+        return 0;
+    }
+    *out = json_integer_value(v);
+    return 1;
+}
+
+static int parse_stop(srv_req *r, json_t *v, srv_job *j)
+{
+    json_t *one[1] = {v};
+    json_t **items = one;
+    size_t n = 1;
+    if (json_is_array(v)) {
+        n = json_array_size(v);
+        if (n > SRV_MAX_STOP) {
+            srv_reply_error(r, 422, "invalid_argument", "stop", "stop takes at most %d strings",
+                            SRV_MAX_STOP);
+            return 0;
+        }
+        items = NULL;
+    } else if (!json_is_string(v)) {
+        srv_reply_error(r, 422, "invalid_argument", "stop",
+                        "stop must be a string or an array of strings");
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = items ? items[i] : json_array_get(v, i);
+        if (!json_is_string(s) || json_string_length(s) == 0 ||
+            json_string_length(s) > SRV_MAX_STOP_BYTES) {
+            srv_reply_error(r, 422, "invalid_argument", "stop",
+                            "each stop string must be a non-empty string of at most %d bytes",
+                            SRV_MAX_STOP_BYTES);
+            return 0;
+        }
+        size_t len = json_string_length(s);
+        j->stop[j->n_stop] = malloc(len + 1);
+        if (!j->stop[j->n_stop]) {
+            srv_reply_error(r, 500, "internal", NULL, "out of memory");
+            return 0;
+        }
+        memcpy(j->stop[j->n_stop], json_string_value(s), len + 1);
+        j->stop_len[j->n_stop++] = len;
+    }
+    return 1;
+}
+
+static int fill_job(srv_req *r, json_t *body, srv_job *j)
+{
+    srv_app *app = r->app;
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int ok = 0;
+        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++)
+            ok = !strcmp(key, known[i]);
+        if (!ok) {
+            srv_reply_error(r, 422, "invalid_argument", key, "unknown field \"%s\"", key);
+            return 0;
+        }
+    }
+    json_t *prompt = json_object_get(body, "prompt");
+    if (!prompt || !json_is_string(prompt)) {
+        srv_reply_error(r, 422, "invalid_argument", "prompt",
+                        prompt ? "prompt must be a string" : "prompt is required");
+        return 0;
+    }
+    j->prompt_len = json_string_length(prompt);
+    j->prompt = malloc(j->prompt_len + 1);
+    if (!j->prompt) {
+        srv_reply_error(r, 500, "internal", NULL, "out of memory");
+        return 0;
+    }
+    memcpy(j->prompt, json_string_value(prompt), j->prompt_len + 1);
+
+    json_t *model = json_object_get(body, "model");
+    if (model && !json_is_string(model)) {
+        srv_reply_error(r, 422, "invalid_argument", "model", "model must be a string");
+        return 0;
+    }
+    j->model = model ? srv_models_find(&app->models, json_string_value(model))
+                     : srv_models_default(&app->models);
+    if (!j->model) {
+        if (model)
+            srv_reply_error(r, 404, "model_not_found", "model", "no model named \"%s\"",
+                            json_string_value(model));
+        else
+            srv_reply_error(r, 503, "not_ready", NULL, "no text model is loaded");
+        return 0;
+    }
+    if (strcmp(j->model->kind, "text")) {
+        srv_reply_error(r, 422, "invalid_argument", "model",
+                        "model \"%s\" is a %s model; /generate needs a text model", j->model->name,
+                        j->model->kind);
+        return 0;
+    }
+
+    json_int_t mt = 128, mnt = 0, top_k = 0, seed = 0;
+    if (!integer(r, body, "max_tokens", 1, MAX_TOKENS_LIMIT, &mt) ||
+        !integer(r, body, "max_new_tokens", 1, MAX_TOKENS_LIMIT, &mnt))
+        return 0;
+    if (json_object_get(body, "max_new_tokens")) {
+        if (json_object_get(body, "max_tokens") && mt != mnt) {
+            srv_reply_error(r, 422, "invalid_argument", "max_new_tokens",
+                            "max_tokens and its alias max_new_tokens disagree");
+            return 0;
+        }
+        mt = mnt;
+    }
+    j->max_tokens = (int)mt;
+    double temperature = 1.0, top_p = 1.0;
+    if (!number(r, body, "temperature", 0, 100, 0, &temperature) ||
+        !number(r, body, "top_p", 0, 1, 1, &top_p) ||
+        !integer(r, body, "top_k", 0, 1 << 30, &top_k))
+        return 0;
+    j->sampling.temperature = (float)temperature;
+    j->sampling.top_p = (float)top_p;
+    j->sampling.top_k = (int)top_k;
+    if (json_object_get(body, "seed")) {
+        /* jansson holds integers as int64, so seeds span 0 .. 2^63-1 */
+        if (!integer(r, body, "seed", 0, LLONG_MAX, &seed))
+            return 0;
+        j->sampling.seed = (uint64_t)seed;
+    } else {
+        /* no seed: a fresh one per request, from the clock and a counter */
+        static uint64_t counter;
+        j->sampling.seed = (uint64_t)(tfm_now() * 1e9) ^ (++counter * 0x9E3779B97F4A7C15ull);
+    }
+    json_t *stop = json_object_get(body, "stop");
+    if (stop && !json_is_null(stop) && !parse_stop(r, stop, j))
+        return 0;
+    json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream)) {
+        srv_reply_error(r, 422, "invalid_argument", "stream", "stream must be true or false");
+        return 0;
+    }
+    j->stream = stream && json_is_true(stream);
+    return 1;
+}
+
+void srv_route_generate(srv_req *r)
+{
+    srv_app *app = r->app;
+    if (!atomic_load(&app->ready)) {
+        srv_reply_error(r, 503, "not_ready", NULL, "models are loading");
+        return;
+    }
+    json_error_t err;
+    json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len, JSON_REJECT_DUPLICATES,
+                              &err);
+    if (!body) {
+        srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                        err.line, err.column, err.text);
+        return;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        srv_reply_error(r, 422, "invalid_argument", NULL, "the body must be a JSON object");
+        return;
+    }
+    srv_job *j = srv_job_create();
+    if (!j) {
+        json_decref(body);
+        srv_reply_error(r, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    int ok = fill_job(r, body, j);
+    json_decref(body);
+    if (!ok) {
+        srv_job_unref(j);
+        return;
+    }
+    j->notify = on_job;
+    j->notify_ctx = app;
+    if (srv_engine_submit(app->engine, j) != 0) {
+        srv_job_unref(j);
+        srv_reply_error(r, 503, "overloaded", NULL,
+                        "the queue is full (%d waiting); retry shortly", app->cfg.queue_depth);
+        return;
+    }
+    /* the engine may finish before this line, but its notice goes through
+     * the loop's inbox, which this thread reads only after returning */
+    srv_req_wait(r, j);
+    srv_job_unref(j); /* the request and the engine hold it now */
+}
+
+/* Engine thread: hand the job to the loop (main.c's inbox). */
+void srv_app_post(srv_app *app, srv_job *j);
+static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }

@@ -1,0 +1,497 @@
+/*
+ * http.c — libmicrohttpd with suspend/resume (see http.h).
+ *
+ * libmicrohttpd runs its own epoll thread; every request callback runs
+ * there and owns its srv_req.  The one thing that crosses threads is a
+ * parked request: the HTTP thread parks (suspends) the connection for a
+ * job, and the loop thread resumes it when the engine reports.  Both do so
+ * under the job's mutex, with job->http and job->parked saying whether a
+ * connection is attached and suspended right now; libmicrohttpd cannot
+ * complete a suspended connection, so a parked job's connection is always
+ * alive when the loop resumes it.  Lock order: job->mu, then
+ * libmicrohttpd's own.
+ *
+ * A suspended connection is not polled, so a client that hangs up while its
+ * generation runs would go unnoticed; srv_http_watch (a loop timer) peeks
+ * at each parked request's socket every 100 ms (recv MSG_PEEK: 0 means the
+ * peer closed), cancels the job, freeing its slot, and resumes the
+ * connection so that it closes.  A stream's write to a closed socket fails
+ * and ends the request through the completion callback, which cancels the
+ * job too.
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef struct route {
+    const char *path, *method;
+    void (*handler)(srv_req *r);
+    int has_body;
+} route;
+
+static const route routes[] = {
+    {"/generate", "POST", srv_route_generate, 1},
+    {"/models", "GET", srv_route_models, 0},
+    {"/healthz", "GET", srv_route_healthz, 0},
+    {"/readyz", "GET", srv_route_readyz, 0},
+    {"/metrics", "GET", srv_route_metrics, 0},
+};
+#define N_ROUTES ((int)(sizeof routes / sizeof *routes))
+
+/* ---- replies ---------------------------------------------------------------- */
+
+void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size_t len)
+{
+    if (r->responded)
+        return;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (status == 405 && r->route >= 0)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, routes[r->route].method);
+    if (status == 503)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    r->status = status;
+    r->responded = 1;
+}
+
+void srv_reply_json(srv_req *r, int status, const char *json)
+{
+    srv_reply(r, status, "application/json", json, strlen(json));
+}
+
+void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
+                     const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    srv_buf b = {0};
+    srv_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+    srv_json_string(&b, msg, strlen(msg));
+    if (field) {
+        srv_buf_append(&b, ",\"field\":", 9);
+        srv_json_string(&b, field, strlen(field));
+    }
+    srv_buf_append(&b, "}}", 2);
+    if (b.p)
+        srv_reply(r, status, "application/json", b.p, b.len);
+    srv_buf_free(&b);
+}
+
+static void deliver(srv_req *r);
+
+/* ---- parking ------------------------------------------------------------------ */
+
+/* Whether the job has something for its connection (under j->mu). */
+static int has_news(const srv_req *r, const srv_job *j)
+{
+    if (j->done || atomic_load(&j->cancelled) == SRV_CANCEL_CLIENT)
+        return 1;
+    if (!r->responded)
+        return j->stream && j->started;
+    return j->out_pos < j->out.len;
+}
+
+/* Suspends the connection unless the job already has news; 1 if parked.
+ * Called on the HTTP thread, from a request callback. */
+static int park(srv_req *r)
+{
+    srv_job *j = r->job;
+    pthread_mutex_lock(&j->mu);
+    int news = has_news(r, j);
+    if (!news) {
+        j->parked = 1;
+        MHD_suspend_connection(r->conn);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return !news;
+}
+
+static void waiting_add(srv_app *app, srv_job *j)
+{
+    pthread_mutex_lock(&app->wait_mu);
+    if (app->n_waiting == app->cap_waiting) {
+        int cap = app->cap_waiting ? app->cap_waiting * 2 : 64;
+        srv_job **p = realloc(app->waiting, (size_t)cap * sizeof *p);
+        if (p) {
+            app->waiting = p;
+            app->cap_waiting = cap;
+        }
+    }
+    if (app->n_waiting < app->cap_waiting)
+        app->waiting[app->n_waiting++] = j; /* else: no disconnect watch for it */
+    pthread_mutex_unlock(&app->wait_mu);
+}
+
+static void waiting_remove(srv_app *app, srv_job *j)
+{
+    pthread_mutex_lock(&app->wait_mu);
+    for (int i = 0; i < app->n_waiting; i++)
+        if (app->waiting[i] == j) {
+            app->waiting[i] = app->waiting[--app->n_waiting];
+            break;
+        }
+    pthread_mutex_unlock(&app->wait_mu);
+}
+
+void srv_req_wait(srv_req *r, srv_job *j)
+{
+    srv_job_ref(j);
+    r->job = j;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    pthread_mutex_lock(&j->mu);
+    j->http = r->conn;
+    j->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_unlock(&j->mu);
+    waiting_add(r->app, j);
+    if (!park(r))
+        deliver(r);
+}
+
+/* Loop thread: resume a parked connection; the HTTP thread takes over. */
+static void unpark(srv_job *j)
+{
+    if (j->http && j->parked) {
+        j->parked = 0;
+        MHD_resume_connection(j->http);
+    }
+}
+
+void srv_http_job_ready(srv_app *app, srv_job *j)
+{
+    (void)app;
+    pthread_mutex_lock(&j->mu);
+    unpark(j);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_http_watch(srv_app *app)
+{
+    pthread_mutex_lock(&app->wait_mu);
+    for (int i = 0; i < app->n_waiting; i++) {
+        srv_job *j = app->waiting[i];
+        pthread_mutex_lock(&j->mu);
+        if (j->parked && j->fd >= 0 && !atomic_load(&j->cancelled)) {
+            char c;
+            ssize_t n = recv(j->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                atomic_store(&j->cancelled, SRV_CANCEL_CLIENT);
+                unpark(j);
+            }
+        }
+        pthread_mutex_unlock(&j->mu);
+    }
+    pthread_mutex_unlock(&app->wait_mu);
+}
+
+void srv_http_cancel_all(srv_app *app)
+{
+    pthread_mutex_lock(&app->wait_mu);
+    for (int i = 0; i < app->n_waiting; i++) {
+        int none = 0; /* a client's own cancel stays as it is */
+        atomic_compare_exchange_strong(&app->waiting[i]->cancelled, &none, SRV_CANCEL_SHUTDOWN);
+    }
+    pthread_mutex_unlock(&app->wait_mu);
+}
+
+/* ---- delivering a job's output (HTTP thread) ---------------------------------- */
+
+/* The stream's content reader: what the engine produced since the last
+ * call, or park until it produces more. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    srv_req *r = cls;
+    srv_job *j = r->job;
+    (void)pos;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        size_t avail = j->out.len - j->out_pos;
+        if (avail > 0) {
+            size_t n = avail < max ? avail : max;
+            memcpy(buf, j->out.p + j->out_pos, n);
+            j->out_pos += n;
+            pthread_mutex_unlock(&j->mu);
+            return (ssize_t)n;
+        }
+        int done = j->done, gone = atomic_load(&j->cancelled) == SRV_CANCEL_CLIENT;
+        pthread_mutex_unlock(&j->mu);
+        if (gone && !done)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (done)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (park(r))
+            return 0; /* resumed when the engine has more */
+    }
+}
+
+static void start_stream(srv_req *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, r, NULL);
+    if (!resp)
+        return;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    r->status = 200;
+    r->responded = 1;
+}
+
+/* The job has news for a request that has no reply yet: the reply, or the
+ * start of the stream. */
+static void deliver(srv_req *r)
+{
+    srv_job *j = r->job;
+    pthread_mutex_lock(&j->mu);
+    int done = j->done, started = j->started, status = j->http_status;
+    srv_finish fin = j->finish;
+    pthread_mutex_unlock(&j->mu);
+    if (j->stream && started && status == 200) {
+        start_stream(r);
+    } else if (done && fin == SRV_FINISH_CANCELLED) {
+        srv_reply_error(r, 503, "overloaded", NULL, "the request was cancelled: the server is shutting down");
+    } else if (done) {
+        /* the engine is finished with the job: out is no longer written */
+        srv_reply(r, status, "application/json", j->out.p ? j->out.p : "{}", j->out.len);
+    }
+}
+
+/* ---- the request callbacks -------------------------------------------------- */
+
+static int find_route(const char *path)
+{
+    for (int i = 0; i < N_ROUTES; i++)
+        if (!strcmp(path, routes[i].path))
+            return i;
+    return -1;
+}
+
+static int is_json(const char *ctype)
+{
+    if (!ctype)
+        return 0;
+    while (*ctype == ' ')
+        ctype++;
+    size_t n = strlen("application/json");
+    if (strncasecmp(ctype, "application/json", n))
+        return 0;
+    char c = ctype[n];
+    return c == 0 || c == ';' || c == ' ';
+}
+
+/* First call: route, method and headers, before any body is read. */
+static void first_checks(srv_req *r)
+{
+    srv_app *app = r->app;
+    if (r->route < 0) {
+        srv_reply_error(r, 404, "not_found", NULL, "no route %s %s", r->method, r->path);
+        return;
+    }
+    const route *rt = &routes[r->route];
+    if (strcmp(r->method, rt->method)) {
+        srv_reply_error(r, 405, "method_not_allowed", NULL, "%s takes %s, not %s", rt->path,
+                        rt->method, r->method);
+        return;
+    }
+    if (!rt->has_body)
+        return;
+    if (atomic_load(&app->draining)) {
+        srv_reply_error(r, 503, "overloaded", NULL, "the server is shutting down");
+        return;
+    }
+    const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!is_json(ct)) {
+        srv_reply_error(r, 415, "unsupported_media_type", NULL,
+                        "the body must be application/json, not %s", ct ? ct : "(none)");
+        return;
+    }
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno || end == cl || n > app->cfg.max_body_bytes)
+            srv_reply_error(r, 413, "payload_too_large", NULL,
+                            "the body is %s bytes; the limit is %zu", cl,
+                            app->cfg.max_body_bytes);
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    srv_app *app = cls;
+    srv_req *r = *con_cls;
+    (void)version;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->app = app;
+        r->conn = conn;
+        r->t0 = tfm_now();
+        snprintf(r->method, sizeof r->method, "%s", method);
+        snprintf(r->path, sizeof r->path, "%s", url);
+        r->route = find_route(url);
+        r->label = r->route >= 0 ? routes[r->route].path : "other";
+        *con_cls = r;
+        atomic_fetch_add(&app->active, 1);
+        srv_gauge_add(app->stats.in_flight, 1);
+        first_checks(r);
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* A body without Content-Length (chunked) that outgrows the limit
+         * stops being buffered at once, and the 413 goes out when the
+         * upload ends; a client that keeps sending far beyond the limit is
+         * cut off. */
+        if (r->too_large || r->body.len + *upload_size > app->cfg.max_body_bytes) {
+            r->too_large += *upload_size;
+            srv_buf_free(&r->body);
+            *upload_size = 0;
+            return r->too_large > 4 * app->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+        }
+        if (!r->responded && srv_buf_append(&r->body, upload_data, *upload_size))
+            return MHD_NO;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (r->responded)
+        return MHD_YES;
+    if (r->job) { /* resumed: the job has news, or its client is gone */
+        if (atomic_load(&r->job->cancelled) == SRV_CANCEL_CLIENT)
+            return MHD_NO; /* the client hung up: close */
+        if (!park(r))
+            deliver(r);
+        return MHD_YES;
+    }
+    if (r->too_large) {
+        srv_reply_error(r, 413, "payload_too_large", NULL,
+                        "the body is over the limit of %zu bytes", app->cfg.max_body_bytes);
+        return MHD_YES;
+    }
+    routes[r->route].handler(r);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode why)
+{
+    srv_app *app = cls;
+    srv_req *r = *con_cls;
+    (void)conn;
+    if (!r)
+        return;
+    double dt = tfm_now() - r->t0;
+    if (r->job) {
+        srv_job *j = r->job;
+        waiting_remove(app, j);
+        pthread_mutex_lock(&j->mu);
+        j->http = NULL;
+        j->parked = 0;
+        pthread_mutex_unlock(&j->mu);
+        /* finished or not, the engine may stop: nobody is listening */
+        atomic_store(&j->cancelled, SRV_CANCEL_CLIENT);
+        srv_job_unref(j);
+    }
+    int status = r->status ? r->status : 499; /* nginx's "client closed request" */
+    srv_stats_request(&app->stats, r->label, status, dt);
+    srv_gauge_add(app->stats.in_flight, -1);
+    if (!app->cfg.quiet) {
+        printf("%s %s %d %.1fms%s\n", r->method, r->path, status, dt * 1e3,
+               why == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (client gone)");
+        fflush(stdout);
+    }
+    srv_buf_free(&r->body);
+    free(r);
+    *con_cls = NULL;
+    atomic_fetch_sub(&app->active, 1);
+}
+
+/* TCP_NODELAY on every connection: a reply may leave in two writes
+ * (headers, body), and Nagle would hold the second for ~40 ms on a
+ * keep-alive connection (PEERS.md measured exactly that on llama-server). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    (void)socket_ctx;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci) {
+        int one = 1;
+        setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+}
+
+/* ---- the daemon ---------------------------------------------------------------- */
+
+int srv_http_start(srv_app *app)
+{
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)app->cfg.port);
+    if (inet_pton(AF_INET, app->cfg.host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "attnd: --host %s: not an IPv4 address\n", app->cfg.host);
+        return -1;
+    }
+    app->mhd = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_request, app, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, app, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, app, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+        (unsigned)1, MHD_OPTION_END);
+    if (!app->mhd) {
+        fprintf(stderr, "attnd: cannot listen on %s:%d: %s\n", app->cfg.host, app->cfg.port,
+                strerror(errno));
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(app->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    app->port = di ? di->port : app->cfg.port;
+    return 0;
+}
+
+void srv_http_quiesce(srv_app *app)
+{
+    if (!app->mhd)
+        return;
+    MHD_socket s = MHD_quiesce_daemon(app->mhd);
+    if (s != MHD_INVALID_SOCKET)
+        close(s);
+}
+
+void srv_http_stop(srv_app *app)
+{
+    if (!app->mhd)
+        return;
+    MHD_stop_daemon(app->mhd);
+    app->mhd = NULL;
+}

@@ -1,0 +1,66 @@
+/*
+ * http.h — libmicrohttpd: requests, routing, replies, and the hand-off of
+ * generation work to the engine with suspend/resume.
+ *
+ * A request's life: the first callback picks the route and refuses what it
+ * can before any body arrives (404, 405, 415, 413 from Content-Length); the
+ * body accumulates up to --max-body-bytes; then the route's handler runs.
+ * A handler either replies at once or submits a job to the engine and
+ * parks (suspends) the connection.  The engine's news reaches the libuv
+ * loop through its inbox, and the loop resumes the parked connection
+ * (srv_http_job_ready); libmicrohttpd then calls back, and the reply (or
+ * the next stream bytes) goes out.  No connection thread ever waits on
+ * compute.
+ */
+#ifndef SRV_HTTP_H
+#define SRV_HTTP_H
+
+#include <stddef.h>
+
+#include "app.h"
+#include "text.h"
+
+struct srv_req {
+    srv_app *app;
+    struct MHD_Connection *conn;
+    int route;             /* index into the route table; -1 unknown */
+    const char *label;     /* route label for metrics and logs */
+    char method[8];
+    char path[128];
+    srv_buf body;
+    size_t too_large;      /* bytes beyond the limit, discarded */
+    double t0;
+    int status;            /* status of the reply queued */
+    int responded;
+    srv_job *job;          /* referenced while attached */
+};
+
+/* Starts the daemon (its own epoll thread) on cfg->host:cfg->port.
+ * Returns 0 or -1 (message printed). */
+int srv_http_start(srv_app *app);
+/* Stop accepting new connections (shutdown's first step). */
+void srv_http_quiesce(srv_app *app);
+void srv_http_stop(srv_app *app);
+/* Loop thread: a job the engine reported on; resume its connection. */
+void srv_http_job_ready(srv_app *app, srv_job *job);
+/* Loop thread: cancel the jobs whose client has hung up (a timer). */
+void srv_http_watch(srv_app *app);
+/* Loop thread: cancel every parked job (the end of the grace period). */
+void srv_http_cancel_all(srv_app *app);
+
+/* Replies, from a handler (libmicrohttpd's thread).  The body is copied. */
+void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size_t len);
+void srv_reply_json(srv_req *r, int status, const char *json);
+void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Attach a submitted job to the request and park until it reports. */
+void srv_req_wait(srv_req *r, srv_job *job);
+
+/* Route handlers (routes.c, generate.c). */
+void srv_route_generate(srv_req *r);
+void srv_route_models(srv_req *r);
+void srv_route_healthz(srv_req *r);
+void srv_route_readyz(srv_req *r);
+void srv_route_metrics(srv_req *r);
+
+#endif

@@ -1,0 +1,238 @@
+/*
+ * main.c — attnd: flags, the libuv loop, the engine's inbox, model loading,
+ * signals and graceful shutdown.
+ *
+ * Start-up listens first and loads models on a libuv worker, so /healthz
+ * answers at once and /readyz says 503 until the models are in.  The
+ * engine posts jobs with news into a mutex-guarded inbox and wakes the loop
+ * with uv_async_send (which coalesces); the loop drains the inbox and lets
+ * http.c queue replies.  On SIGINT/SIGTERM the listening socket closes, new
+ * work is refused, running requests get --grace-seconds to finish, then
+ * whatever is left is cancelled and the process exits 0.  A second signal
+ * cuts the grace short.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+void srv_app_post(srv_app *app, srv_job *j);
+
+/* ---- the inbox ------------------------------------------------------------- */
+
+void srv_app_post(srv_app *app, srv_job *j)
+{
+    pthread_mutex_lock(&app->inbox_mu);
+    if (app->inbox_closed) { /* shutting down: nobody reads the inbox */
+        pthread_mutex_unlock(&app->inbox_mu);
+        return;
+    }
+    if (app->inbox_len == app->inbox_cap) {
+        int cap = app->inbox_cap ? app->inbox_cap * 2 : 64;
+        srv_job **p = realloc(app->inbox, (size_t)cap * sizeof *p);
+        if (!p) { /* the job still finishes; its client waits for the watch timer */
+            pthread_mutex_unlock(&app->inbox_mu);
+            return;
+        }
+        app->inbox = p;
+        app->inbox_cap = cap;
+    }
+    srv_job_ref(j);
+    app->inbox[app->inbox_len++] = j;
+    pthread_mutex_unlock(&app->inbox_mu);
+    uv_async_send(&app->inbox_async);
+}
+
+static void on_inbox(uv_async_t *h)
+{
+    srv_app *app = h->data;
+    for (;;) {
+        pthread_mutex_lock(&app->inbox_mu);
+        int n = app->inbox_len;
+        srv_job *batch[64];
+        if (n > 64)
+            n = 64;
+        memcpy(batch, app->inbox, (size_t)n * sizeof *batch);
+        memmove(app->inbox, app->inbox + n, (size_t)(app->inbox_len - n) * sizeof *batch);
+        app->inbox_len -= n;
+        pthread_mutex_unlock(&app->inbox_mu);
+        if (n == 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            srv_http_job_ready(app, batch[i]);
+            srv_job_unref(batch[i]);
+        }
+    }
+}
+
+/* ---- metrics collector: gauges read at each scrape ------------------------- */
+
+static void collect(srv_registry *reg, void *ctx)
+{
+    srv_app *app = ctx;
+    (void)reg;
+    srv_gauge_set(app->stats.ready, atomic_load(&app->ready));
+    if (!atomic_load(&app->ready))
+        return;
+    srv_gauge_set(app->stats.models, app->models.n);
+    srv_gauge_set(app->stats.queue_depth, srv_engine_queued(app->engine));
+    srv_gauge_set(app->stats.running, srv_engine_running(app->engine));
+    tfm_profile p;
+    srv_engine_profile(app->engine, &p);
+    srv_stats_profile(&app->stats, &p);
+}
+
+/* ---- start-up: models on a worker ------------------------------------------ */
+
+static int load_result;
+
+static void load_models(uv_work_t *w)
+{
+    srv_app *app = w->data;
+    load_result = srv_models_load(&app->models, &app->cfg);
+}
+
+static void close_all(srv_app *app);
+
+static void models_loaded(uv_work_t *w, int status)
+{
+    srv_app *app = w->data;
+    (void)status;
+    if (load_result < 0) {
+        fprintf(stderr, "attnd: a model given with --model could not be loaded\n");
+        app->exit_code = 1;
+        close_all(app);
+        return;
+    }
+    if (app->models.n == 0)
+        fprintf(stderr, "attnd: no models found (--model or --models-dir); not ready\n");
+    srv_engine_hooks hooks = {&app->stats,           srv_stats_queue_wait, srv_stats_first_token,
+                              srv_stats_inter_token, srv_stats_batch,      srv_stats_tokens};
+    app->engine = srv_engine_create(&app->models, app->cfg.max_batch, app->cfg.queue_depth,
+                                    app->cfg.threads, &hooks);
+    if (!app->engine) {
+        app->exit_code = 1;
+        close_all(app);
+        return;
+    }
+    if (app->models.n > 0 && !atomic_load(&app->draining)) {
+        atomic_store(&app->ready, 1);
+        fprintf(stderr, "attnd: ready: %d model(s), %d threads, batch %d, queue %d\n",
+                app->models.n, app->cfg.threads, app->cfg.max_batch, app->cfg.queue_depth);
+    }
+}
+
+/* ---- shutdown -------------------------------------------------------------- */
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, close_cb);
+}
+
+static void close_all(srv_app *app)
+{
+    pthread_mutex_lock(&app->inbox_mu);
+    app->inbox_closed = 1;
+    pthread_mutex_unlock(&app->inbox_mu);
+    srv_http_stop(app);
+    uv_walk(app->loop, close_handle, NULL);
+}
+
+static void on_deadline(uv_timer_t *t) { close_all(t->data); }
+
+static void on_grace(uv_timer_t *t)
+{
+    srv_app *app = t->data;
+    fprintf(stderr, "attnd: grace period over, cancelling what is left\n");
+    srv_http_cancel_all(app);
+    /* the cancelled jobs report back through the inbox; the watch timer
+     * closes everything once no request is left, or a second later */
+    uv_timer_start(&app->grace_timer, on_deadline, 1000, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    srv_app *app = h->data;
+    if (atomic_load(&app->draining)) {
+        fprintf(stderr, "attnd: second signal, stopping now\n");
+        srv_http_cancel_all(app);
+        close_all(app);
+        return;
+    }
+    fprintf(stderr, "attnd: %s, draining (grace %d s)\n", signum == SIGINT ? "SIGINT" : "SIGTERM",
+            app->cfg.grace_seconds);
+    atomic_store(&app->draining, 1);
+    atomic_store(&app->ready, 0);
+    srv_http_quiesce(app);
+    uv_timer_start(&app->grace_timer, on_grace, (uint64_t)app->cfg.grace_seconds * 1000, 0);
+}
+
+static void on_watch(uv_timer_t *t)
+{
+    srv_app *app = t->data;
+    srv_http_watch(app);
+    if (atomic_load(&app->draining) && atomic_load(&app->active) == 0)
+        close_all(app);
+}
+
+int main(int argc, char **argv)
+{
+    srv_app app;
+    memset(&app, 0, sizeof app);
+    int rc = srv_config_parse(&app.cfg, argc, argv);
+    if (rc)
+        return rc == 1 ? 0 : 2;
+    signal(SIGPIPE, SIG_IGN);
+    pthread_mutex_init(&app.inbox_mu, NULL);
+    pthread_mutex_init(&app.wait_mu, NULL);
+    if (srv_stats_init(&app.stats) != 0) {
+        fprintf(stderr, "attnd: out of memory\n");
+        return 1;
+    }
+    srv_metrics_on_render(app.stats.reg, collect, &app);
+    app.loop = uv_default_loop();
+    uv_async_init(app.loop, &app.inbox_async, on_inbox);
+    app.inbox_async.data = &app;
+    uv_signal_init(app.loop, &app.sigint);
+    uv_signal_init(app.loop, &app.sigterm);
+    app.sigint.data = app.sigterm.data = &app;
+    uv_signal_start(&app.sigint, on_signal, SIGINT);
+    uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    uv_timer_init(app.loop, &app.watch_timer);
+    uv_timer_init(app.loop, &app.grace_timer);
+    app.watch_timer.data = app.grace_timer.data = &app;
+    uv_timer_start(&app.watch_timer, on_watch, 100, 100);
+
+    if (srv_http_start(&app) != 0) {
+        app.exit_code = 1;
+        close_all(&app);
+    } else {
+        printf("attnd: listening on http://%s:%d\n", app.cfg.host, app.port);
+        fflush(stdout);
+        app.load_work.data = &app;
+        uv_queue_work(app.loop, &app.load_work, load_models, models_loaded);
+    }
+    uv_run(app.loop, UV_RUN_DEFAULT);
+
+    srv_engine_destroy(app.engine);
+    for (int i = 0; i < app.inbox_len; i++)
+        srv_job_unref(app.inbox[i]);
+    srv_http_stop(&app);
+    uv_loop_close(app.loop);
+    srv_models_deinit(&app.models);
+    srv_stats_deinit(&app.stats);
+    free(app.inbox);
+    free(app.waiting);
+    pthread_mutex_destroy(&app.inbox_mu);
+    pthread_mutex_destroy(&app.wait_mu);
+    srv_config_deinit(&app.cfg);
+    if (app.exit_code == 0)
+        fprintf(stderr, "attnd: stopped\n");
+    return app.exit_code;
+}

@@ -1,0 +1,70 @@
+/*
+ * routes.c — the small routes: /models, /healthz, /readyz, /metrics.
+ * Each runs on the loop thread and replies at once.
+ */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+static void reply_jansson(srv_req *r, int status, json_t *v)
+{
+    char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    if (s)
+        srv_reply_json(r, status, s);
+    else
+        srv_reply_error(r, 500, "internal", NULL, "out of memory");
+    free(s);
+    json_decref(v);
+}
+
+void srv_route_models(srv_req *r)
+{
+    srv_app *app = r->app;
+    json_t *list = json_array();
+    if (atomic_load(&app->ready)) {
+        for (int i = 0; i < app->models.n; i++) {
+            const srv_model *m = &app->models.items[i];
+            const tfm_config *c = &m->model->cfg;
+            json_t *cfg = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:f,s:f}", "dim", c->dim,
+                                    "hidden_dim", c->hidden_dim, "n_layers", c->n_layers,
+                                    "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads,
+                                    "vocab_size", c->vocab_size, "seq_len", c->seq_len,
+                                    "shared_classifier", c->shared_classifier, "norm_eps",
+                                    (double)c->norm_eps, "rope_theta", (double)c->rope_theta);
+            json_t *e = json_pack(
+                "{s:s,s:s,s:I,s:o,s:s,s:s}", "name", m->name, "kind", m->kind, "parameters",
+                (json_int_t)tfm_config_n_params(c), "config", cfg, "tokenizer",
+                m->model->tokenizer == TFM_TOKENIZER_LLAMA2C ? "llama2c" : "byte", "source",
+                m->source);
+            json_array_append_new(list, e);
+        }
+    }
+    reply_jansson(r, 200, json_pack("{s:o}", "models", list));
+}
+
+void srv_route_healthz(srv_req *r) { srv_reply_json(r, 200, "{\"status\":\"ok\"}"); }
+
+void srv_route_readyz(srv_req *r)
+{
+    srv_app *app = r->app;
+    if (!atomic_load(&app->ready) || atomic_load(&app->draining)) {
+        srv_reply_error(r, 503, "not_ready", NULL,
+                        atomic_load(&app->draining) ? "the server is shutting down" : "models are loading");
+        return;
+    }
+    reply_jansson(r, 200, json_pack("{s:s,s:i}", "status", "ready", "models", app->models.n));
+}
+
+void srv_route_metrics(srv_req *r)
+{
+    size_t len = 0;
+    char *text = srv_metrics_render(r->app->stats.reg, &len);
+    if (!text) {
+        srv_reply_error(r, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    srv_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}

@@ -1,0 +1,153 @@
+/*
+ * stats.c — the families attnd exports (see stats.h).
+ *
+ * Latency buckets follow what TGI and vLLM export (time to first token,
+ * time per output token, queue wait, end-to-end), exponential so that both
+ * a 2 ms decode step and a 30 s generation land in a resolving bucket.  The
+ * op counters mirror the core's profile, which is cumulative: each scrape
+ * adds the difference since the previous one, under a mutex so concurrent
+ * scrapes never add it twice.
+ */
+#include "stats.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *const route_code[] = {"route", "code"};
+static const char *const route_only[] = {"route"};
+static const char *const class_phase[] = {"class", "phase"};
+static const char *const comp_phase[] = {"component", "phase"};
+
+static srv_series *hist(srv_registry *r, const char *name, const char *help, double start,
+                        double factor, int n)
+{
+    double b[32];
+    srv_buckets_exponential(start, factor, n, b);
+    return srv_metric_series(srv_metrics_histogram(r, name, help, 0, NULL, b, n), NULL);
+}
+
+static srv_series *one(srv_metric *m) { return srv_metric_series(m, NULL); }
+
+int srv_stats_init(srv_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    srv_registry *r = s->reg = srv_metrics_create();
+    if (!r)
+        return -1;
+    double dur[16];
+    srv_buckets_exponential(0.001, 2.5, 14, dur); /* 1 ms .. ~150 s */
+    s->requests = srv_metrics_counter(r, "attnd_requests_total",
+                                      "HTTP requests answered, by route and status code.", 2,
+                                      route_code);
+    s->duration = srv_metrics_histogram(r, "attnd_request_duration_seconds",
+                                        "End-to-end request duration, by route.", 1, route_only,
+                                        dur, 14);
+    s->prompt_tokens = one(srv_metrics_counter(r, "attnd_prompt_tokens_total",
+                                               "Prompt tokens prefilled.", 0, NULL));
+    s->completion_tokens = one(srv_metrics_counter(r, "attnd_completion_tokens_total",
+                                                   "Tokens generated.", 0, NULL));
+    s->ttft = hist(r, "attnd_time_to_first_token_seconds",
+                   "From the request's arrival to its first generated token.", 0.001, 2, 16);
+    s->tpot = hist(r, "attnd_time_per_output_token_seconds",
+                   "Time between consecutive generated tokens of a sequence.", 0.0005, 2, 14);
+    s->queue_wait = hist(r, "attnd_queue_wait_seconds",
+                         "Time a request waited for a decode slot.", 0.0005, 2.5, 14);
+    double bs[10] = {1, 2, 3, 4, 6, 8, 12, 16, 32, 64};
+    s->batch = one(srv_metrics_histogram(r, "attnd_decode_batch_size",
+                                         "Sequences advanced by one decode step.", 0, NULL, bs,
+                                         10));
+    s->in_flight = one(srv_metrics_gauge(r, "attnd_requests_in_flight",
+                                         "HTTP requests being processed.", 0, NULL));
+    s->queue_depth = one(srv_metrics_gauge(r, "attnd_queue_depth",
+                                           "Generation requests waiting for a slot.", 0, NULL));
+    s->running = one(srv_metrics_gauge(r, "attnd_sequences_running",
+                                       "Sequences being prefilled or decoded.", 0, NULL));
+    s->models = one(srv_metrics_gauge(r, "attnd_models_loaded", "Models being served.", 0, NULL));
+    s->ready = one(srv_metrics_gauge(r, "attnd_ready", "1 once the models are loaded.", 0, NULL));
+    srv_metric *ops = srv_metrics_counter(
+        r, "attnd_op_seconds_total",
+        "Compute seconds by op class (tensor contraction, normalization, elementwise) and phase.",
+        2, class_phase);
+    srv_metric *opf = srv_metrics_counter(r, "attnd_op_flops_total",
+                                          "Floating-point operations by op class and phase.", 2,
+                                          class_phase);
+    srv_metric *comp = srv_metrics_counter(
+        r, "attnd_component_seconds_total",
+        "Compute seconds by model component (attention, mlp, other) and phase.", 2, comp_phase);
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
+        for (int c = 0; c < TFM_CLASS_COUNT; c++) {
+            const char *v[2] = {tfm_op_class_name(c), tfm_phase_name(ph)};
+            s->op_seconds[ph][c] = srv_metric_series(ops, v);
+            s->op_flops[ph][c] = srv_metric_series(opf, v);
+        }
+        for (int c = 0; c < TFM_COMP_COUNT; c++) {
+            const char *v[2] = {tfm_component_name(c), tfm_phase_name(ph)};
+            s->comp_seconds[ph][c] = srv_metric_series(comp, v);
+        }
+    }
+    s->seen.enabled = 1;
+    return s->requests && s->duration && s->ttft && s->op_seconds[0][0] ? 0 : -1;
+}
+
+void srv_stats_deinit(srv_stats *s)
+{
+    srv_metrics_destroy(s->reg);
+    s->reg = NULL;
+    pthread_mutex_destroy(&s->mu);
+}
+
+void srv_stats_request(srv_stats *s, const char *route, int status, double seconds)
+{
+    char code[8];
+    snprintf(code, sizeof code, "%d", status);
+    const char *rc[2] = {route, code};
+    srv_metric_add(s->requests, rc, 1);
+    const char *r1[1] = {route};
+    srv_metric_add(s->duration, r1, seconds);
+}
+
+void srv_stats_profile(srv_stats *s, const tfm_profile *p)
+{
+    pthread_mutex_lock(&s->mu);
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
+        for (int c = 0; c < TFM_CLASS_COUNT; c++) {
+            srv_counter_add(s->op_seconds[ph][c], p->seconds[ph][c] - s->seen.seconds[ph][c]);
+            srv_counter_add(s->op_flops[ph][c], p->flops[ph][c] - s->seen.flops[ph][c]);
+        }
+        for (int c = 0; c < TFM_COMP_COUNT; c++)
+            srv_counter_add(s->comp_seconds[ph][c],
+                            p->comp_seconds[ph][c] - s->seen.comp_seconds[ph][c]);
+    }
+    s->seen = *p;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_stats_queue_wait(void *ctx, double seconds)
+{
+    srv_histogram_observe(((srv_stats *)ctx)->queue_wait, seconds);
+}
+
+void srv_stats_first_token(void *ctx, double seconds)
+{
+    srv_histogram_observe(((srv_stats *)ctx)->ttft, seconds);
+}
+
+void srv_stats_inter_token(void *ctx, double seconds)
+{
+    srv_histogram_observe(((srv_stats *)ctx)->tpot, seconds);
+}
+
+void srv_stats_batch(void *ctx, int size)
+{
+    srv_histogram_observe(((srv_stats *)ctx)->batch, size);
+}
+
+void srv_stats_tokens(void *ctx, int prompt, int completion)
+{
+    srv_stats *s = ctx;
+    if (prompt)
+        srv_counter_add(s->prompt_tokens, prompt);
+    if (completion)
+        srv_counter_add(s->completion_tokens, completion);
+}

@@ -1,0 +1,43 @@
+/*
+ * stats.h — attnd's metric families (names, help, buckets) on top of the
+ * generic registry in metrics.h.  Updates are lock-free; the core's op
+ * profile and the queue gauges are pulled in by a collector at each scrape.
+ */
+#ifndef SRV_STATS_H
+#define SRV_STATS_H
+
+#include <pthread.h>
+
+#include "metrics.h"
+#include "tfm/profile.h"
+
+typedef struct srv_stats {
+    srv_registry *reg;
+    srv_metric *requests;  /* {route, code} */
+    srv_metric *duration;  /* {route} */
+    srv_series *prompt_tokens, *completion_tokens;
+    srv_series *ttft, *tpot, *queue_wait, *batch;
+    srv_series *in_flight, *queue_depth, *running, *models, *ready;
+    srv_series *op_seconds[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
+    srv_series *op_flops[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
+    srv_series *comp_seconds[TFM_PHASE_COUNT][TFM_COMP_COUNT];
+    pthread_mutex_t mu; /* the collector's last-seen profile */
+    tfm_profile seen;
+} srv_stats;
+
+int srv_stats_init(srv_stats *s);
+void srv_stats_deinit(srv_stats *s);
+
+/* One finished request: counted by route and status, timed by route. */
+void srv_stats_request(srv_stats *s, const char *route, int status, double seconds);
+/* Brings the op counters up to a cumulative profile (any thread). */
+void srv_stats_profile(srv_stats *s, const tfm_profile *p);
+
+/* Engine hooks (srv_engine_hooks-compatible; ctx is the srv_stats). */
+void srv_stats_queue_wait(void *ctx, double seconds);
+void srv_stats_first_token(void *ctx, double seconds);
+void srv_stats_inter_token(void *ctx, double seconds);
+void srv_stats_batch(void *ctx, int size);
+void srv_stats_tokens(void *ctx, int prompt, int completion);
+
+#endif
