@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -158,8 +159,15 @@ void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx)
         pthread_mutex_unlock(&p->mu);
     }
     fn(ctx, 0, p->n);
-    while (atomic_load(&p->pending) > 0)
-        cpu_relax();
+    /* Spin for the stragglers, but yield once it takes long: when another
+     * process holds the other core, a worker may be descheduled, and
+     * spinning would only burn the timeslice it needs to finish. */
+    for (int spins = 0; atomic_load(&p->pending) > 0; spins++) {
+        if (spins < 4096)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 void tfm__split(int n, int i, int nthreads, int align, int *lo, int *hi)
