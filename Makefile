@@ -4,6 +4,12 @@ BUILD ?= build
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
+# The default model make run serves until trained ones land: seeded random
+# weights, byte-level tokenizer, made here rather than committed.
+DEFAULT_MODEL := models/tiny-random.safetensors
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
 .PHONY: all deps build test bench run clean asan
 
 all: build
@@ -19,6 +25,13 @@ build: deps $(BUILD)/CMakeCache.txt
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+$(DEFAULT_MODEL): | build
+	$(BUILD)/attn random --out $@ --dim 192 --hidden 512 --layers 4 --heads 6 --kv-heads 3 \
+	  --vocab 258 --seq-len 1024 --seed 1
+
+run: build $(DEFAULT_MODEL)
+	$(BUILD)/attnd --host $(HOST) --port $(PORT) --models-dir models
 
 bench: build
 	scripts/bench.sh $(BUILD)
