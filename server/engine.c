@@ -280,6 +280,8 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     }
     int prev = j->n_tokens ? j->tokens[j->n_tokens - 1] : s->ids[s->n_ids - 1];
     j->tokens[j->n_tokens++] = tok;
+    if (e->hooks.tokens)
+        e->hooks.tokens(e->hooks.ctx, 0, 1);
     const char *piece = "";
     size_t plen = 0;
     tfm_tokenizer_decode(mc->m->tok, prev, tok, &piece, &plen);
@@ -302,8 +304,10 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
         }
     }
     j->text.len = cut;
+    /* the context holds prompt and generated tokens together: stop when
+     * they fill it (the token just sampled would need one more position) */
     if (fin == SRV_FINISH_NONE &&
-        (j->n_tokens >= j->max_tokens || s->st->pos >= s->st->max_seq))
+        (j->n_tokens >= j->max_tokens || j->prompt_tokens + j->n_tokens >= s->st->max_seq))
         fin = SRV_FINISH_LENGTH;
     if (j->stream) {
         size_t upto = fin != SRV_FINISH_NONE ? j->text.len : releasable(j);
@@ -388,8 +392,6 @@ static void decode_step(srv_engine *e, mctx *mc)
             release_slot(e, s);
             continue;
         }
-        if (e->hooks.tokens)
-            e->hooks.tokens(e->hooks.ctx, 0, 1);
         emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits + (size_t)b * vocab));
     }
 }

@@ -9,6 +9,8 @@
  * fall back to a default, as it does in some servers.
  */
 #include <jansson.h>
+#include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +25,79 @@ static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_to
                                     "temperature", "top_k", "top_p", "seed", "stop", "stream"};
 
 static void on_job(srv_job *j, void *ctx);
+
+/* Set while the body was parsed with integers as reals (see generate). */
+typedef struct parse_ctx {
+    int reals;
+    const char *raw;
+    size_t raw_len;
+} parse_ctx;
+static _Thread_local parse_ctx pc;
+
+/* The raw text of a top-level member's value in an object that jansson has
+ * already accepted: what seeds need, since jansson keeps integers as int64
+ * and a seed may be any unsigned 64-bit value.  0 when not found (a key
+ * written with escapes is not matched). */
+static int raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen)
+{
+    size_t klen = strlen(key);
+    int depth = 0;
+    for (size_t i = 0; i < n;) {
+        char c = p[i];
+        if (c == '"') {
+            size_t start = ++i;
+            while (i < n && p[i] != '"')
+                i += p[i] == '\\' ? 2 : 1;
+            size_t end = i++;
+            size_t k = i;
+            while (k < n && isspace((unsigned char)p[k]))
+                k++;
+            if (depth == 1 && k < n && p[k] == ':' && end - start == klen &&
+                !memcmp(p + start, key, klen)) {
+                k++;
+                while (k < n && isspace((unsigned char)p[k]))
+                    k++;
+                size_t v = k;
+                while (k < n && !strchr(",}] \t\r\n", p[k]))
+                    k++;
+                *val = p + v;
+                *vlen = k - v;
+                return 1;
+            }
+            continue;
+        }
+        if (c == '{' || c == '[')
+            depth++;
+        else if (c == '}' || c == ']')
+            depth--;
+        i++;
+    }
+    return 0;
+}
+
+static int parse_seed(srv_req *r, uint64_t *out)
+{
+    const char *v;
+    size_t n;
+    char lit[32];
+    if (!raw_member(pc.raw, pc.raw_len, "seed", &v, &n) || n == 0 || n >= sizeof lit)
+        goto bad;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            goto bad;
+    memcpy(lit, v, n);
+    lit[n] = 0;
+    errno = 0;
+    unsigned long long s = strtoull(lit, NULL, 10);
+    if (errno)
+        goto bad;
+    *out = s;
+    return 1;
+bad:
+    srv_reply_error(r, 422, "invalid_argument", "seed",
+                    "seed must be an integer between 0 and 18446744073709551615");
+    return 0;
+}
 
 /* A number field in [lo, hi]; 1 when absent (out keeps its default). */
 static int number(srv_req *r, json_t *body, const char *key, double lo, double hi, int lo_open,
@@ -52,6 +127,13 @@ static int integer(srv_req *r, json_t *body, const char *key, json_int_t lo, jso
     json_t *v = json_object_get(body, key);
     if (!v)
         return 1;
+    /* a body with an integer beyond int64 was parsed with integers as
+     * reals: then an integral real counts as an integer */
+    if (pc.reals && json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+        json_real_value(v) >= (double)lo && json_real_value(v) <= (double)hi) {
+        *out = (json_int_t)json_real_value(v);
+        return 1;
+    }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
         srv_reply_error(r, 422, "invalid_argument", key,
                         "%s must be an integer between %lld and %lld", key, (long long)lo,
@@ -152,7 +234,7 @@ static int fill_job(srv_req *r, json_t *body, srv_job *j)
         return 0;
     }
 
-    json_int_t mt = 128, mnt = 0, top_k = 0, seed = 0;
+    json_int_t mt = 128, mnt = 0, top_k = 0;
     if (!integer(r, body, "max_tokens", 1, MAX_TOKENS_LIMIT, &mt) ||
         !integer(r, body, "max_new_tokens", 1, MAX_TOKENS_LIMIT, &mnt))
         return 0;
@@ -174,10 +256,8 @@ static int fill_job(srv_req *r, json_t *body, srv_job *j)
     j->sampling.top_p = (float)top_p;
     j->sampling.top_k = (int)top_k;
     if (json_object_get(body, "seed")) {
-        /* jansson holds integers as int64, so seeds span 0 .. 2^63-1 */
-        if (!integer(r, body, "seed", 0, LLONG_MAX, &seed))
+        if (!parse_seed(r, &j->sampling.seed))
             return 0;
-        j->sampling.seed = (uint64_t)seed;
     } else {
         /* no seed: a fresh one per request, from the clock and a counter */
         static uint64_t counter;
@@ -203,8 +283,17 @@ void srv_route_generate(srv_req *r)
         return;
     }
     json_error_t err;
-    json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len, JSON_REJECT_DUPLICATES,
-                              &err);
+    const char *raw = r->body.p ? r->body.p : "";
+    size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
+    pc = (parse_ctx){0, raw, r->body.len};
+    json_t *body = json_loadb(raw, r->body.len, flags, &err);
+    if (!body && json_error_code(&err) == json_error_numeric_overflow) {
+        /* valid JSON with an integer beyond int64: parse again with
+         * integers as reals, so that the field gets its 422 (or, for a
+         * seed, its exact value from the raw text) */
+        pc.reals = 1;
+        body = json_loadb(raw, r->body.len, flags | JSON_DECODE_INT_AS_REAL, &err);
+    }
     if (!body) {
         srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
                         err.line, err.column, err.text);

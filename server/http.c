@@ -163,6 +163,7 @@ void srv_req_wait(srv_req *r, srv_job *j)
     j->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_unlock(&j->mu);
     waiting_add(r->app, j);
+    srv_gauge_add(r->app->stats.in_flight, 1);
     if (!park(r))
         deliver(r);
 }
@@ -359,7 +360,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->label = r->route >= 0 ? routes[r->route].path : "other";
         *con_cls = r;
         atomic_fetch_add(&app->active, 1);
-        srv_gauge_add(app->stats.in_flight, 1);
         first_checks(r);
         return MHD_YES;
     }
@@ -416,10 +416,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         /* finished or not, the engine may stop: nobody is listening */
         atomic_store(&j->cancelled, SRV_CANCEL_CLIENT);
         srv_job_unref(j);
+        srv_gauge_add(app->stats.in_flight, -1);
     }
     int status = r->status ? r->status : 499; /* nginx's "client closed request" */
     srv_stats_request(&app->stats, r->label, status, dt);
-    srv_gauge_add(app->stats.in_flight, -1);
     if (!app->cfg.quiet) {
         printf("%s %s %d %.1fms%s\n", r->method, r->path, status, dt * 1e3,
                why == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (client gone)");

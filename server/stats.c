@@ -58,7 +58,7 @@ int srv_stats_init(srv_stats *s)
                                          "Sequences advanced by one decode step.", 0, NULL, bs,
                                          10));
     s->in_flight = one(srv_metrics_gauge(r, "attnd_requests_in_flight",
-                                         "HTTP requests being processed.", 0, NULL));
+                                         "Generation requests being processed (queued, prefilling or decoding).", 0, NULL));
     s->queue_depth = one(srv_metrics_gauge(r, "attnd_queue_depth",
                                            "Generation requests waiting for a slot.", 0, NULL));
     s->running = one(srv_metrics_gauge(r, "attnd_sequences_running",
