@@ -56,8 +56,10 @@ void tfm__matmul_kernel(tfm__pool *pool, float *y, const float *x, const float *
                         int n);
 void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
                        int n);
-/* Below this many rows tfm__matmul uses the kernel, from it on sgemm. */
+/* Below this many rows tfm__matmul always uses the kernel; up to twice as
+ * many while rows are short (d <= 512); sgemm beyond (see ops.c). */
 #define TFM__GEMM_MIN_ROWS 8
+int tfm__use_kernel(int B, int d);
 
 /* ---- profile recording --------------------------------------------------- */
 static inline void tfm__prof_op(tfm_profile *p, tfm_phase ph, tfm_op_class c, tfm_component comp,

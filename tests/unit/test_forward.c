@@ -232,7 +232,7 @@ static void test_forward_prefill_equals_decode(void **state)
 }
 
 /* n_seq sequences with prompts of different lengths, decoded together and
- * one by one: the same logits.  n_seq >= 8 exercises the sgemm path. */
+ * one by one: the same logits.  n_seq >= 16 exercises the sgemm path. */
 static void batch_vs_single(int n_seq, int threads)
 {
     tfm_model *m = gqa_model(1);
@@ -240,8 +240,8 @@ static void batch_vs_single(int n_seq, int threads)
     tfm_workspace *wb, *w1;
     assert_int_equal(tfm_workspace_create(m, n_seq, threads, &wb), TFM_OK);
     assert_int_equal(tfm_workspace_create(m, 8, threads, &w1), TFM_OK);
-    tfm_state *sb[16], *s1[16];
-    int toks[16][30];
+    tfm_state *sb[24], *s1[24];
+    int toks[24][30];
     for (int i = 0; i < n_seq; i++) {
         prompt_tokens(toks[i], 30, V, 100 + i);
         assert_int_equal(tfm_state_create(m, 0, &sb[i]), TFM_OK);
@@ -252,7 +252,7 @@ static void batch_vs_single(int n_seq, int threads)
     }
     float *lb = malloc((size_t)n_seq * V * sizeof(float)), *l1 = malloc(V * sizeof(float));
     for (int step = 0; step < 5; step++) {
-        int next[16];
+        int next[24];
         for (int i = 0; i < n_seq; i++)
             next[i] = toks[i][(sb[i]->pos) % 30];
         assert_int_equal(tfm_decode(wb, sb, next, n_seq, lb), TFM_OK);
@@ -276,6 +276,7 @@ static void test_forward_batched_equals_single(void **state)
     for (int threads = 1; threads <= 2; threads++) {
         batch_vs_single(3, threads);
         batch_vs_single(12, threads);
+        batch_vs_single(20, threads); /* sgemm from 16 rows */
     }
 }
 
