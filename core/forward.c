@@ -118,7 +118,7 @@ typedef struct {
     int layer, p0, T;
 } prefill_attn_args;
 
-static void prefill_attn_task(void *ctx, int t, int nt)
+static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
 {
     const prefill_attn_args *a = ctx;
     tfm_workspace *ws = a->ws;
@@ -129,7 +129,7 @@ static void prefill_attn_task(void *ctx, int t, int nt)
     float *S = ws->att + (size_t)t * ws->max_rows * ws->max_ctx; /* (T, ctxlen) */
     float scale = 1.0f / sqrtf((float)hs);
     int h0, h1;
-    tfm__split(c->n_heads, t, nt, 1, &h0, &h1);
+    tfm__split(c->n_heads, chunk, n_chunks, 1, &h0, &h1);
     for (int h = h0; h < h1; h++) {
         const float *K = a->st->key_cache + lofs + (size_t)(h / group) * hs;
         const float *V = a->st->value_cache + lofs + (size_t)(h / group) * hs;
@@ -154,7 +154,7 @@ typedef struct {
     int layer, R;
 } decode_attn_args;
 
-static void decode_attn_task(void *ctx, int t, int nt)
+static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
 {
     const decode_attn_args *a = ctx;
     tfm_workspace *ws = a->ws;
@@ -163,7 +163,7 @@ static void decode_attn_task(void *ctx, int t, int nt)
     float *att = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     float scale = 1.0f / sqrtf((float)hs);
     int j0, j1;
-    tfm__split(a->R * c->n_heads, t, nt, 1, &j0, &j1);
+    tfm__split(a->R * c->n_heads, chunk, n_chunks, 1, &j0, &j1);
     for (int j = j0; j < j1; j++) {
         int r = j / c->n_heads, h = j % c->n_heads;
         const tfm_state *st = ws->rows_state[r];
@@ -255,13 +255,14 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
         t0 = tfm__prof_start(prof);
         if (st) {
             prefill_attn_args a = {ws, st, l, p0, R};
-            tfm__pool_run(ws->pool, prefill_attn_task, &a);
+            tfm__pool_run(ws->pool, prefill_attn_task, &a, c->n_heads);
             if (prof->enabled)
                 record_attention(prof, c, ph, tfm_now() - t0, p0 + R,
                                  (double)R * p0 + (double)R * (R + 1) / 2.0);
         } else {
             decode_attn_args a = {ws, l, R};
-            tfm__pool_run(ws->pool, decode_attn_task, &a);
+            tfm__pool_run(ws->pool, decode_attn_task, &a,
+                          tfm__pool_chunks(ws->pool, R * c->n_heads, 4));
             if (prof->enabled) {
                 /* one pool run for all rows: share its time out by keys */
                 double dt = tfm_now() - t0, keys = 0;

@@ -19,17 +19,23 @@ void tfm__free(void *p);
 /* ---- thread pool --------------------------------------------------------
  * n_threads compute threads: the caller of tfm__pool_run is thread 0, and
  * n_threads - 1 workers spin briefly, then sleep, between jobs.  A job is
- * fn(ctx, i, n) run once by each thread i in [0, n); run returns when all
- * are done.  Only one thread may call run at a time (the workspace's owner).
- * Nothing is allocated per job. */
+ * n_chunks calls fn(ctx, chunk, n_chunks, thread), each chunk run exactly
+ * once by whichever thread claims it (thread is that thread's index, for
+ * per-thread scratch); run returns when all are done.  Only one thread may
+ * call run at a time (the workspace's owner).  Nothing is allocated per job.
+ * See pool.c for why chunks are claimed rather than assigned. */
 typedef struct tfm__pool tfm__pool;
-typedef void (*tfm__task_fn)(void *ctx, int i, int n);
+typedef void (*tfm__task_fn)(void *ctx, int chunk, int n_chunks, int thread);
 tfm__pool *tfm__pool_create(int n_threads);
 void tfm__pool_destroy(tfm__pool *p);
 int tfm__pool_size(const tfm__pool *p);
-void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx);
-/* [*lo, *hi) is thread i's share of n items, in multiples of align. */
-void tfm__split(int n, int i, int nthreads, int align, int *lo, int *hi);
+void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx, int n_chunks);
+/* A chunk count for `items` units of work: per_thread chunks per thread,
+ * at most one per item, 1 without workers. */
+int tfm__pool_chunks(const tfm__pool *p, int items, int per_thread);
+/* [*lo, *hi) is part i's share of n items (of nparts), in multiples of
+ * align. */
+void tfm__split(int n, int i, int nparts, int align, int *lo, int *hi);
 
 /* ---- kernels (ops.c) ----------------------------------------------------- */
 float tfm__dot(const float *a, const float *b, int n);

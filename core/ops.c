@@ -208,20 +208,22 @@ static void kernel_rows(const mm_args *a, int r0, int r1)
     }
 }
 
-static void kernel_task(void *ctx, int t, int nt)
+static void kernel_task(void *ctx, int chunk, int n_chunks, int thread)
 {
     const mm_args *a = ctx;
     int lo, hi;
-    tfm__split(a->n, t, nt, 16, &lo, &hi);
+    (void)thread;
+    tfm__split(a->n, chunk, n_chunks, 16, &lo, &hi);
     if (lo < hi)
         kernel_rows(a, lo, hi);
 }
 
-static void sgemm_task(void *ctx, int t, int nt)
+static void sgemm_task(void *ctx, int chunk, int n_chunks, int thread)
 {
     const mm_args *a = ctx;
     int lo, hi;
-    tfm__split(a->n, t, nt, 16, &lo, &hi);
+    (void)thread;
+    tfm__split(a->n, chunk, n_chunks, 16, &lo, &hi);
     if (lo >= hi)
         return;
     /* Y[:, lo:hi] = X · W[lo:hi, :]^T */
@@ -237,9 +239,9 @@ void tfm__matmul_kernel(tfm__pool *pool, float *y, const float *x, const float *
 {
     mm_args a = {y, x, w, B, d, n};
     if ((size_t)B * d * n < PARALLEL_MIN_MACS)
-        kernel_task(&a, 0, 1);
-    else
-        tfm__pool_run(pool, kernel_task, &a);
+        kernel_task(&a, 0, 1, 0);
+    else /* small chunks: a descheduled thread holds up little */
+        tfm__pool_run(pool, kernel_task, &a, tfm__pool_chunks(pool, (n + 15) / 16, 4));
 }
 
 void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,
@@ -247,9 +249,9 @@ void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w
 {
     mm_args a = {y, x, w, B, d, n};
     if ((size_t)B * d * n < PARALLEL_MIN_MACS)
-        sgemm_task(&a, 0, 1);
-    else
-        tfm__pool_run(pool, sgemm_task, &a);
+        sgemm_task(&a, 0, 1, 0);
+    else /* fewer, larger chunks: sgemm's blocking wants width */
+        tfm__pool_run(pool, sgemm_task, &a, tfm__pool_chunks(pool, (n + 15) / 16, 2));
 }
 
 /* Measured here (one thread, cold weights, ms per product, kernel/sgemm):

@@ -3,21 +3,39 @@
  *
  * Why our own pool: a decode step is ~50 short parallel regions (one per
  * weight matrix) of 5–50 us each, so a job must start in well under a
- * microsecond.  Workers therefore spin on a generation counter for a while
- * after each job and only then sleep on a condition variable.  OpenBLAS is
- * kept at one thread and driven from these same threads (tfm__matmul_sgemm
+ * microsecond.  Workers therefore spin on the job word for a while after
+ * each job and only then sleep on a condition variable.  OpenBLAS is kept
+ * at one thread and driven from these same threads (tfm__matmul_sgemm
  * splits a product by weight rows), so there is exactly one set of compute
  * threads per workspace and no second pool to fight over the cores.
  *
- * Lost wake-ups: run() bumps `gen` and then reads `sleepers`; a worker
- * bumps `sleepers` under the mutex and then re-reads `gen` before waiting.
- * Both are sequentially consistent, so at least one of them sees the other,
- * and the broadcast is sent under the mutex.
+ * Work is split into more chunks than threads and every thread, the
+ * caller included, claims chunks until none is left.  A worker that the OS
+ * has descheduled (another process on the other core) then delays a job by
+ * at most the one chunk it holds, not by its whole share: with a static
+ * split a 2-thread decode fell below the 1-thread speed as soon as anything
+ * else ran on the machine.
+ *
+ * The job word `claim` holds generation (32 bits), chunk count (16) and
+ * next chunk (16).  The caller writes fn and ctx, then publishes the word
+ * with a release store; a thread claims a chunk by compare-and-swap on the
+ * word, which fails once the generation has moved on.  The count must live
+ * in the word: kept beside it, a late worker could read the next job's
+ * larger count with the old generation and claim a chunk that job never
+ * had (seen here, as chunks run twice).  fn and ctx may be read stale
+ * safely: they only change after every chunk of the previous job was
+ * claimed, so a claim of that job can no longer succeed.
+ *
+ * Lost wake-ups: run() publishes and then reads `sleepers`; a worker bumps
+ * `sleepers` under the mutex and then re-reads the job word before
+ * waiting.  Both are sequentially consistent, so at least one of them sees
+ * the other, and the broadcast is sent under the mutex.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -36,10 +54,10 @@
 struct tfm__pool {
     int n;
     pthread_t *threads;
-    tfm__task_fn fn;
-    void *ctx;
-    atomic_uint gen;
-    atomic_int pending;
+    _Atomic(tfm__task_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_uint_fast64_t claim; /* generation << 32 | chunks << 16 | next chunk */
+    atomic_int done;            /* chunks finished in this generation */
     atomic_int sleepers;
     atomic_int stop;
     pthread_mutex_t mu;
@@ -51,19 +69,52 @@ typedef struct {
     int index;
 } worker_arg;
 
+#define MAX_CHUNKS 0xFFFF
+
+static uint32_t gen_of(uint64_t w) { return (uint32_t)(w >> 32); }
+static int count_of(uint64_t w) { return (int)((w >> 16) & 0xFFFF); }
+static int next_of(uint64_t w) { return (int)(w & 0xFFFF); }
+
+/* Claims the next chunk of generation g; 0 when there is none. */
+static int claim(tfm__pool *p, uint32_t g, int *chunk, int *n_chunks)
+{
+    uint64_t w = atomic_load(&p->claim);
+    for (;;) {
+        if (gen_of(w) != g || next_of(w) >= count_of(w))
+            return 0;
+        if (atomic_compare_exchange_weak(&p->claim, &w, w + 1)) {
+            *chunk = next_of(w);
+            *n_chunks = count_of(w);
+            return 1;
+        }
+    }
+}
+
+/* Runs chunks of generation g until none is left. */
+static void work(tfm__pool *p, uint32_t g, int thread)
+{
+    tfm__task_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&p->ctx, memory_order_relaxed);
+    int c, n;
+    while (claim(p, g, &c, &n)) {
+        fn(ctx, c, n, thread);
+        atomic_fetch_add(&p->done, 1);
+    }
+}
+
 static void *worker(void *arg)
 {
     worker_arg *wa = arg;
     tfm__pool *p = wa->pool;
     int index = wa->index;
     free(wa);
-    unsigned seen = 0;
+    uint32_t seen = gen_of(atomic_load(&p->claim));
     for (;;) {
-        unsigned g = atomic_load(&p->gen);
+        uint32_t g = gen_of(atomic_load(&p->claim));
         if (g == seen) {
             double t0 = tfm_now();
             int spins = 0;
-            while ((g = atomic_load(&p->gen)) == seen) {
+            while ((g = gen_of(atomic_load(&p->claim))) == seen && !atomic_load(&p->stop)) {
                 cpu_relax();
                 if (++spins % 256 == 0 && tfm_now() - t0 > SPIN_SECONDS)
                     break;
@@ -71,7 +122,7 @@ static void *worker(void *arg)
             if (g == seen) {
                 pthread_mutex_lock(&p->mu);
                 atomic_fetch_add(&p->sleepers, 1);
-                while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop))
+                while ((g = gen_of(atomic_load(&p->claim))) == seen && !atomic_load(&p->stop))
                     pthread_cond_wait(&p->cv, &p->mu);
                 atomic_fetch_sub(&p->sleepers, 1);
                 pthread_mutex_unlock(&p->mu);
@@ -80,8 +131,7 @@ static void *worker(void *arg)
         if (atomic_load(&p->stop))
             break;
         seen = g;
-        p->fn(p->ctx, index, p->n);
-        atomic_fetch_sub(&p->pending, 1);
+        work(p, g, index);
     }
     return NULL;
 }
@@ -93,9 +143,9 @@ tfm__pool *tfm__pool_create(int n_threads)
     tfm__pool *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
-    p->n = n_threads;
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    p->n = 1;
+    atomic_init(&p->claim, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->stop, 0);
     pthread_mutex_init(&p->mu, NULL);
@@ -115,7 +165,6 @@ tfm__pool *tfm__pool_create(int n_threads)
         }
         p->n = i + 1; /* threads started so far, for a clean destroy */
     }
-    p->n = n_threads;
     return p;
 fail:
     tfm__pool_destroy(p);
@@ -128,13 +177,11 @@ void tfm__pool_destroy(tfm__pool *p)
         return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->stop, 1);
-    atomic_fetch_add(&p->gen, 1);
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     if (p->threads)
         for (int i = 1; i < p->n; i++)
-            if (p->threads[i])
-                pthread_join(p->threads[i], NULL);
+            pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
@@ -143,31 +190,43 @@ void tfm__pool_destroy(tfm__pool *p)
 
 int tfm__pool_size(const tfm__pool *p) { return p ? p->n : 1; }
 
-void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx)
+void tfm__pool_run(tfm__pool *p, tfm__task_fn fn, void *ctx, int n_chunks)
 {
-    if (!p || p->n == 1) {
-        fn(ctx, 0, 1);
+    if (n_chunks <= 0)
+        return;
+    if (n_chunks > MAX_CHUNKS)
+        n_chunks = MAX_CHUNKS; /* callers split their work by the count they pass */
+    if (!p || p->n == 1 || n_chunks == 1) {
+        for (int c = 0; c < n_chunks; c++)
+            fn(ctx, c, n_chunks, 0);
         return;
     }
-    p->fn = fn;
-    p->ctx = ctx;
-    atomic_store(&p->pending, p->n - 1);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t g = gen_of(atomic_load(&p->claim)) + 1;
+    /* publishes the fields above */
+    atomic_store(&p->claim, (uint64_t)g << 32 | (uint64_t)n_chunks << 16);
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(ctx, 0, p->n);
-    /* Spin for the stragglers, but yield once it takes long: when another
-     * process holds the other core, a worker may be descheduled, and
-     * spinning would only burn the timeslice it needs to finish. */
-    for (int spins = 0; atomic_load(&p->pending) > 0; spins++) {
+    work(p, g, 0);
+    /* Every chunk is claimed; wait for those still running elsewhere, and
+     * yield if it takes long: their thread may be waiting for this core. */
+    for (int spins = 0; atomic_load(&p->done) < n_chunks; spins++) {
         if (spins < 4096)
             cpu_relax();
         else
             sched_yield();
     }
+}
+
+int tfm__pool_chunks(const tfm__pool *p, int items, int per_thread)
+{
+    int n = tfm__pool_size(p) == 1 ? 1 : tfm__pool_size(p) * per_thread;
+    return n < items ? n : (items > 0 ? items : 1);
 }
 
 void tfm__split(int n, int i, int nthreads, int align, int *lo, int *hi)

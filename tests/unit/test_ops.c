@@ -148,29 +148,48 @@ static void test_ops_matmul_paths_agree(void **state)
 }
 
 typedef struct {
-    atomic_int hits[4];
-    atomic_int total;
+    atomic_int chunk_hits[100];
+    atomic_int thread_hits[4];
+    atomic_int bad;
 } pool_probe;
 
-static void probe_task(void *ctx, int i, int n)
+static void probe_task(void *ctx, int chunk, int n_chunks, int thread)
 {
     pool_probe *p = ctx;
-    atomic_fetch_add(&p->hits[i], 1);
-    atomic_fetch_add(&p->total, n);
+    if (chunk < 0 || chunk >= n_chunks || thread < 0 || thread >= 4)
+        atomic_fetch_add(&p->bad, 1);
+    else {
+        atomic_fetch_add(&p->chunk_hits[chunk], 1);
+        atomic_fetch_add(&p->thread_hits[thread], 1);
+    }
 }
 
-static void test_ops_pool_runs_every_thread(void **state)
+/* Every chunk runs exactly once per job, on a valid thread, whatever the
+ * number of threads and chunks.  (Jobs of 1, 2, 3, 17 and 100 chunks in
+ * turn: this caught a late worker claiming a chunk of the next job's
+ * count under the previous job's generation.) */
+static void test_ops_pool_runs_every_chunk_once(void **state)
 {
+    static const int chunks[] = {1, 2, 3, 17, 100};
     for (int threads = 1; threads <= 4; threads++) {
         tfm__pool *pool = tfm__pool_create(threads);
         assert_int_equal(tfm__pool_size(pool), threads);
         pool_probe p;
         memset(&p, 0, sizeof p);
-        for (int job = 0; job < 2000; job++)
-            tfm__pool_run(pool, probe_task, &p);
-        for (int i = 0; i < threads; i++)
-            assert_int_equal(atomic_load(&p.hits[i]), 2000);
-        assert_int_equal(atomic_load(&p.total), 2000 * threads * threads);
+        int jobs = 3000;
+        for (int job = 0; job < jobs; job++) {
+            int n = chunks[job % 5];
+            tfm__pool_run(pool, probe_task, &p, n);
+        }
+        assert_int_equal(atomic_load(&p.bad), 0);
+        for (int c = 0; c < 100; c++) {
+            int want = 0;
+            for (int k = 0; k < 5; k++)
+                want += c < chunks[k] ? jobs / 5 : 0;
+            assert_int_equal(atomic_load(&p.chunk_hits[c]), want);
+        }
+        assert_int_equal(tfm__pool_chunks(pool, 1000, 4), threads == 1 ? 1 : 4 * threads);
+        assert_int_equal(tfm__pool_chunks(pool, 3, 4), threads == 1 ? 1 : 3);
         tfm__pool_destroy(pool);
     }
     tfm__pool_destroy(NULL);
@@ -202,7 +221,7 @@ int main(void)
         cmocka_unit_test(test_ops_rope),
         cmocka_unit_test(test_ops_swiglu),
         cmocka_unit_test(test_ops_matmul_paths_agree),
-        cmocka_unit_test(test_ops_pool_runs_every_thread),
+        cmocka_unit_test(test_ops_pool_runs_every_chunk_once),
         cmocka_unit_test(test_ops_split_covers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
