@@ -273,7 +273,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
         e->hooks.inter_token(e->hooks.ctx, now - j->t_last);
     }
     j->t_last = now;
-    if (tok == mc->eos || tok == mc->stop2) {
+    if ((tok == mc->eos || tok == mc->stop2) && !j->ignore_eos) {
         finish_job(j, SRV_FINISH_EOS);
         release_slot(e, s);
         return 1;

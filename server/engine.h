@@ -63,6 +63,7 @@ struct srv_job {
     size_t stop_len[SRV_MAX_STOP];
     int n_stop;
     int stream;
+    int ignore_eos;    /* keep generating past EOS (benchmarks) */
     srv_job_notify_fn notify;
     void *notify_ctx;
     /* the HTTP side, under mu: the connection waiting for this job (NULL

@@ -22,7 +22,8 @@
 #define MAX_TOKENS_LIMIT 4096
 
 static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_tokens",
-                                    "temperature", "top_k", "top_p", "seed", "stop", "stream"};
+                                    "temperature", "top_k", "top_p", "seed", "stop", "stream",
+                                    "ignore_eos"};
 
 static void on_job(srv_job *j, void *ctx);
 
@@ -272,6 +273,12 @@ static int fill_job(srv_req *r, json_t *body, srv_job *j)
         return 0;
     }
     j->stream = stream && json_is_true(stream);
+    json_t *ignore_eos = json_object_get(body, "ignore_eos");
+    if (ignore_eos && !json_is_boolean(ignore_eos)) {
+        srv_reply_error(r, 422, "invalid_argument", "ignore_eos", "ignore_eos must be true or false");
+        return 0;
+    }
+    j->ignore_eos = ignore_eos && json_is_true(ignore_eos);
     return 1;
 }
 

@@ -530,6 +530,13 @@ class Test05Concurrency(Base):
     def test_concurrent_greedy_mixed_models(self):
         self.compare(_bodies_mixed())
 
+    def test_eight_concurrent_greedy_equal_alone(self):
+        # a full default batch (--max-batch 8) of one model, prompts of
+        # different lengths so the sequences sit at different positions
+        bodies = [{"model": "slow4k", "prompt": "p%d " % i + "x" * (7 * i), "max_tokens": 60 + 10 * i,
+                   "temperature": 0, "ignore_eos": True} for i in range(8)]
+        self.compare(bodies)
+
     def test_staggered_joins_equal_sequential(self):
         self.compare(_bodies_mixed(), stagger=0.03)
 
