@@ -98,11 +98,18 @@ static void test_ops_rope(void **state)
 
 static void test_ops_swiglu(void **state)
 {
-    float h[4] = {-2, 0, 1, 3}, g[4] = {1, 2, 3, -1}, ref[4];
-    for (int i = 0; i < 4; i++)
-        ref[i] = h[i] / (1 + expf(-h[i])) * g[i];
-    tfm__swiglu(h, g, 4);
-    tu_check_tensor("swiglu", h, ref, 4, 1e-6f);
+    /* vector body and scalar tail, values from -200 to 200 */
+    uint64_t s = 9;
+    for (int n = 1; n <= 70; n += 23) {
+        float *h = rand_vec(n, &s), *g = rand_vec(n, &s), *ref = malloc(n * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            h[i] *= i % 7 == 0 ? 200.0f : 6.0f;
+            ref[i] = (float)(h[i] / (1 + exp(-(double)h[i])) * g[i]);
+        }
+        tfm__swiglu(h, g, n);
+        tu_check_tensor("swiglu", h, ref, n, 1e-6f);
+        free(h), free(g), free(ref);
+    }
 }
 
 static void matmul_ref(float *y, const float *x, const float *w, int B, int d, int n)
