@@ -36,11 +36,13 @@ run: build $(DEFAULT_MODEL)
 bench: build
 	scripts/bench.sh $(BUILD)
 
-# Unit tests under AddressSanitizer + UBSan, in their own build directory.
+# Unit, CLI and live-server tests under AddressSanitizer + UBSan, in their
+# own build directory.
 asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DATTND_SANITIZE=ON
 	cmake --build build-asan -j $(JOBS)
-	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L unit -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -132,7 +132,8 @@ static int load_dir(srv_models *reg, const char *dir, const srv_config *cfg)
         n++;
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, cmp_str);
+    if (n > 1)
+        qsort(names, (size_t)n, sizeof *names, cmp_str);
     int loaded = 0;
     for (int i = 0; i < n; i++) {
         loaded += load_one(reg, names[i], cfg);

@@ -74,7 +74,7 @@ static void test_noalloc_decode_and_sample(void **state)
         tfm_sampler *smp;
         assert_int_equal(tfm_sampler_create(V, &sp, &smp), TFM_OK);
         float *logits = malloc((size_t)12 * V * sizeof(float));
-        int toks[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+        int toks[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
         /* warm-up: every path once */
         for (int i = 0; i < 12; i++)
             assert_int_equal(tfm_prefill(ws, st[i], toks, 3 + i, logits), TFM_OK);
