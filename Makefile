@@ -10,7 +10,7 @@ DEFAULT_MODEL := models/tiny-random.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: all deps build test bench run clean asan
+.PHONY: all deps build test bench run clean asan tsan
 
 all: build
 
@@ -44,5 +44,12 @@ asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
+# The live-server tests under ThreadSanitizer (the engine, HTTP and loop
+# threads share jobs).
+tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTND_TSAN=ON
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L server
+
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan
