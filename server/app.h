@@ -51,8 +51,15 @@ typedef struct srv_app {
     srv_job **waiting;        /* jobs with a connection attached */
     int n_waiting, cap_waiting;
     atomic_int active;        /* requests in progress (HTTP thread counts) */
+    atomic_int work_pending;  /* /recall jobs queued or running on the worker */
     atomic_int draining;      /* SIGINT/SIGTERM seen: refuse new work */
     int exit_code;
 } srv_app;
+
+/* Any thread: hand a job with news to the loop (the engine's notify). */
+void srv_app_post(srv_app *app, srv_job *j);
+/* HTTP thread: queue a job with a run function for a libuv worker; -1 when
+ * --queue-depth such jobs are already waiting (answer 503). */
+int srv_app_submit_work(srv_app *app, srv_job *j);
 
 #endif

@@ -39,6 +39,8 @@ static const opt opts[] = {
     {"--queue-depth", "ATTND_QUEUE_DEPTH", "N", "requests waiting for a slot before 503 (64)", K_INT, F(queue_depth), 0, 1, 100000},
     {"--max-body-bytes", "ATTND_MAX_BODY_BYTES", "N", "largest request body, else 413 (1048576)", K_SIZE, F(max_body_bytes), 0, 1, 1L << 30},
     {"--grace-seconds", "ATTND_GRACE_SECONDS", "N", "on SIGINT/SIGTERM, time to finish in-flight work (10)", K_INT, F(grace_seconds), 0, 0, 3600},
+    {"--max-recall-pairs", "ATTND_MAX_RECALL_PAIRS", "N", "largest store a /recall may send (4096)", K_INT, F(max_recall_pairs), 0, 0, 32768},
+    {"--max-recall-queries", "ATTND_MAX_RECALL_QUERIES", "N", "most queries per /recall (1024)", K_INT, F(max_recall_queries), 0, 0, 65536},
     {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
@@ -110,6 +112,8 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     cfg->queue_depth = 64;
     cfg->max_body_bytes = 1 << 20;
     cfg->grace_seconds = 10;
+    cfg->max_recall_pairs = 4096;
+    cfg->max_recall_queries = 1024;
 
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);

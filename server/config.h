@@ -22,6 +22,8 @@ typedef struct srv_config {
     int queue_depth;       /* --queue-depth, ATTND_QUEUE_DEPTH: 64 */
     size_t max_body_bytes; /* --max-body-bytes, ATTND_MAX_BODY_BYTES: 1 MiB */
     int grace_seconds;     /* --grace-seconds, ATTND_GRACE_SECONDS: 10 */
+    int max_recall_pairs;  /* --max-recall-pairs, ATTND_MAX_RECALL_PAIRS: 4096 */
+    int max_recall_queries; /* --max-recall-queries, ATTND_MAX_RECALL_QUERIES: 1024 */
     int quiet;             /* --quiet, ATTND_QUIET: no per-request log lines */
     char *env_models;      /* owned copy of ATTND_MODEL, split in place */
 } srv_config;

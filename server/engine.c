@@ -94,6 +94,8 @@ void srv_job_unref(srv_job *j)
     free(j->tokens);
     srv_buf_free(&j->text);
     srv_buf_free(&j->out);
+    if (j->free_task)
+        j->free_task(j->task);
     pthread_mutex_destroy(&j->mu);
     free(j);
 }

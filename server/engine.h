@@ -53,6 +53,12 @@ typedef void (*srv_job_notify_fn)(srv_job *job, void *ctx);
 struct srv_job {
     atomic_int refs;
     atomic_int cancelled;
+    /* work that is not generation (POST /recall): run(job) on a libuv
+     * worker fills out and http_status; the loop dispatches it once */
+    void (*run)(srv_job *j);
+    void (*free_task)(void *task);
+    void *task;
+    int dispatched;
     /* parameters, set before submit, read-only afterwards */
     const srv_model *model;
     char *prompt; /* owned */

@@ -338,5 +338,4 @@ void srv_route_generate(srv_req *r)
 }
 
 /* Engine thread: hand the job to the loop (main.c's inbox). */
-void srv_app_post(srv_app *app, srv_job *j);
 static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }

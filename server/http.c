@@ -42,6 +42,7 @@ typedef struct route {
 
 static const route routes[] = {
     {"/generate", "POST", srv_route_generate, 1},
+    {"/recall", "POST", srv_route_recall, 1},
     {"/models", "GET", srv_route_models, 0},
     {"/healthz", "GET", srv_route_healthz, 0},
     {"/readyz", "GET", srv_route_readyz, 0},

@@ -58,6 +58,7 @@ void srv_req_wait(srv_req *r, srv_job *job);
 
 /* Route handlers (routes.c, generate.c). */
 void srv_route_generate(srv_req *r);
+void srv_route_recall(srv_req *r);
 void srv_route_models(srv_req *r);
 void srv_route_healthz(srv_req *r);
 void srv_route_readyz(srv_req *r);

@@ -18,8 +18,6 @@
 
 #include "http.h"
 
-void srv_app_post(srv_app *app, srv_job *j);
-
 /* ---- the inbox ------------------------------------------------------------- */
 
 void srv_app_post(srv_app *app, srv_job *j)
@@ -45,6 +43,70 @@ void srv_app_post(srv_app *app, srv_job *j)
     uv_async_send(&app->inbox_async);
 }
 
+/* ---- work for the libuv pool (POST /recall) ------------------------------- */
+
+typedef struct work_req {
+    uv_work_t w;
+    srv_app *app;
+    srv_job *job;
+} work_req;
+
+static void work_run(uv_work_t *w)
+{
+    work_req *wr = w->data;
+    wr->job->run(wr->job);
+}
+
+static void work_done(uv_work_t *w, int status)
+{
+    work_req *wr = w->data;
+    (void)status;
+    atomic_fetch_sub(&wr->app->work_pending, 1);
+    srv_http_job_ready(wr->app, wr->job);
+    srv_job_unref(wr->job);
+    free(wr);
+}
+
+int srv_app_submit_work(srv_app *app, srv_job *j)
+{
+    if (atomic_fetch_add(&app->work_pending, 1) >= app->cfg.queue_depth) {
+        atomic_fetch_sub(&app->work_pending, 1);
+        return -1;
+    }
+    srv_app_post(app, j); /* the loop queues it: only it may call uv_queue_work */
+    return 0;
+}
+
+/* Loop thread: a job in the inbox either has news for its connection or,
+ * the first time for work jobs, needs a worker. */
+static void dispatch(srv_app *app, srv_job *j)
+{
+    if (!j->run || j->dispatched) {
+        srv_http_job_ready(app, j);
+        return;
+    }
+    j->dispatched = 1;
+    work_req *wr = malloc(sizeof *wr);
+    if (wr) {
+        wr->w.data = wr;
+        wr->app = app;
+        wr->job = j;
+        srv_job_ref(j);
+        if (uv_queue_work(app->loop, &wr->w, work_run, work_done) == 0)
+            return;
+        srv_job_unref(j);
+        free(wr);
+    }
+    /* could not queue: fail the request rather than leave it waiting */
+    pthread_mutex_lock(&j->mu);
+    srv_buf_printf(&j->out, "{\"error\":{\"code\":\"internal\",\"message\":\"cannot queue work\"}}");
+    j->http_status = 500;
+    j->done = 1;
+    pthread_mutex_unlock(&j->mu);
+    atomic_fetch_sub(&app->work_pending, 1);
+    srv_http_job_ready(app, j);
+}
+
 static void on_inbox(uv_async_t *h)
 {
     srv_app *app = h->data;
@@ -61,7 +123,7 @@ static void on_inbox(uv_async_t *h)
         if (n == 0)
             break;
         for (int i = 0; i < n; i++) {
-            srv_http_job_ready(app, batch[i]);
+            dispatch(app, batch[i]);
             srv_job_unref(batch[i]);
         }
     }
@@ -74,8 +136,12 @@ static void collect(srv_registry *reg, void *ctx)
     srv_app *app = ctx;
     (void)reg;
     srv_gauge_set(app->stats.ready, atomic_load(&app->ready));
-    if (!atomic_load(&app->ready))
+    if (!atomic_load(&app->ready)) {
+        tfm_profile none;
+        memset(&none, 0, sizeof none);
+        srv_stats_profile(&app->stats, &none); /* /recall's, before any model */
         return;
+    }
     srv_gauge_set(app->stats.models, app->models.n);
     srv_gauge_set(app->stats.queue_depth, srv_engine_queued(app->engine));
     srv_gauge_set(app->stats.running, srv_engine_running(app->engine));
@@ -189,6 +255,9 @@ int main(int argc, char **argv)
     if (rc)
         return rc == 1 ? 0 : 2;
     signal(SIGPIPE, SIG_IGN);
+    /* one libuv worker: model loading, then /recall's attention, one at a
+     * time beside the engine thread rather than four threads on two cores */
+    setenv("UV_THREADPOOL_SIZE", "1", 0);
     pthread_mutex_init(&app.inbox_mu, NULL);
     pthread_mutex_init(&app.wait_mu, NULL);
     if (srv_stats_init(&app.stats) != 0) {

@@ -10,7 +10,7 @@
 
 static void reply_jansson(srv_req *r, int status, json_t *v)
 {
-    char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    char *s = v ? json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     if (s)
         srv_reply_json(r, status, s);
     else

@@ -17,6 +17,7 @@ static const char *const route_code[] = {"route", "code"};
 static const char *const route_only[] = {"route"};
 static const char *const class_phase[] = {"class", "phase"};
 static const char *const comp_phase[] = {"component", "phase"};
+static const char *const phase_ctx[] = {"phase", "context_max"};
 
 static srv_series *hist(srv_registry *r, const char *name, const char *help, double start,
                         double factor, int n)
@@ -75,7 +76,30 @@ int srv_stats_init(srv_stats *s)
     srv_metric *comp = srv_metrics_counter(
         r, "attnd_component_seconds_total",
         "Compute seconds by model component (attention, mlp, other) and phase.", 2, comp_phase);
+    srv_metric *as = srv_metrics_counter(
+        r, "attnd_attention_seconds_total",
+        "Attention core seconds (scores, softmax, weighted values) by phase and context-length "
+        "bucket (context_max: the bucket's largest context).",
+        2, phase_ctx);
+    srv_metric *af = srv_metrics_counter(r, "attnd_attention_flops_total",
+                                         "Attention core FLOPs by phase and context-length bucket.",
+                                         2, phase_ctx);
+    srv_metric *ac = srv_metrics_counter(
+        r, "attnd_attention_calls_total",
+        "Attention core calls (one per sequence and layer) by phase and context-length bucket.", 2,
+        phase_ctx);
+    s->recall_tokens = one(srv_metrics_counter(
+        r, "attnd_recall_tokens_total", "Tokens of /recall requests (2 per pair plus queries).", 0,
+        NULL));
     for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
+        for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+            char le[16];
+            snprintf(le, sizeof le, "%d", tfm_ctx_bucket_le(b));
+            const char *v[2] = {tfm_phase_name(ph), le};
+            s->attn_seconds[ph][b] = srv_metric_series(as, v);
+            s->attn_flops[ph][b] = srv_metric_series(af, v);
+            s->attn_calls[ph][b] = srv_metric_series(ac, v);
+        }
         for (int c = 0; c < TFM_CLASS_COUNT; c++) {
             const char *v[2] = {tfm_op_class_name(c), tfm_phase_name(ph)};
             s->op_seconds[ph][c] = srv_metric_series(ops, v);
@@ -107,9 +131,20 @@ void srv_stats_request(srv_stats *s, const char *route, int status, double secon
     srv_metric_add(s->duration, r1, seconds);
 }
 
-void srv_stats_profile(srv_stats *s, const tfm_profile *p)
+void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p)
+{
+    srv_counter_add(s->recall_tokens, tokens);
+    pthread_mutex_lock(&s->mu);
+    tfm_profile_add(&s->recall, p);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_stats_profile(srv_stats *s, const tfm_profile *engine)
 {
     pthread_mutex_lock(&s->mu);
+    tfm_profile all = *engine;
+    tfm_profile *p = &all;
+    tfm_profile_add(p, &s->recall);
     for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
         for (int c = 0; c < TFM_CLASS_COUNT; c++) {
             srv_counter_add(s->op_seconds[ph][c], p->seconds[ph][c] - s->seen.seconds[ph][c]);
@@ -118,6 +153,12 @@ void srv_stats_profile(srv_stats *s, const tfm_profile *p)
         for (int c = 0; c < TFM_COMP_COUNT; c++)
             srv_counter_add(s->comp_seconds[ph][c],
                             p->comp_seconds[ph][c] - s->seen.comp_seconds[ph][c]);
+        for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+            srv_counter_add(s->attn_seconds[ph][b], p->attn_seconds[ph][b] - s->seen.attn_seconds[ph][b]);
+            srv_counter_add(s->attn_flops[ph][b], p->attn_flops[ph][b] - s->seen.attn_flops[ph][b]);
+            srv_counter_add(s->attn_calls[ph][b],
+                            (double)(p->attn_calls[ph][b] - s->seen.attn_calls[ph][b]));
+        }
     }
     s->seen = *p;
     pthread_mutex_unlock(&s->mu);

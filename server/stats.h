@@ -21,8 +21,13 @@ typedef struct srv_stats {
     srv_series *op_seconds[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *op_flops[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *comp_seconds[TFM_PHASE_COUNT][TFM_COMP_COUNT];
-    pthread_mutex_t mu; /* the collector's last-seen profile */
-    tfm_profile seen;
+    srv_series *attn_seconds[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    srv_series *attn_flops[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    srv_series *attn_calls[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    srv_series *recall_tokens;
+    pthread_mutex_t mu; /* guards seen and recall */
+    tfm_profile seen;   /* what the counters hold so far */
+    tfm_profile recall; /* /recall's op accounting, summed */
 } srv_stats;
 
 int srv_stats_init(srv_stats *s);
@@ -30,8 +35,11 @@ void srv_stats_deinit(srv_stats *s);
 
 /* One finished request: counted by route and status, timed by route. */
 void srv_stats_request(srv_stats *s, const char *route, int status, double seconds);
-/* Brings the op counters up to a cumulative profile (any thread). */
-void srv_stats_profile(srv_stats *s, const tfm_profile *p);
+/* Brings the op counters up to the engine's cumulative profile plus
+ * /recall's (any thread). */
+void srv_stats_profile(srv_stats *s, const tfm_profile *engine);
+/* One /recall: its tokens (2 per pair + queries) and op accounting. */
+void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p);
 
 /* Engine hooks (srv_engine_hooks-compatible; ctx is the srv_stats). */
 void srv_stats_queue_wait(void *ctx, double seconds);
