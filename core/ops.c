@@ -272,8 +272,10 @@ void tfm__matmul_kernel(tfm__pool *pool, float *y, const float *x, const float *
     mm_args a = {y, x, w, B, d, n};
     if ((size_t)B * d * n < PARALLEL_MIN_MACS)
         kernel_task(&a, 0, 1, 0);
-    else /* small chunks: a descheduled thread holds up little */
-        tfm__pool_run(pool, kernel_task, &a, tfm__pool_chunks(pool, (n + 15) / 16, 4));
+    else /* small chunks: a descheduled thread holds up little; but each
+          * claim is a contended atomic, so fewer for small matrices */
+        tfm__pool_run(pool, kernel_task, &a,
+                      tfm__pool_chunks(pool, (n + 15) / 16, (size_t)n * d < (1 << 20) ? 2 : 4));
 }
 
 void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w, int B, int d,

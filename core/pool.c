@@ -95,11 +95,13 @@ static void work(tfm__pool *p, uint32_t g, int thread)
 {
     tfm__task_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
     void *ctx = atomic_load_explicit(&p->ctx, memory_order_relaxed);
-    int c, n;
+    int c, n, done = 0;
     while (claim(p, g, &c, &n)) {
         fn(ctx, c, n, thread);
-        atomic_fetch_add(&p->done, 1);
+        done++;
     }
+    if (done) /* once per thread, not per chunk: the line is shared */
+        atomic_fetch_add(&p->done, done);
 }
 
 static void *worker(void *arg)
