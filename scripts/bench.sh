@@ -112,3 +112,72 @@ if kern:
         out.append(f"| {m} | {b} | " + " | ".join(cells) + " |")
 print("\n".join(out))
 EOF
+
+# The live server (tests/bench/server_bench.py): attnd on 127.0.0.1 with a
+# random 15M-shape model — aggregate decode tokens/s with 1, 4 and 8
+# clients, time to first token, 1-token latency, wrk on /healthz and
+# /generate — about two minutes.  Its JSON lines go to
+# BUILD_DIR/server_bench.jsonl, its markdown summary follows the one above.
+# SERVER_BENCH=0 skips it.
+if [ "${SERVER_BENCH:-1}" != 0 ]; then
+  echo
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  /usr/bin/python3 "$ROOT/tests/bench/server_bench.py" --attnd "$BUILD/attnd" --attn "$ATTN" \
+    --jsonl "$BUILD/server_bench.jsonl"
+fi
+
+# Associative recall (`attn bench-recall`, tools/bench_recall.c): the
+# latency of POST /recall's engine, tfm_recall_exact (the lecture's
+# one-layer attention, exact), against the number of pairs (64 .. 4096) with
+# 1 and 64 queries, beside a plain hash map doing the same lookups (the
+# floor), and the fitted log-log exponent — about a second.  Its JSON lines
+# go to BUILD_DIR/bench_recall.jsonl.  RECALL_BENCH=0 skips it.
+if [ "${RECALL_BENCH:-1}" != 0 ]; then
+  echo
+  if "$ATTN" bench-recall --help >/dev/null 2>&1; then
+    "$ATTN" bench-recall | tee "$BUILD/bench_recall.jsonl"
+    echo
+    python3 - "$BUILD/bench_recall.jsonl" <<'EOF2'
+import json, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+runs = [r for r in rows if r["bench"] == "recall"]
+exps = [r for r in rows if r["bench"] == "recall_exponent"]
+qs = sorted({r["queries"] for r in runs})
+sizes = sorted({r["pairs"] for r in runs})
+
+def num(v, d=3):
+    return "-" if v is None else f"{v:,.{d}f}"
+
+def find(n, q):
+    return next((r for r in runs if r["pairs"] == n and r["queries"] == q), {})
+
+def plural(q):
+    return f"{q} quer{'y' if q == 1 else 'ies'}"
+
+out = ["## attn bench-recall", "",
+       "POST /recall's engine (tfm_recall_exact: one attention layer, exact) against a plain "
+       "open-addressing hash map doing the same build and lookups. Median of the runs; "
+       "ratio = attention / hash map.", "",
+       "| pairs | " + " | ".join(f"{plural(q)}: attention ms | hash map µs | ratio" for q in qs) + " |",
+       "|---|" + "---|---|---|" * len(qs)]
+for n in sizes:
+    cells = []
+    for q in qs:
+        r = find(n, q)
+        cells.append(f"{num(r.get('median_ms'))} | {num(r.get('hash_median_us'))} | "
+                     f"{num(r.get('ratio'), 0)}x" if r else "- | - | -")
+    out.append(f"| {n} | " + " | ".join(cells) + " |")
+out += ["", "Fitted exponent k of time ~ pairs^k (least squares on log-log; and between the "
+        "last two sizes):", "",
+        "| queries | attention k | k, last two sizes | hash map k | hash map k, last two |",
+        "|---|---|---|---|---|"]
+for e in exps:
+    out.append(f"| {e['queries']} | {num(e.get('exponent'), 2)} | {num(e.get('exponent_last_two'), 2)} "
+               f"| {num(e.get('hash_exponent'), 2)} | {num(e.get('hash_exponent_last_two'), 2)} |")
+print("\n".join(out))
+EOF2
+  else
+    echo "bench.sh: $ATTN has no bench-recall command; skipping the recall section" >&2
+  fi
+fi

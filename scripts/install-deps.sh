@@ -13,6 +13,7 @@ PKGS=(
   libcmocka-dev     # unit tests
   curl python3 python3-yaml python3-jsonschema # server tests: HTTP, the OpenAPI schema
   prometheus        # promtool checks the /metrics exposition
+  wrk               # server bench: HTTP load (tests/bench/server_bench.py)
 )
 
 missing=()

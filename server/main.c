@@ -54,6 +54,13 @@ typedef struct work_req {
 static void work_run(uv_work_t *w)
 {
     work_req *wr = w->data;
+    /* a client that left while its job waited for the worker costs nothing */
+    if (atomic_load(&wr->job->cancelled) == SRV_CANCEL_CLIENT) {
+        pthread_mutex_lock(&wr->job->mu);
+        wr->job->done = 1;
+        pthread_mutex_unlock(&wr->job->mu);
+        return;
+    }
     wr->job->run(wr->job);
 }
 

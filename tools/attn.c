@@ -44,7 +44,10 @@ static void usage(FILE *f)
             "              [--untied] [--format llama2c|safetensors] [--tokenizer-kind byte|llama2c]\n"
             "      writes a model with seeded random weights.\n"
             "  attn bench [--shape 15M|110M] [--threads 1,2] [--runs 5] ...\n"
-            "      decode, prefill and memory-bandwidth benchmarks as JSON lines.\n");
+            "      decode, prefill and memory-bandwidth benchmarks as JSON lines.\n"
+            "  attn bench-recall [--runs 5] ...\n"
+            "      exact recall (attention) latency against the number of pairs, beside a\n"
+            "      hash map, with the fitted exponent, as JSON lines.\n");
 }
 
 static int bad_arg(const char *msg, const char *arg)
@@ -340,6 +343,8 @@ int main(int argc, char **argv)
         return cmd_random(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return attn_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-recall"))
+        return attn_bench_recall_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -6,4 +6,10 @@
  * (0 ok, 1 failure, 2 bad arguments). */
 int attn_bench_main(int argc, char **argv);
 
+/* `attn bench-recall ...` (tools/bench_recall.c): tfm_recall_exact's latency
+ * against the number of pairs, beside a hash map.  argv[0] is
+ * "bench-recall".  Returns the process exit code (0 ok, 1 failure, 2 bad
+ * arguments). */
+int attn_bench_recall_main(int argc, char **argv);
+
 #endif

@@ -179,20 +179,39 @@ def response_schema(method, path, status, media="application/json"):
     return content[media]["schema"]
 
 
+def request_examples(path=None):
+    """[(path, name, example object, body, request schema)] of every POST
+    operation with documented request examples (or only path's), as
+    documented. An example's x-expect says what the server must answer:
+    {status, code, field} for an error; for 200 optionally what the route's
+    test checks (e.g. /recall's `values`)."""
+    doc = openapi()
+    out = []
+    for p, item in doc["paths"].items():
+        if path is not None and p != path:
+            continue
+        body_doc = (item.get("post") or {}).get("requestBody", {}).get("content", {}).get("application/json", {})
+        for name, ex in body_doc.get("examples", {}).items():
+            ex = resolve_ref(ex)
+            if "externalValue" in ex:
+                with open(os.path.join(API_DIR, ex["externalValue"]), encoding="utf-8") as f:
+                    body = json.load(f)
+            else:
+                body = ex["value"]
+            out.append((p, name, ex, body, body_doc["schema"]))
+    return out
+
+
 def generate_examples():
     """[(name, example object, body dict)] of POST /generate, as documented."""
-    doc = openapi()
-    exs = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["examples"]
-    out = []
-    for name, ex in exs.items():
-        ex = resolve_ref(ex)
-        if "externalValue" in ex:
-            with open(os.path.join(API_DIR, ex["externalValue"]), encoding="utf-8") as f:
-                body = json.load(f)
-        else:
-            body = ex["value"]
-        out.append((name, ex, body))
-    return out
+    return [(name, ex, body) for _, name, ex, body, _ in request_examples("/generate")]
+
+
+def field_in_schema_error(field, message):
+    """Whether a schema error message (validation_errors) is about the
+    request field `field` as the server names it ("pairs[1]" is the
+    schema's "pairs/1")."""
+    return re.sub(r"\[(\d+)\]", r"/\1", field) in message
 
 
 def load_example(filename):

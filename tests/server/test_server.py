@@ -120,7 +120,7 @@ class Test00Contract(unittest.TestCase):
     def test_openapi_is_3_1(self):
         doc = H.openapi()
         self.assertTrue(str(doc.get("openapi", "")).startswith("3.1"), doc.get("openapi"))
-        for p in ("/generate", "/models", "/healthz", "/readyz", "/metrics"):
+        for p in ("/generate", "/recall", "/models", "/healthz", "/readyz", "/metrics"):
             self.assertIn(p, doc["paths"])
 
     def test_schemas_are_valid_2020_12(self):
@@ -151,7 +151,7 @@ class Test00Contract(unittest.TestCase):
 
     def test_every_example_file_is_referenced(self):
         refs = set()
-        for _, ex, _ in H.generate_examples():
+        for _, _, ex, _, _ in H.request_examples():
             if "externalValue" in ex:
                 refs.add(os.path.basename(ex["externalValue"]))
                 self.assertTrue(os.path.exists(os.path.join(H.API_DIR, ex["externalValue"])), ex["externalValue"])
@@ -159,15 +159,15 @@ class Test00Contract(unittest.TestCase):
         self.assertEqual(files - refs, set(), "example files openapi.yaml does not reference")
 
     def test_request_examples_against_schema(self):
-        for name, ex, body in H.generate_examples():
+        for path, name, ex, body, schema in H.request_examples():
             expect = ex.get("x-expect", {"status": 200})
-            errs = validation_errors(body, schema_ref("GenerateRequest"))
+            errs = validation_errors(body, schema)
             if expect["status"] == 422:
-                self.assertTrue(errs, "example %s should be invalid against GenerateRequest" % name)
-                self.assertTrue(any(expect["field"] in e for e in errs),
+                self.assertTrue(errs, "example %s of %s should be invalid against its schema" % (name, path))
+                self.assertTrue(any(H.field_in_schema_error(expect["field"], e) for e in errs),
                                 "example %s: schema errors do not mention %s: %s" % (name, expect["field"], errs))
             else:
-                self.assertEqual(errs, [], "example %s" % name)
+                self.assertEqual(errs, [], "example %s of %s" % (name, path))
 
     def test_response_examples_against_schema(self):
         doc = H.openapi()
@@ -413,17 +413,23 @@ class Test03Generate(Base):
             self.assertAnswer(r, 200, "POST", "/generate")
 
     def test_documented_examples(self):
-        for name, ex, body in H.generate_examples():
+        # every route's: /generate's here, /recall's too (test_recall.py
+        # checks those answers further)
+        for path, name, ex, body, _ in H.request_examples():
             expect = ex.get("x-expect", {"status": 200})
-            r = self.srv.generate(body)
+            r = self.srv.post(path, body)
             if body.get("stream") and expect["status"] == 200:
                 self.assertEqual(r.status, 200, "example %s: %r" % (name, r))
                 self.assertEqual(r.media_type, "text/event-stream", "example %s" % name)
                 continue
             if expect["status"] == 200:
-                self.assertAnswer(r, 200, "POST", "/generate")
+                obj = self.assertAnswer(r, 200, "POST", path)
+                if "values" in expect:  # /recall: the answers' values, in order
+                    self.assertEqual([a["value"] for a in obj["answers"]], expect["values"],
+                                     "example %s of %s" % (name, path))
             else:
-                self.assertError(r, expect["status"], expect["code"], field=expect.get("field", MISSING))
+                self.assertError(r, expect["status"], expect["code"], path=path,
+                                 field=expect.get("field", MISSING))
 
     def test_timings(self):
         r = self.greedy(n=64)
@@ -929,7 +935,7 @@ FAMILIES = {
     "attnd_op_seconds_total": ("counter", {"class", "phase"}),
     "attnd_op_flops_total": ("counter", {"class", "phase"}),
 }
-ROUTES = {"/generate", "/models", "/metrics", "/healthz", "/readyz", "other"}
+ROUTES = {"/generate", "/recall", "/models", "/metrics", "/healthz", "/readyz", "other"}
 CLASSES = {"tensor_contraction", "normalization", "elementwise"}
 PHASES = {"prefill", "decode", "train"}
 
