@@ -205,8 +205,14 @@ static void kernel_rows(const mm_args *a, int r0, int r1)
             __m512 s[8];
             for (int k = 0; k < 8; k++)
                 s[k] = _mm512_setzero_ps();
-            for (int j = 0; j < d; j += 16) {
-                __mmask16 m = d - j >= 16 ? (__mmask16)0xFFFF : tail_mask(d - j);
+            int j = 0;
+            for (; j + 16 <= d; j += 16) { /* unmasked: loads fold into the FMAs */
+                __m512 wv = _mm512_loadu_ps(w + j);
+                for (int k = 0; k < 8; k++)
+                    s[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + (size_t)k * d + j), s[k]);
+            }
+            if (j < d) {
+                __mmask16 m = tail_mask(d - j);
                 __m512 wv = _mm512_maskz_loadu_ps(m, w + j);
                 for (int k = 0; k < 8; k++)
                     s[k] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x0 + (size_t)k * d + j), s[k]);
@@ -218,8 +224,16 @@ static void kernel_rows(const mm_args *a, int r0, int r1)
             const float *x0 = X + (size_t)b * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
             __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
             __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-            for (int j = 0; j < d; j += 16) {
-                __mmask16 m = d - j >= 16 ? (__mmask16)0xFFFF : tail_mask(d - j);
+            int j = 0;
+            for (; j + 16 <= d; j += 16) {
+                __m512 wv = _mm512_loadu_ps(w + j);
+                s0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + j), s0);
+                s1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + j), s1);
+                s2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x2 + j), s2);
+                s3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x3 + j), s3);
+            }
+            if (j < d) {
+                __mmask16 m = tail_mask(d - j);
                 __m512 wv = _mm512_maskz_loadu_ps(m, w + j);
                 s0 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x0 + j), s0);
                 s1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x1 + j), s1);
