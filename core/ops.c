@@ -57,43 +57,6 @@ static inline __m512 exp512(__m512 x)
 }
 #endif
 
-/* One accumulator, 16 lanes per step, as plain as llama2.c's loop: on the
- * decode path (weight rows of 288-2048 floats streamed from DRAM) this ran
- * ~1.4x faster than a two-accumulator, 32-lane unrolling, which looks
- * better on paper; the loads, not the FMA chain, set the pace. */
-float tfm__dot(const float *a, const float *b, int n)
-{
-#if HAVE_AVX512
-    __m512 s0 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    if (i < n) {
-        __mmask16 m = tail_mask(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(s0);
-#else
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            acc[k] += a[i + k] * b[i + k];
-    float s = 0;
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    for (int k = 0; k < 8; k++)
-        s += acc[k];
-    return s;
-#endif
-}
-
-void tfm__axpy(float *y, float a, const float *x, int n)
-{
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
 void tfm__add(float *y, const float *x, int n)
 {
     for (int i = 0; i < n; i++)
@@ -183,6 +146,31 @@ typedef struct {
     int B, d, n;
 } mm_args;
 
+#if HAVE_AVX512
+/* The eight horizontal sums of s[0..8) at once: a transposing add tree
+ * (pairs within 128-bit lanes, then across lanes) costs about a third of
+ * eight separate reductions, which were ~40% of the eight-row kernel's
+ * instructions on 288-wide rows. */
+static inline void hsum8(const __m512 s[8], float out[8])
+{
+    __m512 t[4], u[2];
+    for (int k = 0; k < 4; k++) /* lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        t[k] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * k], s[2 * k + 1]),
+                             _mm512_unpackhi_ps(s[2 * k], s[2 * k + 1]));
+    for (int k = 0; k < 2; k++) { /* lane: one partial sum of each of 4 rows */
+        __m512d a = _mm512_castps_pd(t[2 * k]), b = _mm512_castps_pd(t[2 * k + 1]);
+        u[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    /* lanes of v: [u0.L0+u0.L2, u0.L1+u0.L3, u1.L0+u1.L2, u1.L1+u1.L3] */
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44),
+                             _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+    __m512 r = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    _mm_storeu_ps(out, _mm512_castps512_ps128(r));
+    _mm_storeu_ps(out + 4, _mm512_extractf32x4_ps(r, 2));
+}
+#endif
+
 /* y[b, r0..r1) for every input row b, one weight row at a time: the row
  * streams from memory once and each vector of it feeds eight (or four)
  * input rows, one accumulator each, so a batch costs little more than one
@@ -217,8 +205,10 @@ static void kernel_rows(const mm_args *a, int r0, int r1)
                 for (int k = 0; k < 8; k++)
                     s[k] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x0 + (size_t)k * d + j), s[k]);
             }
+            float sums[8];
+            hsum8(s, sums);
             for (int k = 0; k < 8; k++)
-                Y[(size_t)(b + k) * n + i] = _mm512_reduce_add_ps(s[k]);
+                Y[(size_t)(b + k) * n + i] = sums[k];
         }
         for (; b + 4 <= B; b += 4) {
             const float *x0 = X + (size_t)b * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;

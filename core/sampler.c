@@ -28,6 +28,9 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "tfm/sampler.h"
 
@@ -118,10 +121,8 @@ void tfm_sampler_destroy(tfm_sampler *s)
     free(s);
 }
 
-int tfm_argmax(const float *x, int n)
+static int argmax_scalar(const float *x, int n)
 {
-    if (!x || n < 1)
-        return -1;
     int best = 0;
     float bv = x[0];
     for (int i = 1; i < n; i++) {
@@ -132,6 +133,37 @@ int tfm_argmax(const float *x, int n)
         }
     }
     return best;
+}
+
+int tfm_argmax(const float *x, int n)
+{
+    if (!x || n < 1)
+        return -1;
+#if defined(__AVX512F__)
+    /* Greedy decode scans the whole vocabulary per token (32000 floats):
+     * a vector max that skips NaN (MAXPS returns its second operand when
+     * the first is NaN), then the first index equal to it: the same answer
+     * as the scalar loop, which handles what this cannot (all NaN). */
+    if (n >= 64) {
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+            m = _mm512_max_ps(_mm512_loadu_ps(x + i), m);
+        float best = _mm512_reduce_max_ps(m);
+        for (; i < n; i++)
+            best = x[i] > best ? x[i] : best;
+        __m512 vb = _mm512_set1_ps(best);
+        for (i = 0; i + 16 <= n; i += 16) {
+            __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), vb, _CMP_EQ_OQ);
+            if (eq)
+                return i + __builtin_ctz(eq);
+        }
+        for (; i < n; i++)
+            if (x[i] == best)
+                return i;
+    }
+#endif
+    return argmax_scalar(x, n);
 }
 
 /* ---- a max-heap of candidates in rank order ------------------------------- */
