@@ -57,15 +57,27 @@ static int bad_arg(const char *msg, const char *arg)
     return 2;
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
+int attn_parse_long(const char *s, int len, long lo, long hi, long *out)
 {
+    char buf[32];
+    if (len < 0)
+        len = (int)strlen(s);
+    if (len == 0 || len >= (int)sizeof buf)
+        return -1;
+    memcpy(buf, s, (size_t)len);
+    buf[len] = '\0';
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return 0;
+    long v = strtol(buf, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
     *out = v;
-    return 1;
+    return 0;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    return attn_parse_long(s, -1, lo, hi, out) == 0;
 }
 
 static int parse_u64(const char *s, uint64_t *out)

@@ -12,4 +12,8 @@ int attn_bench_main(int argc, char **argv);
  * arguments). */
 int attn_bench_recall_main(int argc, char **argv);
 
+/* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL.
+ * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
+int attn_parse_long(const char *s, int len, long lo, long hi, long *out);
+
 #endif

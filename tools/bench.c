@@ -140,20 +140,11 @@ static void usage(FILE *f)
           f);
 }
 
-/* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL. */
+/* attn_parse_long for int fields. */
 static int parse_int(const char *s, int len, int lo, int hi, int *out)
 {
-    char buf[32];
-    if (len < 0)
-        len = (int)strlen(s);
-    if (len == 0 || len >= (int)sizeof buf)
-        return -1;
-    memcpy(buf, s, (size_t)len);
-    buf[len] = '\0';
-    char *end;
-    errno = 0;
-    long v = strtol(buf, &end, 10);
-    if (errno || *end || v < lo || v > hi)
+    long v;
+    if (attn_parse_long(s, len, lo, hi, &v))
         return -1;
     *out = (int)v;
     return 0;

@@ -86,24 +86,6 @@ static void usage(FILE *f)
           f);
 }
 
-/* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL. */
-static int parse_int(const char *s, int len, long lo, long hi, long *out)
-{
-    char buf[32];
-    if (len < 0)
-        len = (int)strlen(s);
-    if (len == 0 || len >= (int)sizeof buf)
-        return -1;
-    memcpy(buf, s, (size_t)len);
-    buf[len] = '\0';
-    char *end;
-    errno = 0;
-    long v = strtol(buf, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
 
 static int parse_qcounts(const char *s, recall_opts *o)
 {
@@ -112,7 +94,7 @@ static int parse_qcounts(const char *s, recall_opts *o)
         size_t len = strcspn(p, ",");
         long v;
         if (o->n_qcounts == MAX_QCOUNTS ||
-            parse_int(p, (int)len, 1, TFM_RECALL_MAX_QUERIES, &v))
+            attn_parse_long(p, (int)len, 1, TFM_RECALL_MAX_QUERIES, &v))
             return -1;
         o->qcounts[o->n_qcounts++] = (int)v;
         p += len;
@@ -151,7 +133,7 @@ static int parse_args(int argc, char **argv, recall_opts *o, char *err, size_t e
             k++;
         if (k < n_ints) {
             long x = 0;
-            bad = !v || parse_int(v, -1, ints[k].lo, ints[k].hi, &x);
+            bad = !v || attn_parse_long(v, -1, ints[k].lo, ints[k].hi, &x);
             if (!bad && ints[k].dst)
                 *ints[k].dst = (int)x;
             else if (!bad)
