@@ -7,9 +7,10 @@
  *      model has no free slot holds the queue's head, so order is kept);
  *   2. tokenise newly admitted prompts and check they fit the context;
  *   3. drop cancelled sequences;
- *   4. prefill one chunk (up to the workspace's rows) of the oldest prompt
- *      still prefilling, so that a long prompt delays running sequences by
- *      one chunk at a time, not by its whole length (chunked prefill);
+ *   4. prefill up to PREFILL_CHUNK prompt rows, oldest prompt first: a long
+ *      prompt delays running sequences by one chunk at a time, not by its
+ *      whole length (chunked prefill), and several short prompts go in one
+ *      iteration;
  *   5. for each model, one batched decode step over its running sequences.
  * All compute happens on this thread; the per-token path allocates nothing
  * but the job's output buffers when they must grow (sized at admission to
@@ -333,7 +334,9 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     return 0;
 }
 
-static void prefill_step(srv_engine *e)
+/* Prefills one chunk (at most `budget` rows) of the oldest prompt still
+ * prefilling; returns the rows done, 0 when none is waiting. */
+static int prefill_step(srv_engine *e, int budget)
 {
     mctx *best_mc = NULL;
     slot *best = NULL;
@@ -344,29 +347,30 @@ static void prefill_step(srv_engine *e)
                 best = s, best_mc = &e->mc[m];
         }
     if (!best)
-        return;
+        return 0;
     slot *s = best;
     mctx *mc = best_mc;
     srv_job *j = s->job;
     int chunk = s->n_ids - s->prefilled;
-    if (chunk > PREFILL_CHUNK)
-        chunk = PREFILL_CHUNK;
+    if (chunk > budget)
+        chunk = budget;
     int last = s->prefilled + chunk == s->n_ids;
     tfm_status st = tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
                                 last ? mc->logits : NULL);
     if (st != TFM_OK) {
         fail_job(j, 500, "internal", tfm_strerror(st), NULL);
         release_slot(e, s);
-        return;
+        return chunk;
     }
     s->prefilled += chunk;
     if (!last)
-        return;
+        return chunk;
     j->t_prefill_done = tfm_now();
     if (e->hooks.tokens)
         e->hooks.tokens(e->hooks.ctx, j->prompt_tokens, 0);
     s->phase = SLOT_DECODE;
     emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits));
+    return chunk;
 }
 
 static void decode_step(srv_engine *e, mctx *mc)
@@ -460,8 +464,12 @@ static void *engine_main(void *arg)
                     release_slot(e, s);
                 }
             }
-        /* 4, 5: one prefill chunk, then one decode step per model */
-        prefill_step(e);
+        /* 4, 5: up to PREFILL_CHUNK prompt rows — one long prompt's chunk,
+         * or several short prompts, so a burst of small requests is not
+         * served one per decode step — then one decode step per model */
+        for (int budget = PREFILL_CHUNK, done; budget > 0; budget -= done)
+            if ((done = prefill_step(e, budget)) == 0)
+                break;
         for (int m = 0; m < e->n_mc; m++)
             decode_step(e, &e->mc[m]);
         /* publish the op accounting for /metrics */
