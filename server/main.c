@@ -272,6 +272,10 @@ int main(int argc, char **argv)
         return 1;
     }
     srv_metrics_on_render(app.stats.reg, collect, &app);
+    static const char *const routes[] = {"/generate", "/recall", "/models", "/healthz",
+                                         "/readyz", "/metrics"};
+    srv_stats_routes(&app.stats, routes, (int)(sizeof routes / sizeof *routes));
+    srv_gauge_set(app.stats.queue_capacity, app.cfg.queue_depth);
     app.loop = uv_default_loop();
     uv_async_init(app.loop, &app.inbox_async, on_inbox);
     app.inbox_async.data = &app;

@@ -62,6 +62,9 @@ int srv_stats_init(srv_stats *s)
                                          "Generation requests being processed (queued, prefilling or decoding).", 0, NULL));
     s->queue_depth = one(srv_metrics_gauge(r, "attnd_queue_depth",
                                            "Generation requests waiting for a slot.", 0, NULL));
+    s->queue_capacity = one(srv_metrics_gauge(r, "attnd_queue_capacity",
+                                              "Generation requests that may wait (--queue-depth).",
+                                              0, NULL));
     s->running = one(srv_metrics_gauge(r, "attnd_sequences_running",
                                        "Sequences being prefilled or decoded.", 0, NULL));
     s->models = one(srv_metrics_gauge(r, "attnd_models_loaded", "Models being served.", 0, NULL));
@@ -112,6 +115,15 @@ int srv_stats_init(srv_stats *s)
     }
     s->seen.enabled = 1;
     return s->requests && s->duration && s->ttft && s->op_seconds[0][0] ? 0 : -1;
+}
+
+void srv_stats_routes(srv_stats *s, const char *const *routes, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const char *rc[2] = {routes[i], "200"};
+        srv_metric_series(s->requests, rc);
+        srv_metric_series(s->duration, &routes[i]);
+    }
 }
 
 void srv_stats_deinit(srv_stats *s)

@@ -17,7 +17,7 @@ typedef struct srv_stats {
     srv_metric *duration;  /* {route} */
     srv_series *prompt_tokens, *completion_tokens;
     srv_series *ttft, *tpot, *queue_wait, *batch;
-    srv_series *in_flight, *queue_depth, *running, *models, *ready;
+    srv_series *in_flight, *queue_depth, *queue_capacity, *running, *models, *ready;
     srv_series *op_seconds[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *op_flops[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *comp_seconds[TFM_PHASE_COUNT][TFM_COMP_COUNT];
@@ -31,6 +31,9 @@ typedef struct srv_stats {
 } srv_stats;
 
 int srv_stats_init(srv_stats *s);
+/* Series for every route at status 200 (and duration), at zero from the
+ * start: rate() over a counter born with its first request misses it. */
+void srv_stats_routes(srv_stats *s, const char *const *routes, int n);
 void srv_stats_deinit(srv_stats *s);
 
 /* One finished request: counted by route and status, timed by route. */
