@@ -7,18 +7,17 @@
  * prefill, and one token of each sequence in decode.  Every weight matrix is
  * then one product over the R rows (tfm__matmul: a bandwidth kernel for few
  * rows, sgemm for many).  Only attention differs:
- *   prefill  per head, scores S = Q K^T over the chunk's rows and all cached
- *            positions by sgemm, causal mask, softmax, then S V by sgemm;
- *            heads are split over the pool.
- *   decode   per (sequence, head), dot products against that sequence's
- *            cache, softmax, weighted sum of values; pairs split over the
- *            pool.
+ *   prefill  per head, causal attention of the chunk's rows over all cached
+ *            positions; heads are split over the pool.
+ *   decode   per (sequence, head), attention of the one row over that
+ *            sequence's cache; pairs split over the pool.
+ * The kernels themselves (naive: whole score rows; tiled: key blocks with an
+ * online softmax) are in attention.c; the workspace's choice, AUTO by
+ * default, is resolved per call there (tfm__attn_pick).
  *
  * Nothing here allocates: the workspace owns the scratch, the state owns
  * its KV cache.  Every op is recorded in the workspace's profile.
  */
-#include <cblas.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +36,9 @@ struct tfm_workspace {
     float *v;    /* (R, kv_dim) */
     float *hb;   /* (R, hidden) */
     float *hb2;  /* (R, hidden) */
-    float *att;  /* (n_threads, max_rows, max_ctx) attention scores */
+    float *att;  /* (n_threads, max_rows, max_ctx) attention scratch: the
+                  * naive kernel's need; the tiled one uses a corner */
+    tfm_attn_kernel attn; /* as set; AUTO resolved per call */
     const int *pos; /* decode: each row's position (points into posbuf) */
     int *posbuf;    /* (R) */
     tfm_state **rows_state; /* (R) decode: each row's sequence */
@@ -108,6 +109,11 @@ int tfm_workspace_max_rows(const tfm_workspace *ws) { return ws->max_rows; }
 int tfm_workspace_threads(const tfm_workspace *ws) { return ws->n_threads; }
 tfm_profile *tfm_workspace_profile(tfm_workspace *ws) { return &ws->prof; }
 
+void tfm_workspace_set_attention(tfm_workspace *ws, tfm_attn_kernel k)
+{
+    ws->attn = k == TFM_ATTN_NAIVE || k == TFM_ATTN_TILED ? k : TFM_ATTN_AUTO;
+}
+
 /* ---- attention ------------------------------------------------------------ */
 
 /* Prefill: one chunk of T rows of one sequence, at positions p0 .. p0+T-1;
@@ -116,6 +122,7 @@ typedef struct {
     tfm_workspace *ws;
     const tfm_state *st;
     int layer, p0, T;
+    tfm_attn_kernel kern; /* resolved */
 } prefill_attn_args;
 
 static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
@@ -124,27 +131,15 @@ static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
     tfm_workspace *ws = a->ws;
     const tfm_config *c = &ws->m->cfg;
     int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
-    int T = a->T, p0 = a->p0, ctxlen = p0 + T;
     size_t lofs = (size_t)a->layer * (size_t)a->st->max_seq * (size_t)kv;
-    float *S = ws->att + (size_t)t * ws->max_rows * ws->max_ctx; /* (T, ctxlen) */
-    float scale = 1.0f / sqrtf((float)hs);
+    float *scratch = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     int h0, h1;
     tfm__split(c->n_heads, chunk, n_chunks, 1, &h0, &h1);
     for (int h = h0; h < h1; h++) {
         const float *K = a->st->key_cache + lofs + (size_t)(h / group) * hs;
         const float *V = a->st->value_cache + lofs + (size_t)(h / group) * hs;
-        /* S (T, ctxlen) = Q_h (T, hs) · K_h^T / sqrt(hs) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, ctxlen, hs, scale,
-                    ws->q + (size_t)h * hs, c->dim, K, kv, 0.0f, S, ctxlen);
-        for (int r = 0; r < T; r++) {
-            float *row = S + (size_t)r * ctxlen;
-            int valid = p0 + r + 1; /* causal: keys 0 .. p0 + r */
-            tfm__softmax(row, valid);
-            memset(row + valid, 0, (size_t)(ctxlen - valid) * sizeof(float));
-        }
-        /* out_h (T, hs) = S · V_h (ctxlen, hs) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, ctxlen, 1.0f, S, ctxlen, V,
-                    kv, 0.0f, ws->xb + (size_t)h * hs, c->dim);
+        tfm__attn_prefill(a->kern, ws->xb + (size_t)h * hs, c->dim, ws->q + (size_t)h * hs,
+                          c->dim, K, V, kv, hs, a->T, a->p0, scratch);
     }
 }
 
@@ -160,8 +155,7 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
     tfm_workspace *ws = a->ws;
     const tfm_config *c = &ws->m->cfg;
     int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
-    float *att = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
-    float scale = 1.0f / sqrtf((float)hs);
+    float *scratch = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     int j0, j1;
     tfm__split(a->R * c->n_heads, chunk, n_chunks, 1, &j0, &j1);
     for (int j = j0; j < j1; j++) {
@@ -169,15 +163,10 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
         const tfm_state *st = ws->rows_state[r];
         int ctxlen = ws->pos[r] + 1;
         size_t lofs = (size_t)a->layer * (size_t)st->max_seq * (size_t)kv + (size_t)(h / group) * hs;
-        const float *K = st->key_cache + lofs, *V = st->value_cache + lofs;
-        const float *q = ws->q + (size_t)r * c->dim + (size_t)h * hs;
-        for (int p = 0; p < ctxlen; p++)
-            att[p] = tfm__dot(q, K + (size_t)p * kv, hs) * scale;
-        tfm__softmax(att, ctxlen);
-        float *o = ws->xb + (size_t)r * c->dim + (size_t)h * hs;
-        memset(o, 0, (size_t)hs * sizeof(float));
-        for (int p = 0; p < ctxlen; p++)
-            tfm__axpy(o, att[p], V + (size_t)p * kv, hs);
+        tfm__attn_decode(tfm__attn_pick(ws->attn, 1, ctxlen),
+                         ws->xb + (size_t)r * c->dim + (size_t)h * hs,
+                         ws->q + (size_t)r * c->dim + (size_t)h * hs, st->key_cache + lofs,
+                         st->value_cache + lofs, kv, hs, ctxlen, scratch);
     }
 }
 
@@ -200,6 +189,15 @@ static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph, 
     p->flops[ph][TFM_CLASS_CONTRACTION] += f;
     p->flops[ph][TFM_CLASS_NORMALIZATION] += 5.0 * c->n_heads * keys;
     p->comp_seconds[ph][TFM_COMP_ATTENTION] += dt;
+}
+
+/* Books the scratch one attention call held: one kernel's bytes on each of
+ * `threads` threads (the largest, when a decode batch mixes kernels). */
+static void record_attn_bytes(tfm_profile *p, tfm_phase ph, size_t bytes, int threads)
+{
+    double b = (double)bytes * threads;
+    if (b > p->attn_peak_bytes[ph])
+        p->attn_peak_bytes[ph] = b;
 }
 
 /* Runs the layers over ws->x (R rows).  Prefill: st, p0 set, R consecutive
@@ -254,23 +252,33 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
 
         t0 = tfm__prof_start(prof);
         if (st) {
-            prefill_attn_args a = {ws, st, l, p0, R};
+            prefill_attn_args a = {ws, st, l, p0, R, tfm__attn_pick(ws->attn, R, p0 + R)};
             tfm__pool_run(ws->pool, prefill_attn_task, &a, c->n_heads);
-            if (prof->enabled)
+            if (prof->enabled) {
                 record_attention(prof, c, ph, tfm_now() - t0, p0 + R,
                                  (double)R * p0 + (double)R * (R + 1) / 2.0);
+                record_attn_bytes(prof, ph, tfm__attn_bytes(a.kern, R, p0 + R),
+                                  ws->n_threads < c->n_heads ? ws->n_threads : c->n_heads);
+            }
         } else {
             decode_attn_args a = {ws, l, R};
-            tfm__pool_run(ws->pool, decode_attn_task, &a,
-                          tfm__pool_chunks(ws->pool, R * c->n_heads, 4));
+            int chunks = tfm__pool_chunks(ws->pool, R * c->n_heads, 4);
+            tfm__pool_run(ws->pool, decode_attn_task, &a, chunks);
             if (prof->enabled) {
                 /* one pool run for all rows: share its time out by keys */
                 double dt = tfm_now() - t0, keys = 0;
-                for (int r = 0; r < R; r++)
-                    keys += ws->pos[r] + 1;
+                size_t bytes = 0;
+                for (int r = 0; r < R; r++) {
+                    int n = ws->pos[r] + 1;
+                    size_t b = tfm__attn_bytes(tfm__attn_pick(ws->attn, 1, n), 1, n);
+                    keys += n;
+                    bytes = b > bytes ? b : bytes;
+                }
                 for (int r = 0; r < R; r++)
                     record_attention(prof, c, ph, dt * (ws->pos[r] + 1) / keys, ws->pos[r] + 1,
                                      ws->pos[r] + 1);
+                record_attn_bytes(prof, ph, bytes,
+                                  ws->n_threads < chunks ? ws->n_threads : chunks);
             }
         }
 

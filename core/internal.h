@@ -93,6 +93,11 @@ void tfm__scale(float *y, float a, int n);                /* y *= a */
 void tfm__rmsnorm(float *o, const float *x, const float *w, int n, float eps);
 /* In place, numerically stable (max subtracted). */
 void tfm__softmax(float *x, int n);
+/* Softmax's two passes, shared with the online softmax of attention.c:
+ * the max of x[0..n), n >= 1; and x[i] = e^(x[i] - shift) in place,
+ * returning their sum. */
+float tfm__max(const float *x, int n);
+float tfm__exp_sum(float *x, int n, float shift);
 /* Rotates n_heads heads of head_size at one position: pairs (2i, 2i+1) by
  * the angle whose cos/sin are cos[i], sin[i] (head_size / 2 each). */
 void tfm__rope(float *v, int n_heads, int head_size, const float *cos, const float *sin);
@@ -113,6 +118,33 @@ void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w
  * many while rows are short (d <= 512); sgemm beyond (see ops.c). */
 #define TFM__GEMM_MIN_ROWS 8
 int tfm__use_kernel(int B, int d);
+
+/* ---- attention kernels (attention.c) --------------------------------------
+ * One head at a time, row-major operands with the head's slice at column 0
+ * and explicit leading dimensions, so the callers pass pointers into the
+ * workspace's (R, dim) buffers and the (seq, kv_dim) cache.  Scores are
+ * scaled by 1/sqrt(hs).  A kernel must be NAIVE or TILED here (resolve AUTO
+ * with tfm__attn_pick first).  Nothing is allocated; scratch is the
+ * caller's, tfm__attn_scratch(...) floats, never more than T * ctx. */
+
+/* AUTO resolved for a call of T query rows over ctx keys (T = 1: decode). */
+tfm_attn_kernel tfm__attn_pick(tfm_attn_kernel k, int T, int ctx);
+/* Floats of caller scratch a call needs. */
+size_t tfm__attn_scratch(tfm_attn_kernel k, int T, int ctx);
+/* Bytes a call holds beyond its operands (scratch plus running statistics):
+ * what the profile books as attn_peak_bytes. */
+size_t tfm__attn_bytes(tfm_attn_kernel k, int T, int ctx);
+
+/* Prefill, one head: out (T, hs; ldo) = causal attention of q (T, hs; ldq)
+ * at positions p0 .. p0+T-1 over keys k and values v (p0+T, hs; ldkv), row
+ * i seeing keys 0 .. p0+i. */
+void tfm__attn_prefill(tfm_attn_kernel kern, float *out, int ldo, const float *q, int ldq,
+                       const float *k, const float *v, int ldkv, int hs, int T, int p0,
+                       float *scratch);
+/* Decode, one head of one row: out (hs) = attention of q (hs) over keys k
+ * and values v (ctx, hs; ldkv). */
+void tfm__attn_decode(tfm_attn_kernel kern, float *out, const float *q, const float *k,
+                      const float *v, int ldkv, int hs, int ctx, float *scratch);
 
 /* ---- profile recording --------------------------------------------------- */
 static inline void tfm__prof_op(tfm_profile *p, tfm_phase ph, tfm_op_class c, tfm_component comp,

@@ -1,6 +1,7 @@
 /*
- * ops.c — the numeric kernels: dot, axpy, RMSNorm, softmax, RoPE, SwiGLU and
- * the weight-matrix product every layer is made of.
+ * ops.c — the numeric kernels: dot, axpy, RMSNorm, softmax (its max and
+ * exp-and-sum passes shared with attention.c's online softmax), RoPE, SwiGLU
+ * and the weight-matrix product every layer is made of.
  *
  * Decode is bound by memory bandwidth: each token streams every weight once.
  * cblas_sgemv streams at about half the speed of a plain vectorised loop on
@@ -77,18 +78,15 @@ void tfm__rmsnorm(float *o, const float *x, const float *w, int n, float eps)
         o[i] = w[i] * (ss * x[i]);
 }
 
-void tfm__softmax(float *x, int n)
+float tfm__exp_sum(float *x, int n, float shift)
 {
-    float max = x[0];
-    for (int i = 1; i < n; i++)
-        max = x[i] > max ? x[i] : max;
     float sum = 0;
     int i = 0;
 #if HAVE_AVX512
-    __m512 vmax = _mm512_set1_ps(max), vsum = _mm512_setzero_ps();
+    __m512 vshift = _mm512_set1_ps(shift), vsum = _mm512_setzero_ps();
     for (; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : tail_mask(n - i);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax));
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vshift));
         e = _mm512_maskz_mov_ps(m, e);
         _mm512_mask_storeu_ps(x + i, m, e);
         vsum = _mm512_add_ps(vsum, e);
@@ -96,12 +94,37 @@ void tfm__softmax(float *x, int n)
     sum = _mm512_reduce_add_ps(vsum);
 #else
     for (; i < n; i++) {
-        x[i] = expf(x[i] - max);
+        x[i] = expf(x[i] - shift);
         sum += x[i];
     }
 #endif
-    float inv = 1.0f / sum;
-    for (i = 0; i < n; i++)
+    return sum;
+}
+
+float tfm__max(const float *x, int n)
+{
+#if HAVE_AVX512
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+    if (i < n) {
+        __mmask16 t = tail_mask(n - i);
+        m = _mm512_mask_max_ps(m, t, m, _mm512_maskz_loadu_ps(t, x + i));
+    }
+    return _mm512_reduce_max_ps(m);
+#else
+    float m = x[0];
+    for (int i = 1; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+#endif
+}
+
+void tfm__softmax(float *x, int n)
+{
+    float inv = 1.0f / tfm__exp_sum(x, n, tfm__max(x, n));
+    for (int i = 0; i < n; i++)
         x[i] *= inv;
 }
 

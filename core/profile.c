@@ -59,6 +59,8 @@ void tfm_profile_add(tfm_profile *dst, const tfm_profile *src)
             dst->attn_calls[ph][b] += src->attn_calls[ph][b];
         }
         dst->tokens[ph] += src->tokens[ph];
+        if (src->attn_peak_bytes[ph] > dst->attn_peak_bytes[ph])
+            dst->attn_peak_bytes[ph] = src->attn_peak_bytes[ph];
     }
 }
 

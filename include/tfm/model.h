@@ -145,6 +145,25 @@ int tfm_workspace_threads(const tfm_workspace *ws);
  * creation. */
 tfm_profile *tfm_workspace_profile(tfm_workspace *ws);
 
+/* Attention kernels (core/attention.c).  NAIVE materialises each head's
+ * scores over the whole context, (rows, ctx) floats per thread; TILED walks
+ * the keys in blocks with a running max and sum per query row
+ * (FlashAttention's online softmax), (rows, block) floats per thread.  Both
+ * give the same result to float rounding.  AUTO, the default, picks the
+ * faster as measured (attention.c has the numbers): tiled for prefill,
+ * the single-row naive path for decode. */
+typedef enum tfm_attn_kernel {
+    TFM_ATTN_AUTO = 0,
+    TFM_ATTN_NAIVE,
+    TFM_ATTN_TILED
+} tfm_attn_kernel;
+
+/* Selects the kernel for this workspace's later prefill and decode calls;
+ * values outside the enum mean AUTO.  Same threading rule as the forward. */
+void tfm_workspace_set_attention(tfm_workspace *ws, tfm_attn_kernel k);
+/* "auto", "naive", "tiled"; "unknown" outside the enum.  Static storage. */
+const char *tfm_attn_kernel_name(tfm_attn_kernel k);
+
 /* Runs the prompt tokens[0..n) through the model at positions st->pos ...,
  * as matrix-matrix products in chunks of max_rows, appending to the KV cache
  * (st->pos += n).  logits (vocab), if not NULL, receives the last token's.

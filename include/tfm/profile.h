@@ -9,7 +9,8 @@
  *              element-wise (RoPE, SiLU and gating, residual adds);
  *   component  attention, MLP, other (embedding, final norm, classifier);
  *   phase      prefill, decode, train;
- * and attention (the QK^T, softmax, PV part) by context-length bucket.
+ * and attention (the QK^T, softmax, PV part) by context-length bucket, with
+ * the peak bytes of scratch its kernel held.
  *
  * A profile is plain memory owned by its caller and written by one thread at
  * a time (the thread running the forward); the server copies it out under its
@@ -55,6 +56,10 @@ typedef struct tfm_profile {
     double attn_seconds[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     double attn_flops[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     uint64_t attn_calls[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    /* largest attention scratch in use at once by one call (one layer of a
+     * prefill chunk or a decode batch): a kernel's bytes times the threads
+     * running it; a peak, so tfm_profile_add takes the max */
+    double attn_peak_bytes[TFM_PHASE_COUNT];
     uint64_t tokens[TFM_PHASE_COUNT];
 } tfm_profile;
 
@@ -69,7 +74,7 @@ int tfm_ctx_bucket(int n);
 
 /* Zero every counter; keeps `enabled`. */
 void tfm_profile_reset(tfm_profile *p);
-/* dst += src, counter by counter. */
+/* dst += src, counter by counter; peaks (attn_peak_bytes) by max. */
 void tfm_profile_add(tfm_profile *dst, const tfm_profile *src);
 /* Sum of seconds (or flops) over all classes for one phase. */
 double tfm_profile_total_seconds(const tfm_profile *p, tfm_phase ph);

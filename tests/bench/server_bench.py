@@ -387,6 +387,64 @@ class Server:
 
 
 # --------------------------------------------------------------------------
+# how much of the machine other processes took (the bench runs beside other
+# work: a number measured while something else used a core means little)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pid):
+    """Jiffies: the machine's busy and total (/proc/stat), attnd's own
+    (/proc/PID/stat), this process's and its reaped children's (wrk)."""
+    snap = {"t": time.monotonic()}
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        user, nice, system, idle, iowait, irq, softirq = v[:7]
+        steal = v[7] if len(v) > 7 else 0
+        # irq and softirq time are left out: localhost TCP for this bench's
+        # own traffic lands there, attributed to no process
+        snap["busy"] = user + nice + system + steal
+        snap["total"] = user + nice + system + idle + iowait + irq + softirq + steal
+    except (OSError, ValueError):
+        return None
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        snap["attnd"] = int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    t = os.times()
+    snap["self"] = (t.user + t.system) * CLK_TCK
+    snap["children"] = (t.children_user + t.children_system) * CLK_TCK
+    return snap
+
+
+def cpu_report(a, b, threads, phase):
+    """Cores used on average between two snapshots, by attnd, by this bench
+    (clients, wrk) and by everything else."""
+    if not a or not b or b["total"] <= a["total"]:
+        return None
+    ncpu = os.cpu_count() or 1
+    per_core = (b["total"] - a["total"]) / ncpu  # jiffies of one core over the span
+
+    def cores(x):
+        return round(x / per_core, 2)
+    attnd = b["attnd"] - a["attnd"]
+    mine = (b["self"] - a["self"]) + (b["children"] - a["children"])
+    other = (b["busy"] - a["busy"]) - attnd - mine
+    obj = {"bench": "server_cpu", "threads": threads, "phase": phase,
+           "seconds": round(b["t"] - a["t"], 1), "cores": ncpu,
+           "attnd_cores": cores(attnd), "bench_cores": cores(mine),
+           "other_cores": cores(max(0.0, other))}
+    emit(obj)
+    if obj["other_cores"] > 0.1:
+        log("note: other processes used %.2f cores during %s (threads %d): figures disturbed"
+            % (obj["other_cores"], phase, threads))
+    return obj
+
+
+# --------------------------------------------------------------------------
 # 1. aggregate decode tokens/s with N concurrent clients
 
 
@@ -867,8 +925,22 @@ def summary(rows):
                        f"| {r.get('socket_errors_total')} | {fmt(r.get('server_status_codes'))} / "
                        f"{fmt(r.get('server_status_codes_until_last_second'))} |")
 
+    cpus = [r for r in rows if r.get("bench") == "server_cpu"]
+    if cpus:
+        out += ["", "### Cores used on average (of %s): attnd / this bench's clients and wrk / "
+                "other processes" % cpus[0].get("cores", "-"), "",
+                "| threads | phase | seconds | attnd | bench | other |", "|---|---|---|---|---|---|"]
+        for r in cpus:
+            out.append(f"| {r['threads']} | {r['phase']} | {num(r.get('seconds'))} "
+                       f"| {num(r.get('attnd_cores'), 2)} | {num(r.get('bench_cores'), 2)} "
+                       f"| {num(r.get('other_cores'), 2)} |")
+
     # what missed a target or looked wrong
     notes = []
+    for r in cpus:
+        if (r.get("other_cores") or 0) > 0.1:
+            notes.append(f"other processes used {r['other_cores']:.2f} cores during {r['phase']} "
+                         f"(threads {r['threads']}): those figures are disturbed")
     for r in rows:
         b = r.get("bench")
         if b == "server_decode":
@@ -999,11 +1071,17 @@ def main():
             # warm-up: page in the weights, wake the pools, fill the batch once
             decode_run(srv.port, max(args.clients), 1, 16, False)
             decode_run(srv.port, 1, 1, 16, False)
+            c0 = cpu_snapshot(srv.proc.pid)
             bench_decode(srv, args)
+            c1 = cpu_snapshot(srv.proc.pid)
+            cpu_report(c0, c1, t, "decode")
             bench_ttft(srv, args)
             bench_latency(srv, args)
+            c2 = cpu_snapshot(srv.proc.pid)
+            cpu_report(c1, c2, t, "ttft_latency")
             if t in args.wrk_threads_config:
                 bench_wrk(srv, args, workdir)
+                cpu_report(c2, cpu_snapshot(srv.proc.pid), t, "wrk")
             code = srv.stop()
             if code != 0:
                 rc = 1
