@@ -255,7 +255,9 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
             prefill_attn_args a = {ws, st, l, p0, R, tfm__attn_pick(ws->attn, R, p0 + R)};
             tfm__pool_run(ws->pool, prefill_attn_task, &a, c->n_heads);
             if (prof->enabled) {
-                record_attention(prof, c, ph, tfm_now() - t0, p0 + R,
+                double dt = tfm_now() - t0;
+                st->prefill_attn_seconds += dt;
+                record_attention(prof, c, ph, dt, p0 + R,
                                  (double)R * p0 + (double)R * (R + 1) / 2.0);
                 record_attn_bytes(prof, ph, tfm__attn_bytes(a.kern, R, p0 + R),
                                   ws->n_threads < c->n_heads ? ws->n_threads : c->n_heads);

@@ -265,8 +265,10 @@ tfm_status tfm_state_create(const tfm_model *m, int max_seq, tfm_state **out)
 
 void tfm_state_reset(tfm_state *s)
 {
-    if (s)
+    if (s) {
         s->pos = 0;
+        s->prefill_attn_seconds = 0;
+    }
 }
 
 void tfm_state_destroy(tfm_state *s)

@@ -6,6 +6,7 @@
  */
 #include "tfm/profile.h"
 
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -62,6 +63,11 @@ void tfm_profile_add(tfm_profile *dst, const tfm_profile *src)
         if (src->attn_peak_bytes[ph] > dst->attn_peak_bytes[ph])
             dst->attn_peak_bytes[ph] = src->attn_peak_bytes[ph];
     }
+    for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+        dst->prompt_attn_seconds[b] += src->prompt_attn_seconds[b];
+        dst->prompt_tokens[b] += src->prompt_tokens[b];
+        dst->prompts[b] += src->prompts[b];
+    }
 }
 
 double tfm_profile_total_seconds(const tfm_profile *p, tfm_phase ph)
@@ -70,6 +76,36 @@ double tfm_profile_total_seconds(const tfm_profile *p, tfm_phase ph)
     for (int c = 0; c < TFM_CLASS_COUNT; c++)
         s += p->seconds[ph][c];
     return s;
+}
+
+void tfm_profile_add_prompt(tfm_profile *p, int n_tokens, double attn_seconds)
+{
+    if (!p || !p->enabled || n_tokens < 1)
+        return;
+    int b = tfm_ctx_bucket(n_tokens);
+    p->prompt_attn_seconds[b] += attn_seconds;
+    p->prompt_tokens[b] += n_tokens;
+    p->prompts[b] += 1;
+}
+
+double tfm_profile_cost_exponent(const tfm_profile *p, int min_tokens)
+{
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int n = 0;
+    for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+        if (!p->prompts[b] || p->prompt_attn_seconds[b] <= 0)
+            continue;
+        double len = p->prompt_tokens[b] / (double)p->prompts[b];
+        if (len < min_tokens)
+            continue;
+        double x = log(len), y = log(p->prompt_attn_seconds[b] / (double)p->prompts[b]);
+        sx += x, sy += y, sxx += x * x, sxy += x * y;
+        n++;
+    }
+    double den = n * sxx - sx * sx;
+    if (n < 2 || den <= 0)
+        return NAN;
+    return (n * sxy - sx * sy) / den;
 }
 
 double tfm_now(void)

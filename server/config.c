@@ -41,6 +41,8 @@ static const opt opts[] = {
     {"--grace-seconds", "ATTND_GRACE_SECONDS", "N", "on SIGINT/SIGTERM, time to finish in-flight work (10)", K_INT, F(grace_seconds), 0, 0, 3600},
     {"--max-recall-pairs", "ATTND_MAX_RECALL_PAIRS", "N", "largest store a /recall may send (4096)", K_INT, F(max_recall_pairs), 0, 0, 32768},
     {"--max-recall-queries", "ATTND_MAX_RECALL_QUERIES", "N", "most queries per /recall (1024)", K_INT, F(max_recall_queries), 0, 0, 65536},
+    {"--attention", "ATTND_ATTENTION", "KERNEL", "attention kernel: auto (the faster for the length), naive\n"
+     "                          (N x N scores) or tiled (key blocks, online softmax)", K_STR, F(attention), CAP(attention), 0, 0},
     {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
@@ -114,6 +116,7 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     cfg->grace_seconds = 10;
     cfg->max_recall_pairs = 4096;
     cfg->max_recall_queries = 1024;
+    snprintf(cfg->attention, sizeof cfg->attention, "auto");
 
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);
@@ -168,6 +171,13 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (strcmp(cfg->attention, "auto") && strcmp(cfg->attention, "naive") &&
+        strcmp(cfg->attention, "tiled")) {
+        fprintf(stderr, "attnd: --attention must be auto, naive or tiled, not \"%s\"\n\n",
+                cfg->attention);
+        usage(stderr);
+        return 2;
     }
     return 0;
 }

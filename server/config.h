@@ -24,6 +24,7 @@ typedef struct srv_config {
     int grace_seconds;     /* --grace-seconds, ATTND_GRACE_SECONDS: 10 */
     int max_recall_pairs;  /* --max-recall-pairs, ATTND_MAX_RECALL_PAIRS: 4096 */
     int max_recall_queries; /* --max-recall-queries, ATTND_MAX_RECALL_QUERIES: 1024 */
+    char attention[16];    /* --attention, ATTND_ATTENTION: auto | naive | tiled */
     int quiet;             /* --quiet, ATTND_QUIET: no per-request log lines */
     char *env_models;      /* owned copy of ATTND_MODEL, split in place */
 } srv_config;

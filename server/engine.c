@@ -61,6 +61,7 @@ struct srv_engine {
     int stopping;
     mctx *mc;
     int n_mc, max_batch;
+    tfm_attn_kernel attention; /* --attention: decode, and prefill by default */
     atomic_int running;
     tfm_profile prof; /* under mu: the workspaces' profiles, summed */
     srv_engine_hooks hooks;
@@ -355,8 +356,11 @@ static int prefill_step(srv_engine *e, int budget)
     if (chunk > budget)
         chunk = budget;
     int last = s->prefilled + chunk == s->n_ids;
+    if (j->attention != TFM_ATTN_AUTO) /* the request's own kernel */
+        tfm_workspace_set_attention(mc->ws, (tfm_attn_kernel)j->attention);
     tfm_status st = tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
                                 last ? mc->logits : NULL);
+    tfm_workspace_set_attention(mc->ws, e->attention);
     if (st != TFM_OK) {
         fail_job(j, 500, "internal", tfm_strerror(st), NULL);
         release_slot(e, s);
@@ -366,6 +370,7 @@ static int prefill_step(srv_engine *e, int budget)
     if (!last)
         return chunk;
     j->t_prefill_done = tfm_now();
+    tfm_profile_add_prompt(tfm_workspace_profile(mc->ws), s->n_ids, s->st->prefill_attn_seconds);
     if (e->hooks.tokens)
         e->hooks.tokens(e->hooks.ctx, j->prompt_tokens, 0);
     s->phase = SLOT_DECODE;
@@ -485,7 +490,8 @@ static void *engine_main(void *arg)
 /* ---- lifetime ------------------------------------------------------------- */
 
 srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_depth,
-                              int n_threads, const srv_engine_hooks *hooks)
+                              int n_threads, tfm_attn_kernel attention,
+                              const srv_engine_hooks *hooks)
 {
     srv_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -494,6 +500,7 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->running, 0);
     e->max_batch = max_batch;
+    e->attention = attention;
     e->q_cap = queue_depth > 0 ? queue_depth : 1;
     e->q = calloc((size_t)e->q_cap, sizeof *e->q);
     e->mc = calloc((size_t)(reg->n ? reg->n : 1), sizeof *e->mc);
@@ -517,6 +524,7 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
         if (tfm_workspace_create(m->model, rows, n_threads, &mc->ws) != TFM_OK)
             goto fail;
         tfm_workspace_profile(mc->ws)->enabled = 1;
+        tfm_workspace_set_attention(mc->ws, attention);
         mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
         mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
         mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);

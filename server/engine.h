@@ -70,6 +70,8 @@ struct srv_job {
     int n_stop;
     int stream;
     int ignore_eos;    /* keep generating past EOS (benchmarks) */
+    int attention;     /* tfm_attn_kernel for this prompt's prefill; AUTO:
+                        * the server's --attention */
     srv_job_notify_fn notify;
     void *notify_ctx;
     /* the HTTP side, under mu: the connection waiting for this job (NULL
@@ -118,7 +120,8 @@ typedef struct srv_engine srv_engine;
  * max_batch sequences per model, queue_depth waiting jobs, n_threads compute
  * threads.  NULL on failure (message printed). */
 srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_depth,
-                              int n_threads, const srv_engine_hooks *hooks);
+                              int n_threads, tfm_attn_kernel attention,
+                              const srv_engine_hooks *hooks);
 /* Stops the thread; queued and running jobs finish as cancelled. */
 void srv_engine_destroy(srv_engine *e);
 

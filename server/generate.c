@@ -23,7 +23,7 @@
 
 static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_tokens",
                                     "temperature", "top_k", "top_p", "seed", "stop", "stream",
-                                    "ignore_eos"};
+                                    "ignore_eos", "attention"};
 
 static void on_job(srv_job *j, void *ctx);
 
@@ -279,6 +279,19 @@ static int fill_job(srv_req *r, json_t *body, srv_job *j)
         return 0;
     }
     j->ignore_eos = ignore_eos && json_is_true(ignore_eos);
+    json_t *attention = json_object_get(body, "attention");
+    if (attention) {
+        const char *k = json_is_string(attention) ? json_string_value(attention) : "";
+        if (!strcmp(k, "naive"))
+            j->attention = TFM_ATTN_NAIVE;
+        else if (!strcmp(k, "tiled"))
+            j->attention = TFM_ATTN_TILED;
+        else if (strcmp(k, "auto")) {
+            srv_reply_error(r, 422, "invalid_argument", "attention",
+                            "attention must be \"naive\", \"tiled\" or \"auto\"");
+            return 0;
+        }
+    }
     return 1;
 }
 

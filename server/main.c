@@ -183,8 +183,11 @@ static void models_loaded(uv_work_t *w, int status)
         fprintf(stderr, "attnd: no models found (--model or --models-dir); not ready\n");
     srv_engine_hooks hooks = {&app->stats,           srv_stats_queue_wait, srv_stats_first_token,
                               srv_stats_inter_token, srv_stats_batch,      srv_stats_tokens};
+    tfm_attn_kernel kern = !strcmp(app->cfg.attention, "naive")   ? TFM_ATTN_NAIVE
+                           : !strcmp(app->cfg.attention, "tiled") ? TFM_ATTN_TILED
+                                                                  : TFM_ATTN_AUTO;
     app->engine = srv_engine_create(&app->models, app->cfg.max_batch, app->cfg.queue_depth,
-                                    app->cfg.threads, &hooks);
+                                    app->cfg.threads, kern, &hooks);
     if (!app->engine) {
         app->exit_code = 1;
         close_all(app);

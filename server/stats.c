@@ -91,6 +91,22 @@ int srv_stats_init(srv_stats *s)
         r, "attnd_attention_calls_total",
         "Attention core calls (one per sequence and layer) by phase and context-length bucket.", 2,
         phase_ctx);
+    s->cost_exponent = one(srv_metrics_gauge(
+        r, "attnd_attention_cost_exponent",
+        "Fitted exponent k of prefill attention time against prompt length (time ~ length^k, "
+        "least squares on log-log over the length buckets seen, prompts of 64 tokens or more); "
+        "about 2: doubling the context quadruples attention's cost. NaN until two buckets have "
+        "prompts.",
+        0, NULL));
+    static const char *const phase_only[] = {"phase"};
+    srv_metric *peak = srv_metrics_gauge(r, "attnd_attention_peak_scratch_bytes",
+                                         "Largest attention scratch one call has used, by phase "
+                                         "(naive kernel: rows x context; tiled: rows x block).",
+                                         1, phase_only);
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
+        const char *v[1] = {tfm_phase_name(ph)};
+        s->attn_peak[ph] = srv_metric_series(peak, v);
+    }
     s->recall_tokens = one(srv_metrics_counter(
         r, "attnd_recall_tokens_total", "Tokens of /recall requests (2 per pair plus queries).", 0,
         NULL));
@@ -173,6 +189,9 @@ void srv_stats_profile(srv_stats *s, const tfm_profile *engine)
         }
     }
     s->seen = *p;
+    srv_gauge_set(s->cost_exponent, tfm_profile_cost_exponent(p, 64));
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++)
+        srv_gauge_set(s->attn_peak[ph], p->attn_peak_bytes[ph]);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -25,6 +25,8 @@ typedef struct srv_stats {
     srv_series *attn_flops[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     srv_series *attn_calls[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     srv_series *recall_tokens;
+    srv_series *cost_exponent;
+    srv_series *attn_peak[TFM_PHASE_COUNT];
     pthread_mutex_t mu; /* guards seen and recall */
     tfm_profile seen;   /* what the counters hold so far */
     tfm_profile recall; /* /recall's op accounting, summed */

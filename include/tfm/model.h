@@ -118,6 +118,9 @@ typedef struct tfm_state {
     int max_seq;            /* capacity in positions */
     float *key_cache;       /* (layer, max_seq, kv_dim) */
     float *value_cache;     /* (layer, max_seq, kv_dim) */
+    double prefill_attn_seconds; /* attention time of this sequence's prefill
+                                  * so far (all chunks, all layers); reset by
+                                  * tfm_state_reset; see tfm_profile_add_prompt */
 } tfm_state;
 
 /* max_seq 0 means cfg.seq_len; larger than cfg.seq_len is TFM_E_RANGE. */

@@ -60,6 +60,11 @@ typedef struct tfm_profile {
      * prefill chunk or a decode batch): a kernel's bytes times the threads
      * running it; a peak, so tfm_profile_add takes the max */
     double attn_peak_bytes[TFM_PHASE_COUNT];
+    /* whole prompts: prefill attention seconds by the prompt's length
+     * bucket (what grows as N^2), their lengths and count */
+    double prompt_attn_seconds[TFM_CTX_BUCKETS];
+    double prompt_tokens[TFM_CTX_BUCKETS];
+    uint64_t prompts[TFM_CTX_BUCKETS];
     uint64_t tokens[TFM_PHASE_COUNT];
 } tfm_profile;
 
@@ -78,6 +83,17 @@ void tfm_profile_reset(tfm_profile *p);
 void tfm_profile_add(tfm_profile *dst, const tfm_profile *src);
 /* Sum of seconds (or flops) over all classes for one phase. */
 double tfm_profile_total_seconds(const tfm_profile *p, tfm_phase ph);
+
+/* Books one finished prompt: n_tokens long, attn_seconds of prefill
+ * attention in all (tfm_state.prefill_attn_seconds).  No-op when disabled. */
+void tfm_profile_add_prompt(tfm_profile *p, int n_tokens, double attn_seconds);
+
+/* The fitted exponent k of prefill attention time ~ length^k: least squares
+ * on log(mean seconds per prompt) against log(mean length) over the length
+ * buckets that have prompts of at least min_tokens.  NaN with fewer than two
+ * such buckets.  About 2 once attention dominates: doubling the context
+ * quadruples it. */
+double tfm_profile_cost_exponent(const tfm_profile *p, int min_tokens);
 
 /* Monotonic clock in seconds. */
 double tfm_now(void);

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <string.h>
 
 #include "tfm/profile.h"
@@ -60,12 +61,35 @@ static void test_profile_reset_and_add(void **state)
     assert_true(t1 >= t0);
 }
 
+/* Prompts of length N costing N^2 give exponent 2; one bucket gives NaN;
+ * prompts below min_tokens are left out; add carries prompts over. */
+static void test_profile_cost_exponent(void **state)
+{
+    tfm_profile p, q;
+    memset(&p, 0, sizeof p);
+    memset(&q, 0, sizeof q);
+    p.enabled = 1;
+    tfm_profile_add_prompt(&p, 100, 1e-8 * 100 * 100);
+    assert_true(isnan(tfm_profile_cost_exponent(&p, 64)));
+    for (int n = 200; n <= 6400; n *= 2)
+        tfm_profile_add_prompt(&p, n, 1e-8 * n * n);
+    tfm_profile_add_prompt(&p, 10, 1.0); /* too short to count */
+    assert_true(fabs(tfm_profile_cost_exponent(&p, 64) - 2.0) < 1e-9);
+    tfm_profile_add(&q, &p);
+    assert_true(fabs(tfm_profile_cost_exponent(&q, 64) - 2.0) < 1e-9);
+    assert_int_equal(q.prompts[tfm_ctx_bucket(200)], 1);
+    p.enabled = 0;
+    tfm_profile_add_prompt(&p, 300, 5.0); /* disabled: ignored */
+    assert_true(fabs(tfm_profile_cost_exponent(&p, 64) - 2.0) < 1e-9);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_profile_buckets),
         cmocka_unit_test(test_profile_names),
         cmocka_unit_test(test_profile_reset_and_add),
+        cmocka_unit_test(test_profile_cost_exponent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
