@@ -127,6 +127,11 @@ class Test01CommandLine(Base):
         p = self.run_attnd(["--port", "0", "serve"])
         self.assertEqual(p.returncode, 2, "exit status %d; stderr %r" % (p.returncode, p.stderr[:300]))
 
+    def test_bad_attention_kernel_exits_2(self):
+        p = self.run_attnd(["--port", "0", "--attention", "fastest"])
+        self.assertEqual(p.returncode, 2, "exit status %d; stderr %r" % (p.returncode, p.stderr[:300]))
+        self.assertIn(b"--attention", p.stderr)
+
     def test_flag_without_its_value_exits_2(self):
         p = self.run_attnd(["--port"])
         self.assertEqual(p.returncode, 2, "exit status %d; stderr %r" % (p.returncode, p.stderr[:300]))

@@ -536,6 +536,16 @@ class Test05Concurrency(Base):
     def test_concurrent_greedy_mixed_models(self):
         self.compare(_bodies_mixed())
 
+    def test_attention_kernels_give_the_same_tokens(self):
+        # a prompt of several hundred tokens: prefilled in chunks, with the
+        # naive kernel (N x N scores) and the tiled one (online softmax)
+        body = {"model": "slow4k", "prompt": "The quick brown fox. " * 30, "max_tokens": 40,
+                "temperature": 0, "ignore_eos": True}
+        ref = self.gen_ok(dict(body, attention="naive"))
+        for k in ("tiled", "auto"):
+            got = self.gen_ok(dict(body, attention=k))
+            self.assertEqual(got["tokens"], ref["tokens"], "attention %s differs from naive" % k)
+
     def test_eight_concurrent_greedy_equal_alone(self):
         # a full default batch (--max-batch 8) of one model, prompts of
         # different lengths so the sequences sit at different positions
@@ -862,6 +872,7 @@ class Test08Errors(Base):
             ({"prompt": "a", "max_tokens": 5.0}, "max_tokens"), ({"prompt": "a", "max_tokens": 1.5}, "max_tokens"),
             ({"prompt": "a", "max_tokens": True}, "max_tokens"), ({"prompt": "a", "max_tokens": 2 ** 40}, "max_tokens"),
             ({"prompt": "a", "max_new_tokens": 0}, "max_new_tokens"),
+            ({"prompt": "a", "attention": "fast"}, "attention"), ({"prompt": "a", "attention": 1}, "attention"),
             ({"prompt": "a", "max_new_tokens": 5000}, "max_new_tokens"),
             ({"prompt": "a", "temperature": -0.1}, "temperature"), ({"prompt": "a", "temperature": 100.5}, "temperature"),
             ({"prompt": "a", "temperature": "hot"}, "temperature"), ({"prompt": "a", "temperature": True}, "temperature"),
