@@ -10,7 +10,7 @@ DEFAULT_MODEL := models/tiny-random.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: all deps build test bench run clean asan tsan
+.PHONY: all deps build test bench cost-report run clean asan tsan
 
 all: build
 
@@ -35,6 +35,11 @@ run: build $(DEFAULT_MODEL)
 
 bench: build
 	scripts/bench.sh $(BUILD)
+
+# Attention cost against the context length (attn cost): CSV, markdown and
+# a gnuplot PNG in $(BUILD)/cost.
+cost-report: build
+	scripts/cost-report.sh $(BUILD)
 
 # Unit, CLI and live-server tests under AddressSanitizer + UBSan, in their
 # own build directory.

@@ -14,6 +14,7 @@ PKGS=(
   curl python3 python3-yaml python3-jsonschema # server tests: HTTP, the OpenAPI schema
   prometheus        # promtool checks the /metrics exposition
   wrk               # server bench: HTTP load (tests/bench/server_bench.py)
+  gnuplot-nox       # make cost-report: the attention cost plot
 )
 
 missing=()

@@ -7,6 +7,7 @@
  *                 --kv-heads 6 --vocab 32000 --seq-len 256 --seed 1]
  *                 [--untied] [--format llama2c|safetensors]
  *   attn bench    (tools/bench.c)
+ *   attn cost     (tools/cost.c)
  *
  * Generation follows llama2.c's run.c: the prompt is encoded with BOS, fed
  * through the model (here as one prefill), and each sampled token is printed
@@ -47,7 +48,10 @@ static void usage(FILE *f)
             "      decode, prefill and memory-bandwidth benchmarks as JSON lines.\n"
             "  attn bench-recall [--runs 5] ...\n"
             "      exact recall (attention) latency against the number of pairs, beside a\n"
-            "      hash map, with the fitted exponent, as JSON lines.\n");
+            "      hash map, with the fitted exponent, as JSON lines.\n"
+            "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
+            "      prefill attention time and peak memory against N, naive and tiled\n"
+            "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n");
 }
 
 static int bad_arg(const char *msg, const char *arg)
@@ -357,6 +361,8 @@ int main(int argc, char **argv)
         return attn_bench_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-recall"))
         return attn_bench_recall_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "cost"))
+        return attn_cost_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -12,6 +12,12 @@ int attn_bench_main(int argc, char **argv);
  * arguments). */
 int attn_bench_recall_main(int argc, char **argv);
 
+/* `attn cost ...` (tools/cost.c): prefill attention time and peak memory
+ * against the context length for the naive and tiled kernels; writes
+ * cost.csv and cost.md.  argv[0] is "cost".  Returns the process exit code
+ * (0 ok, 1 failure, 2 bad arguments). */
+int attn_cost_main(int argc, char **argv);
+
 /* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL.
  * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
 int attn_parse_long(const char *s, int len, long lo, long hi, long *out);
