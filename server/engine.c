@@ -44,6 +44,7 @@ typedef struct slot {
 typedef struct mctx {
     const srv_model *m;
     tfm_workspace *ws;
+    tfm_attn_kernel attention; /* the model's ("attention" in its metadata) or --attention */
     slot *slots; /* max_batch */
     float *logits; /* (max_batch, vocab) */
     tfm_state **bst;
@@ -61,7 +62,6 @@ struct srv_engine {
     int stopping;
     mctx *mc;
     int n_mc, max_batch;
-    tfm_attn_kernel attention; /* --attention: decode, and prefill by default */
     atomic_int running;
     tfm_profile prof; /* under mu: the workspaces' profiles, summed */
     srv_engine_hooks hooks;
@@ -360,7 +360,7 @@ static int prefill_step(srv_engine *e, int budget)
         tfm_workspace_set_attention(mc->ws, (tfm_attn_kernel)j->attention);
     tfm_status st = tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
                                 last ? mc->logits : NULL);
-    tfm_workspace_set_attention(mc->ws, e->attention);
+    tfm_workspace_set_attention(mc->ws, mc->attention);
     if (st != TFM_OK) {
         fail_job(j, 500, "internal", tfm_strerror(st), NULL);
         release_slot(e, s);
@@ -500,7 +500,6 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->running, 0);
     e->max_batch = max_batch;
-    e->attention = attention;
     e->q_cap = queue_depth > 0 ? queue_depth : 1;
     e->q = calloc((size_t)e->q_cap, sizeof *e->q);
     e->mc = calloc((size_t)(reg->n ? reg->n : 1), sizeof *e->mc);
@@ -524,7 +523,13 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
         if (tfm_workspace_create(m->model, rows, n_threads, &mc->ws) != TFM_OK)
             goto fail;
         tfm_workspace_profile(mc->ws)->enabled = 1;
-        tfm_workspace_set_attention(mc->ws, attention);
+        /* a model may name its kernel in its checkpoint's metadata; the
+         * flag decides otherwise */
+        const char *mk = tfm_model_meta_get(m->model, "attention");
+        mc->attention = mk && !strcmp(mk, "naive")   ? TFM_ATTN_NAIVE
+                        : mk && !strcmp(mk, "tiled") ? TFM_ATTN_TILED
+                                                     : attention;
+        tfm_workspace_set_attention(mc->ws, mc->attention);
         mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
         mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
         mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);
