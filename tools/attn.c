@@ -79,6 +79,38 @@ int attn_parse_long(const char *s, int len, long lo, long hi, long *out)
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double attn_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double attn_loglog_slope(const double *x, const double *y, int n)
+{
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (!(x[i] > 0) || !(y[i] > 0))
+            continue;
+        double lx = log(x[i]), ly = log(y[i]);
+        sx += lx;
+        sy += ly;
+        sxx += lx * lx;
+        sxy += lx * ly;
+        k++;
+    }
+    double den = k * sxx - sx * sx;
+    if (k < 2 || den <= 0)
+        return NAN;
+    return (k * sxy - sx * sy) / den;
+}
+
 static int parse_long(const char *s, long lo, long hi, long *out)
 {
     return attn_parse_long(s, -1, lo, hi, out) == 0;

@@ -22,4 +22,10 @@ int attn_cost_main(int argc, char **argv);
  * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
 int attn_parse_long(const char *s, int len, long lo, long hi, long *out);
 
+/* Median of v[0..n), n >= 1 (sorts v). */
+double attn_median(double *v, int n);
+/* Least-squares slope of log y against log x over the points with x, y > 0;
+ * NaN with fewer than two. */
+double attn_loglog_slope(const double *x, const double *y, int n);
+
 #endif

@@ -296,19 +296,6 @@ static int parse_args(int argc, char **argv, bench_opts *o, char *err, size_t er
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[0..n), n >= 1; sorts v. */
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static double best(const double *v, int n)
 {
     double b = v[0];
@@ -451,7 +438,7 @@ static int timed_runs(bench_ctx *c, const char *label, timed_fn fn, int arg, int
         return fail_status(label, rc);
     double *sorted = c->vals + o->runs; /* the runs stay in order for the JSON */
     memcpy(sorted, c->vals, (size_t)o->runs * sizeof *sorted);
-    *med = median(sorted, o->runs);
+    *med = attn_median(sorted, o->runs);
     fprintf(stderr, " -> median %.1f tok/s\n", *med);
     return 0;
 }
@@ -632,7 +619,7 @@ static int bench_bandwidth(bench_ctx *c, float *arrays, bench_result *r)
         snprintf(key, sizeof key, "%s_gbs", op_names[op]);
         json_kv(key, r->gbs[op], 3);
         snprintf(key, sizeof key, "%s_gbs_median", op_names[op]);
-        json_kv(key, median(g + op * runs, runs), 3);
+        json_kv(key, attn_median(g + op * runs, runs), 3);
     }
     json_end();
     fprintf(stderr, " read %.1f, copy %.1f, triad %.1f GB/s (best)\n", r->gbs[0], r->gbs[1],
@@ -702,7 +689,7 @@ static int bench_kernel(bench_ctx *c, const float *w, const float *x, float *y, 
                 for (int run = 0; run < o->runs; run++)
                     c->vals[run] =
                         reps * mat_bytes / kernel_run(fns[f], pool, km, B, reps, w, x, y) / 1e9;
-                gbs[f] = median(c->vals, o->runs);
+                gbs[f] = attn_median(c->vals, o->runs);
                 snprintf(key, sizeof key, "%s_gbs", names[f]);
                 json_kv(key, gbs[f], 3);
                 snprintf(key, sizeof key, "%s_gflops", names[f]); /* 2 flops per 4 bytes per row */

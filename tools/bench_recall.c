@@ -250,34 +250,6 @@ static uint32_t hash_run(hmap *h, const uint32_t *keys, const uint32_t *vals, in
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[0..n), n >= 1; sorts v. */
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* Least-squares slope of log y against log x over n >= 2 points. */
-static double loglog_slope(const double *x, const double *y, int n)
-{
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    for (int i = 0; i < n; i++) {
-        double lx = log(x[i]), ly = log(y[i]);
-        sx += lx;
-        sy += ly;
-        sxx += lx * lx;
-        sxy += lx * ly;
-    }
-    double den = n * sxx - sx * sx;
-    return den > 0 ? (n * sxy - sx * sy) / den : NAN;
-}
-
 static void json_num(const char *key, double v, int prec)
 {
     printf(",\"%s\":", key);
@@ -338,7 +310,7 @@ static int bench_one(bench_ctx *c, int n, int q, recall_row *row)
         c->times[r] = dt / (double)reps;
         calls += reps;
     }
-    row->median_ms = median(c->times, o->runs) * 1e3;
+    row->median_ms = attn_median(c->times, o->runs) * 1e3;
     row->attention_ms = attn / (double)calls * 1e3;
     row->gflops = st.flops / (row->median_ms * 1e-3) * 1e-9;
     row->peak_bytes = st.peak_scratch_bytes;
@@ -354,7 +326,7 @@ static int bench_one(bench_ctx *c, int n, int q, recall_row *row)
         c->times[r] = dt / (double)reps;
     }
     (void)sink;
-    row->hash_median_us = median(c->times, o->runs) * 1e6;
+    row->hash_median_us = attn_median(c->times, o->runs) * 1e6;
     row->ratio = row->median_ms * 1e3 / row->hash_median_us;
     row->pairs = n;
     row->queries = q;
@@ -444,10 +416,10 @@ int attn_bench_recall_main(int argc, char **argv)
             fprintf(stderr, "  %5d  %7d  %12.3f  %9.3f  %8.0fx  %8.2f  %11.1f\n", r->pairs, r->queries,
                     r->median_ms, r->hash_median_us, r->ratio, r->gflops, r->peak_bytes / 1024.0);
         }
-        double fit = n_sizes >= 2 ? loglog_slope(x, y, n_sizes) : NAN;
-        double last = n_sizes >= 2 ? loglog_slope(x + n_sizes - 2, y + n_sizes - 2, 2) : NAN;
-        double hfit = n_sizes >= 2 ? loglog_slope(x, yh, n_sizes) : NAN;
-        double hlast = n_sizes >= 2 ? loglog_slope(x + n_sizes - 2, yh + n_sizes - 2, 2) : NAN;
+        double fit = n_sizes >= 2 ? attn_loglog_slope(x, y, n_sizes) : NAN;
+        double last = n_sizes >= 2 ? attn_loglog_slope(x + n_sizes - 2, y + n_sizes - 2, 2) : NAN;
+        double hfit = n_sizes >= 2 ? attn_loglog_slope(x, yh, n_sizes) : NAN;
+        double hlast = n_sizes >= 2 ? attn_loglog_slope(x + n_sizes - 2, yh + n_sizes - 2, 2) : NAN;
         printf("{\"bench\":\"recall_exponent\",\"queries\":%d,\"min_pairs\":%d,\"max_pairs\":%d",
                o.qcounts[qi], sizes[0], sizes[n_sizes - 1]);
         json_num("exponent", fit, 3);

@@ -76,40 +76,6 @@ static int cost_bad(const char *msg, const char *arg)
     return 2;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* Least-squares slope of log y against log x over n points; NaN if fewer
- * than two usable points. */
-static double loglog_slope(const double *x, const double *y, int n)
-{
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        if (!(x[i] > 0) || !(y[i] > 0))
-            continue;
-        double lx = log(x[i]), ly = log(y[i]);
-        sx += lx;
-        sy += ly;
-        sxx += lx * lx;
-        sxy += lx * ly;
-        k++;
-    }
-    double den = k * sxx - sx * sx;
-    if (k < 2 || den <= 0)
-        return NAN;
-    return (k * sxy - sx * sy) / den;
-}
-
 static int mkdir_p(const char *path)
 {
     char buf[4096];
@@ -248,14 +214,14 @@ static void write_md(FILE *f, cost_row (*rows)[N_KERNELS], int n_sizes, int runs
             xs[i] = rows[i][k].n;
             ys[i] = rows[i][k].attn_s;
         }
-        double all = loglog_slope(xs, ys, n_sizes);
+        double all = attn_loglog_slope(xs, ys, n_sizes);
         int i1024 = 0;
         while (i1024 < n_sizes && rows[i1024][k].n < 1024)
             i1024++;
-        double big = loglog_slope(xs + i1024, ys + i1024, n_sizes - i1024);
+        double big = attn_loglog_slope(xs + i1024, ys + i1024, n_sizes - i1024);
         int from = -1;
         for (int i = n_sizes - 2; i >= 0; i--) {
-            tail[k][i] = loglog_slope(xs + i, ys + i, n_sizes - i);
+            tail[k][i] = attn_loglog_slope(xs + i, ys + i, n_sizes - i);
             if (tail[k][i] >= 1.8 && tail[k][i] <= 2.2 && (from == i + 1 || i == n_sizes - 2))
                 from = i;
         }
@@ -443,12 +409,12 @@ int attn_cost_main(int argc, char **argv)
             }
             cost_row *row = &rows[i][k];
             row->n = n;
-            row->prefill_s = median(pre, (int)runs);
-            row->attn_s = median(att, (int)runs);
-            row->peak = median(peak, (int)runs);
+            row->prefill_s = attn_median(pre, (int)runs);
+            row->attn_s = attn_median(att, (int)runs);
+            row->peak = attn_median(peak, (int)runs);
             for (int cl = 0; cl < TFM_CLASS_COUNT; cl++) {
-                row->flops[cl] = median(fl[cl], (int)runs);
-                row->secs[cl] = median(sc[cl], (int)runs);
+                row->flops[cl] = attn_median(fl[cl], (int)runs);
+                row->secs[cl] = attn_median(sc[cl], (int)runs);
             }
             fprintf(stderr, "attn cost: N %5d %-5s prefill %9.2f ms  attention %9.2f ms  peak %.0f B\n",
                     n, tfm_attn_kernel_name(KERNELS[k]), row->prefill_s * 1e3, row->attn_s * 1e3,
