@@ -177,14 +177,18 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
  * prefill chunk) and dt seconds.  Scores, softmax and values run fused per
  * head, so their time is booked as contraction (it dominates) while their
  * FLOPs go to their own classes. */
-static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph, double dt,
-                             int ctx, double keys)
+static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph,
+                             tfm_attn_kernel kern, double dt, int ctx, double keys)
 {
     int b = tfm_ctx_bucket(ctx);
+    int k = kern == TFM_ATTN_TILED ? TFM_ATTN_KIND_TILED : TFM_ATTN_KIND_NAIVE;
     double f = 4.0 * c->dim * keys; /* QK^T and PV, 2 flops a multiply-add, all heads */
     p->attn_seconds[ph][b] += dt;
     p->attn_flops[ph][b] += f;
     p->attn_calls[ph][b] += 1;
+    p->attn_kind_seconds[ph][k][b] += dt;
+    p->attn_kind_flops[ph][k][b] += f;
+    p->attn_kind_calls[ph][k][b] += 1;
     p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
     p->flops[ph][TFM_CLASS_CONTRACTION] += f;
     p->flops[ph][TFM_CLASS_NORMALIZATION] += 5.0 * c->n_heads * keys;
@@ -257,7 +261,7 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
             if (prof->enabled) {
                 double dt = tfm_now() - t0;
                 st->prefill_attn_seconds += dt;
-                record_attention(prof, c, ph, dt, p0 + R,
+                record_attention(prof, c, ph, a.kern, dt, p0 + R,
                                  (double)R * p0 + (double)R * (R + 1) / 2.0);
                 record_attn_bytes(prof, ph, tfm__attn_bytes(a.kern, R, p0 + R),
                                   ws->n_threads < c->n_heads ? ws->n_threads : c->n_heads);
@@ -277,7 +281,8 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
                     bytes = b > bytes ? b : bytes;
                 }
                 for (int r = 0; r < R; r++)
-                    record_attention(prof, c, ph, dt * (ws->pos[r] + 1) / keys, ws->pos[r] + 1,
+                    record_attention(prof, c, ph, tfm__attn_pick(ws->attn, 1, ws->pos[r] + 1),
+                                     dt * (ws->pos[r] + 1) / keys, ws->pos[r] + 1,
                                      ws->pos[r] + 1);
                 record_attn_bytes(prof, ph, bytes,
                                   ws->n_threads < chunks ? ws->n_threads : chunks);

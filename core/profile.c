@@ -28,6 +28,12 @@ const char *tfm_phase_name(tfm_phase p)
     return (unsigned)p < TFM_PHASE_COUNT ? names[p] : "unknown";
 }
 
+const char *tfm_attn_kind_name(tfm_attn_kind k)
+{
+    static const char *names[] = {"naive", "tiled", "exact"};
+    return (unsigned)k < TFM_ATTN_KIND_COUNT ? names[k] : "unknown";
+}
+
 int tfm_ctx_bucket_le(int b) { return 64 << b; }
 
 int tfm_ctx_bucket(int n)
@@ -58,6 +64,11 @@ void tfm_profile_add(tfm_profile *dst, const tfm_profile *src)
             dst->attn_seconds[ph][b] += src->attn_seconds[ph][b];
             dst->attn_flops[ph][b] += src->attn_flops[ph][b];
             dst->attn_calls[ph][b] += src->attn_calls[ph][b];
+            for (int k = 0; k < TFM_ATTN_KIND_COUNT; k++) {
+                dst->attn_kind_seconds[ph][k][b] += src->attn_kind_seconds[ph][k][b];
+                dst->attn_kind_flops[ph][k][b] += src->attn_kind_flops[ph][k][b];
+                dst->attn_kind_calls[ph][k][b] += src->attn_kind_calls[ph][k][b];
+            }
         }
         dst->tokens[ph] += src->tokens[ph];
         if (src->attn_peak_bytes[ph] > dst->attn_peak_bytes[ph])

@@ -17,7 +17,7 @@ static const char *const route_code[] = {"route", "code"};
 static const char *const route_only[] = {"route"};
 static const char *const class_phase[] = {"class", "phase"};
 static const char *const comp_phase[] = {"component", "phase"};
-static const char *const phase_ctx[] = {"phase", "context_max"};
+static const char *const phase_ctx[] = {"phase", "kernel", "context_max"};
 
 static srv_series *hist(srv_registry *r, const char *name, const char *help, double start,
                         double factor, int n)
@@ -81,16 +81,19 @@ int srv_stats_init(srv_stats *s)
         "Compute seconds by model component (attention, mlp, other) and phase.", 2, comp_phase);
     srv_metric *as = srv_metrics_counter(
         r, "attnd_attention_seconds_total",
-        "Attention core seconds (scores, softmax, weighted values) by phase and context-length "
-        "bucket (context_max: the bucket's largest context).",
-        2, phase_ctx);
+        "Attention core seconds (scores, softmax, weighted values) by phase, kernel (naive, "
+        "tiled, or exact for /recall) and context-length bucket (context_max: the bucket's "
+        "largest context).",
+        3, phase_ctx);
     srv_metric *af = srv_metrics_counter(r, "attnd_attention_flops_total",
-                                         "Attention core FLOPs by phase and context-length bucket.",
-                                         2, phase_ctx);
+                                         "Attention core FLOPs by phase, kernel and context-length "
+                                         "bucket.",
+                                         3, phase_ctx);
     srv_metric *ac = srv_metrics_counter(
         r, "attnd_attention_calls_total",
-        "Attention core calls (one per sequence and layer) by phase and context-length bucket.", 2,
-        phase_ctx);
+        "Attention core calls (one per sequence and layer) by phase, kernel and context-length "
+        "bucket.",
+        3, phase_ctx);
     s->cost_exponent = one(srv_metrics_gauge(
         r, "attnd_attention_cost_exponent",
         "Fitted exponent k of prefill attention time against prompt length (time ~ length^k, "
@@ -111,13 +114,18 @@ int srv_stats_init(srv_stats *s)
         r, "attnd_recall_tokens_total", "Tokens of /recall requests (2 per pair plus queries).", 0,
         NULL));
     for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
-        for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
-            char le[16];
-            snprintf(le, sizeof le, "%d", tfm_ctx_bucket_le(b));
-            const char *v[2] = {tfm_phase_name(ph), le};
-            s->attn_seconds[ph][b] = srv_metric_series(as, v);
-            s->attn_flops[ph][b] = srv_metric_series(af, v);
-            s->attn_calls[ph][b] = srv_metric_series(ac, v);
+        for (int k = 0; k < TFM_ATTN_KIND_COUNT; k++) {
+            /* recall's exact attention is a prefill-like pass only */
+            if (k == TFM_ATTN_KIND_EXACT && ph != TFM_PHASE_PREFILL)
+                continue;
+            for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+                char le[16];
+                snprintf(le, sizeof le, "%d", tfm_ctx_bucket_le(b));
+                const char *v[3] = {tfm_phase_name(ph), tfm_attn_kind_name(k), le};
+                s->attn_seconds[ph][k][b] = srv_metric_series(as, v);
+                s->attn_flops[ph][k][b] = srv_metric_series(af, v);
+                s->attn_calls[ph][k][b] = srv_metric_series(ac, v);
+            }
         }
         for (int c = 0; c < TFM_CLASS_COUNT; c++) {
             const char *v[2] = {tfm_op_class_name(c), tfm_phase_name(ph)};
@@ -181,12 +189,16 @@ void srv_stats_profile(srv_stats *s, const tfm_profile *engine)
         for (int c = 0; c < TFM_COMP_COUNT; c++)
             srv_counter_add(s->comp_seconds[ph][c],
                             p->comp_seconds[ph][c] - s->seen.comp_seconds[ph][c]);
-        for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
-            srv_counter_add(s->attn_seconds[ph][b], p->attn_seconds[ph][b] - s->seen.attn_seconds[ph][b]);
-            srv_counter_add(s->attn_flops[ph][b], p->attn_flops[ph][b] - s->seen.attn_flops[ph][b]);
-            srv_counter_add(s->attn_calls[ph][b],
-                            (double)(p->attn_calls[ph][b] - s->seen.attn_calls[ph][b]));
-        }
+        for (int k = 0; k < TFM_ATTN_KIND_COUNT; k++)
+            for (int b = 0; b < TFM_CTX_BUCKETS; b++) { /* NULL series: no-op */
+                srv_counter_add(s->attn_seconds[ph][k][b], p->attn_kind_seconds[ph][k][b] -
+                                                               s->seen.attn_kind_seconds[ph][k][b]);
+                srv_counter_add(s->attn_flops[ph][k][b],
+                                p->attn_kind_flops[ph][k][b] - s->seen.attn_kind_flops[ph][k][b]);
+                srv_counter_add(s->attn_calls[ph][k][b],
+                                (double)(p->attn_kind_calls[ph][k][b] -
+                                         s->seen.attn_kind_calls[ph][k][b]));
+            }
     }
     s->seen = *p;
     srv_gauge_set(s->cost_exponent, tfm_profile_cost_exponent(p, 64));

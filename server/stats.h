@@ -21,9 +21,9 @@ typedef struct srv_stats {
     srv_series *op_seconds[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *op_flops[TFM_PHASE_COUNT][TFM_CLASS_COUNT];
     srv_series *comp_seconds[TFM_PHASE_COUNT][TFM_COMP_COUNT];
-    srv_series *attn_seconds[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
-    srv_series *attn_flops[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
-    srv_series *attn_calls[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    srv_series *attn_seconds[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
+    srv_series *attn_flops[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
+    srv_series *attn_calls[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
     srv_series *recall_tokens;
     srv_series *cost_exponent;
     srv_series *attn_peak[TFM_PHASE_COUNT];

@@ -43,6 +43,15 @@ typedef enum tfm_phase {
     TFM_PHASE_COUNT
 } tfm_phase;
 
+/* What computed an attention: the two kernels of the model's forward, and
+ * recall's exact construction (include/tfm/recall.h). */
+typedef enum tfm_attn_kind {
+    TFM_ATTN_KIND_NAIVE = 0,
+    TFM_ATTN_KIND_TILED,
+    TFM_ATTN_KIND_EXACT,
+    TFM_ATTN_KIND_COUNT
+} tfm_attn_kind;
+
 /* Context-length buckets for attention: bucket b holds contexts of length
  * <= 64 << b (64, 128, ..., 32768); the last bucket also takes longer ones. */
 #define TFM_CTX_BUCKETS 10
@@ -56,6 +65,10 @@ typedef struct tfm_profile {
     double attn_seconds[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     double attn_flops[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
     uint64_t attn_calls[TFM_PHASE_COUNT][TFM_CTX_BUCKETS];
+    /* the same three split by what computed them */
+    double attn_kind_seconds[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
+    double attn_kind_flops[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
+    uint64_t attn_kind_calls[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
     /* largest attention scratch in use at once by one call (one layer of a
      * prefill chunk or a decode batch): a kernel's bytes times the threads
      * running it; a peak, so tfm_profile_add takes the max */
@@ -71,6 +84,7 @@ typedef struct tfm_profile {
 const char *tfm_op_class_name(tfm_op_class c);   /* "tensor_contraction", ... */
 const char *tfm_component_name(tfm_component c); /* "attention", "mlp", "other" */
 const char *tfm_phase_name(tfm_phase p);         /* "prefill", "decode", "train" */
+const char *tfm_attn_kind_name(tfm_attn_kind k); /* "naive", "tiled", "exact" */
 
 /* Upper bound (inclusive) of context bucket b: 64 << b. */
 int tfm_ctx_bucket_le(int b);

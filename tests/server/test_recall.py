@@ -781,15 +781,15 @@ class Test07Metrics(Base):
         return fams
 
     def attention(self, fams, fam, phase, ctx):
-        return H.sample_value(fams, fam, phase=phase, context_max=str(ctx))
+        return H.sample_value(fams, fam, phase=phase, kernel="exact", context_max=str(ctx))
 
     def test_families(self):
         self.check_store([["a", 1]], ["a"])
         fams = self.scrape()
         for name, typ, labels in (("attnd_recall_tokens_total", "counter", set()),
-                                  ("attnd_attention_seconds_total", "counter", {"phase", "context_max"}),
-                                  ("attnd_attention_flops_total", "counter", {"phase", "context_max"}),
-                                  ("attnd_attention_calls_total", "counter", {"phase", "context_max"})):
+                                  ("attnd_attention_seconds_total", "counter", {"phase", "kernel", "context_max"}),
+                                  ("attnd_attention_flops_total", "counter", {"phase", "kernel", "context_max"}),
+                                  ("attnd_attention_calls_total", "counter", {"phase", "kernel", "context_max"})):
             self.assertIn(name, fams)
             self.assertEqual(fams[name].type, typ, name)
             self.assertTrue((fams[name].help or "").strip(), name)
@@ -820,20 +820,21 @@ class Test07Metrics(Base):
                 "duration count": d("attnd_request_duration_seconds", "attnd_request_duration_seconds_count",
                                     route=ROUTE),
                 "tokens": d("attnd_recall_tokens_total"),
-                "calls in bucket": d("attnd_attention_calls_total", phase="prefill", context_max=str(ctx)),
+                "calls in bucket": d("attnd_attention_calls_total", phase="prefill", kernel="exact",
+                                     context_max=str(ctx)),
             }
             want = {"requests 200": 1, "duration count": 1, "tokens": 2 * n + m, "calls in bucket": 1}
             if got != want:
                 failures.append("%d pairs, %d queries: %s, want %s" % (n, m, got, want))
-            if not d("attnd_attention_seconds_total", phase="prefill", context_max=str(ctx)) > 0:
+            if not d("attnd_attention_seconds_total", phase="prefill", kernel="exact", context_max=str(ctx)) > 0:
                 failures.append("%d pairs: attnd_attention_seconds_total{phase=prefill,context_max=%d} did not "
                                 "increase" % (n, ctx))
-            if not d("attnd_attention_flops_total", phase="prefill", context_max=str(ctx)) > 0:
+            if not d("attnd_attention_flops_total", phase="prefill", kernel="exact", context_max=str(ctx)) > 0:
                 failures.append("%d pairs: attention FLOPs in bucket %d did not increase" % (n, ctx))
             for fam in ("attnd_attention_seconds_total", "attnd_attention_calls_total"):
                 for _, lab, v, _ in f1[fam].samples:
-                    if (lab["phase"], lab["context_max"]) != ("prefill", str(ctx)):
-                        if v != self.attention(f0, fam, lab["phase"], lab["context_max"]):
+                    if (lab["phase"], lab["kernel"], lab["context_max"]) != ("prefill", "exact", str(ctx)):
+                        if v != H.sample_value(f0, fam, **lab):
                             failures.append("%d pairs: %s%s moved too" % (n, fam, lab))
         if failures:
             self.fail("\n  ".join(["recall metrics:"] + failures))
