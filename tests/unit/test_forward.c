@@ -346,6 +346,25 @@ static void test_forward_profile_counts_flops(void **state)
     double keys = 10.0 * 11 / 2;
     double want = 10 * 2 * (weights - c->vocab_size * d) + 2 * c->vocab_size * d + L * 4 * d * keys;
     assert_true(fabs(p->flops[TFM_PHASE_PREFILL][TFM_CLASS_CONTRACTION] - want) < 1);
+    /* the per-kernel split adds up to the totals, and names the kernel run */
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++)
+        for (int b = 0; b < TFM_CTX_BUCKETS; b++) {
+            uint64_t calls = 0;
+            for (int k = 0; k < TFM_ATTN_KIND_COUNT; k++)
+                calls += p->attn_kind_calls[ph][k][b];
+            assert_int_equal(calls, p->attn_calls[ph][b]);
+        }
+    tfm_workspace_set_attention(ws, TFM_ATTN_NAIVE);
+    tfm_state_reset(st);
+    tfm_profile_reset(p);
+    assert_int_equal(tfm_prefill(ws, st, toks, 10, logits), TFM_OK);
+    assert_int_equal(p->attn_kind_calls[TFM_PHASE_PREFILL][TFM_ATTN_KIND_NAIVE][0], 3 * L);
+    assert_int_equal(p->attn_kind_calls[TFM_PHASE_PREFILL][TFM_ATTN_KIND_TILED][0], 0);
+    tfm_workspace_set_attention(ws, TFM_ATTN_TILED);
+    tfm_profile_reset(p);
+    tfm_state_reset(st);
+    assert_int_equal(tfm_prefill(ws, st, toks, 10, logits), TFM_OK);
+    assert_int_equal(p->attn_kind_calls[TFM_PHASE_PREFILL][TFM_ATTN_KIND_TILED][0], 3 * L);
     /* switched off, nothing is booked */
     p->enabled = 0;
     tfm_profile_reset(p);
