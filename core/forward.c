@@ -125,12 +125,25 @@ typedef struct {
     tfm_attn_kernel kern; /* resolved */
 } prefill_attn_args;
 
+/* Head geometry of a config: head size, kv width, query heads per kv head. */
+typedef struct {
+    int hs, kv, group;
+} heads;
+
+static heads heads_of(const tfm_config *c)
+{
+    heads g = {c->dim / c->n_heads, c->dim / c->n_heads * c->n_kv_heads,
+               c->n_heads / c->n_kv_heads};
+    return g;
+}
+
 static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
 {
     const prefill_attn_args *a = ctx;
     tfm_workspace *ws = a->ws;
     const tfm_config *c = &ws->m->cfg;
-    int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
+    heads g = heads_of(c);
+    int hs = g.hs, kv = g.kv, group = g.group;
     size_t lofs = (size_t)a->layer * (size_t)a->st->max_seq * (size_t)kv;
     float *scratch = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     int h0, h1;
@@ -154,7 +167,8 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
     const decode_attn_args *a = ctx;
     tfm_workspace *ws = a->ws;
     const tfm_config *c = &ws->m->cfg;
-    int hs = c->dim / c->n_heads, kv = hs * c->n_kv_heads, group = c->n_heads / c->n_kv_heads;
+    heads g = heads_of(c);
+    int hs = g.hs, kv = g.kv, group = g.group;
     float *scratch = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     int j0, j1;
     tfm__split(a->R * c->n_heads, chunk, n_chunks, 1, &j0, &j1);

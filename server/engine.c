@@ -290,9 +290,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     size_t plen = 0;
     tfm_tokenizer_decode(mc->m->tok, prev, tok, &piece, &plen);
     size_t old = j->text.len;
-    pthread_mutex_lock(&j->mu);
-    srv_buf_append(&j->text, piece, plen);
-    pthread_mutex_unlock(&j->mu);
+    srv_buf_append(&j->text, piece, plen); /* engine-private: no lock */
     /* a stop string can only end in the new piece: search from just
      * before it, and cut the text at the earliest hit */
     srv_finish fin = SRV_FINISH_NONE;

@@ -111,6 +111,20 @@ double attn_loglog_slope(const double *x, const double *y, int n)
     return (k * sxy - sx * sy) / den;
 }
 
+int attn_parse_outcome(int pr, const char *cmd, const char *err, void (*usage_fn)(FILE *f))
+{
+    if (pr == 1) {
+        usage_fn(stdout);
+        return 0;
+    }
+    if (pr < 0) {
+        fprintf(stderr, "attn %s: %s\n", cmd, err);
+        usage_fn(stderr);
+        return 2;
+    }
+    return -1;
+}
+
 static int parse_long(const char *s, long lo, long hi, long *out)
 {
     return attn_parse_long(s, -1, lo, hi, out) == 0;

@@ -2,6 +2,8 @@
 #ifndef ATTN_H
 #define ATTN_H
 
+#include <stdio.h>
+
 /* `attn bench ...`: argv[0] is "bench".  Returns the process exit code
  * (0 ok, 1 failure, 2 bad arguments). */
 int attn_bench_main(int argc, char **argv);
@@ -21,6 +23,11 @@ int attn_cost_main(int argc, char **argv);
 /* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL.
  * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
 int attn_parse_long(const char *s, int len, long lo, long hi, long *out);
+
+/* After a subcommand's parse_args (1: help asked, < 0: bad arguments with
+ * err): prints usage where it belongs and returns the exit code, or -1 to
+ * go on. */
+int attn_parse_outcome(int pr, const char *cmd, const char *err, void (*usage)(FILE *f));
 
 /* Median of v[0..n), n >= 1 (sorts v). */
 double attn_median(double *v, int n);

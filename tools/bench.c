@@ -808,16 +808,10 @@ int attn_bench_main(int argc, char **argv)
 {
     bench_opts o;
     char err[256] = "";
-    int pr = parse_args(argc, argv, &o, err, sizeof err);
-    if (pr == 1) {
-        usage(stdout);
-        return 0;
-    }
-    if (pr < 0) {
-        fprintf(stderr, "attn bench: %s\n", err);
-        usage(stderr);
-        return 2;
-    }
+    int exit_code = attn_parse_outcome(parse_args(argc, argv, &o, err, sizeof err), "bench", err,
+                                       usage);
+    if (exit_code >= 0)
+        return exit_code;
 
     int ret = 1;
     tfm_model *m = NULL;

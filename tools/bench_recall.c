@@ -346,16 +346,9 @@ int attn_bench_recall_main(int argc, char **argv)
 {
     recall_opts o;
     char err[256] = "";
-    int pr = parse_args(argc, argv, &o, err, sizeof err);
-    if (pr == 1) {
-        usage(stdout);
-        return 0;
-    }
-    if (pr < 0) {
-        fprintf(stderr, "attn bench-recall: %s\n", err);
-        usage(stderr);
-        return 2;
-    }
+    int rc = attn_parse_outcome(parse_args(argc, argv, &o, err, sizeof err), "bench-recall", err, usage);
+    if (rc >= 0)
+        return rc;
 
     int sizes[MAX_SIZES], n_sizes = 0, max_q = 0;
     for (long n = o.min_pairs; n <= o.max_pairs && n_sizes < MAX_SIZES; n *= 2)
