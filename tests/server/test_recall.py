@@ -508,8 +508,14 @@ class Test03MaximumSize(Base):
         if H.OPTS.verbose:
             sys.stderr.write("max size: %.2fs, peak RSS %+.1f MiB (server said %.1f ms)\n"
                              % (dt, grew / 2 ** 20, obj["timings"]["total_ms"]))
-        self.assertLess(grew, 32 << 20, "peak RSS grew by %.1f MiB for one maximum request: an n x n or n x V "
-                                        "buffer? (4096 x 4096 floats is 64 MiB)" % (grew / 2 ** 20))
+        # A sanitizer's shadow memory multiplies RSS (TSan's several times
+        # over), so the bound holds for plain builds only; the core's exact
+        # scratch bound is asserted by test_recall (cmocka) in every build.
+        with open("/proc/%d/maps" % pid) as f:
+            sanitized = any(("libtsan" in l) or ("libasan" in l) for l in f)
+        if not sanitized:
+            self.assertLess(grew, 32 << 20, "peak RSS grew by %.1f MiB for one maximum request: an n x n or "
+                                            "n x V buffer? (4096 x 4096 floats is 64 MiB)" % (grew / 2 ** 20))
 
 
 # ==========================================================================
