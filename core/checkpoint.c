@@ -522,26 +522,15 @@ tfm_status tfm_checkpoint_load(const char *path, tfm_ckpt_format fmt, tfm_model 
 
 /* ---- atomic writes --------------------------------------------------------- */
 
-/* The first error sticks (like ferror): later writes do nothing and commit
- * reports it, so a save is a plain sequence of writes. */
-typedef struct atomic_file {
-    FILE *f;
-    char *tmp;        /* "<path>.tmp.<pid>" */
-    const char *path; /* borrowed */
-    tfm_status st;
-    char *err;
-    size_t errlen;
-} atomic_file;
-
-static void io_err(atomic_file *af, const char *what, int e)
+static void io_err(tfm__afile *af, const char *what, int e)
 {
     if (af->st == TFM_OK)
         af->st = set_err(af->err, af->errlen, TFM_E_IO, "%s %s: %s", what, af->tmp, strerror(e));
 }
 
-static tfm_status atomic_open(atomic_file *af, const char *path, char *err, size_t errlen)
+tfm_status tfm__afile_open(tfm__afile *af, const char *path, char *err, size_t errlen)
 {
-    *af = (atomic_file){.path = path, .err = err, .errlen = errlen};
+    *af = (tfm__afile){.path = path, .err = err, .errlen = errlen};
     size_t len = strlen(path) + 32;
     if (!(af->tmp = malloc(len)))
         return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
@@ -554,7 +543,7 @@ static tfm_status atomic_open(atomic_file *af, const char *path, char *err, size
     return TFM_OK;
 }
 
-static void atomic_write(atomic_file *af, const void *buf, size_t n)
+void tfm__afile_write(tfm__afile *af, const void *buf, size_t n)
 {
     for (const char *p = buf; n && af->st == TFM_OK;) {
         size_t k = n < IO_CHUNK ? n : IO_CHUNK;
@@ -567,7 +556,7 @@ static void atomic_write(atomic_file *af, const void *buf, size_t n)
 
 /* Makes the file durable and renames it over path, or removes it after any
  * error (a sticky one included). */
-static tfm_status atomic_commit(atomic_file *af)
+tfm_status tfm__afile_commit(tfm__afile *af)
 {
     if (af->st == TFM_OK && fflush(af->f) != 0)
         io_err(af, "write", errno);
@@ -688,13 +677,13 @@ static tfm_status save_safetensors(const tfm_model *m, const char *path, char *e
     for (int i = 0; i < 8; i++)
         lenbuf[i] = (unsigned char)(n >> (8 * i));
     static const char spaces[8] = "        ";
-    atomic_file af;
-    if ((st = atomic_open(&af, path, err, errlen)) == TFM_OK) {
-        atomic_write(&af, lenbuf, 8);
-        atomic_write(&af, json, len);
-        atomic_write(&af, spaces, pad);
-        atomic_write(&af, m->data, m->n_floats * sizeof(float));
-        st = atomic_commit(&af);
+    tfm__afile af;
+    if ((st = tfm__afile_open(&af, path, err, errlen)) == TFM_OK) {
+        tfm__afile_write(&af, lenbuf, 8);
+        tfm__afile_write(&af, json, len);
+        tfm__afile_write(&af, spaces, pad);
+        tfm__afile_write(&af, m->data, m->n_floats * sizeof(float));
+        st = tfm__afile_commit(&af);
     }
     free(json);
     return st;
@@ -717,16 +706,16 @@ static tfm_status save_llama2c(const tfm_model *m, const char *path, char *err, 
     size_t wcls = c->shared_classifier ? 0 : (size_t)c->vocab_size * (size_t)c->dim;
     size_t body = m->n_floats - wcls;
     size_t rope = (size_t)c->seq_len * (size_t)(c->dim / c->n_heads / 2);
-    atomic_file af;
-    tfm_status st = atomic_open(&af, path, err, errlen);
+    tfm__afile af;
+    tfm_status st = tfm__afile_open(&af, path, err, errlen);
     if (st != TFM_OK)
         return st;
-    atomic_write(&af, h, sizeof h);
-    atomic_write(&af, m->data, body * sizeof(float));
-    atomic_write(&af, m->rope_cos, rope * sizeof(float));
-    atomic_write(&af, m->rope_sin, rope * sizeof(float));
-    atomic_write(&af, m->w.wcls, wcls * sizeof(float));
-    return atomic_commit(&af);
+    tfm__afile_write(&af, h, sizeof h);
+    tfm__afile_write(&af, m->data, body * sizeof(float));
+    tfm__afile_write(&af, m->rope_cos, rope * sizeof(float));
+    tfm__afile_write(&af, m->rope_sin, rope * sizeof(float));
+    tfm__afile_write(&af, m->w.wcls, wcls * sizeof(float));
+    return tfm__afile_commit(&af);
 }
 
 tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_format fmt,

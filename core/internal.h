@@ -7,6 +7,7 @@
 #define TFM_INTERNAL_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "tfm/model.h"
 #include "tfm/profile.h"
@@ -162,5 +163,31 @@ static inline double tfm__prof_start(const tfm_profile *p)
 {
     return p && p->enabled ? tfm_now() : 0.0;
 }
+
+/* ---- atomic file writes (checkpoint.c) -------------------------------------
+ * A temporary file in the target's directory, fsync, rename over the path,
+ * fsync of the directory.  The first error sticks (like ferror): later
+ * writes do nothing and commit reports it, so a save is a plain sequence of
+ * writes; commit removes the temporary file after any error. */
+typedef struct tfm__afile {
+    FILE *f;
+    char *tmp;        /* "<path>.tmp.<pid>" */
+    const char *path; /* borrowed */
+    tfm_status st;
+    char *err;
+    size_t errlen;
+} tfm__afile;
+tfm_status tfm__afile_open(tfm__afile *af, const char *path, char *err, size_t errlen);
+void tfm__afile_write(tfm__afile *af, const void *buf, size_t n);
+tfm_status tfm__afile_commit(tfm__afile *af);
+
+/* ---- training (train.c) -----------------------------------------------------
+ * A forward-only trainer over a read-only model (no gradients, no
+ * optimiser state): evaluation and the recall service. */
+struct tfm_trainer;
+tfm_status tfm__trainer_create_eval(const tfm_model *m, int max_batch, int max_seq, int n_threads,
+                             struct tfm_trainer **out);
+int tfm__trainer_max_batch(const struct tfm_trainer *t);
+int tfm__trainer_max_seq(const struct tfm_trainer *t);
 
 #endif /* TFM_INTERNAL_H */

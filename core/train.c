@@ -1,0 +1,1069 @@
+/*
+ * train.c — the trainer: forward with the activations kept, backward, and
+ * AdamW (see tfm/train.h).
+ *
+ * Rows are the B x T tokens of a batch, N = B * T of them, laid out
+ * sequence after sequence (row b*T + t is token t of sequence b, at
+ * position t).  Per layer the forward keeps exactly what its backward
+ * reads:
+ *     x_in    (N, d)   residual stream entering the layer
+ *     xn1     (N, d)   rms(x_in) * rms_att: the input of wq, wk, wv
+ *     rs1     (N)      1 / rms of x_in
+ *     q, k, v (N, d / kv)  after RoPE (q, k)
+ *     att     (B, heads, T, T)  softmax probabilities
+ *     ao      (N, d)   attention output, the input of wo
+ *     x_mid   (N, d)   residual after attention
+ *     xn2, rs2         the FFN's norm, as above
+ *     h1, h3  (N, hidden)  w1 and w3 outputs
+ *     hg      (N, hidden)  silu(h1) * h3, the input of w2
+ * then the final norm (x_f, xnf, rsf) and the probabilities (N, vocab).
+ *
+ * Every weight product is one sgemm over all N rows, the rows split over
+ * the pool: forward Y = X W^T, backward dX = dY W and dW += dY^T X (dW's
+ * rows split, so no two threads write one gradient).  Attention is small
+ * sgemm calls per (sequence, head) — per (sequence, kv head) in the
+ * backward, so the query heads that share a kv head accumulate into its dK
+ * and dV on one thread.  Reductions over rows (norm weight gradients, the
+ * loss, the gradient norm) are summed per fixed chunk and then in chunk
+ * order: the result does not depend on which thread ran which chunk.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tfm/train.h"
+
+void openblas_set_num_threads(int num_threads);
+
+/* Reductions use this many chunks whatever the thread count. */
+#define RED_CHUNKS 32
+
+typedef struct layer_acts {
+    float *x_in, *xn1, *rs1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rs2, *h1, *h3, *hg;
+} layer_acts;
+
+struct tfm_trainer {
+    tfm_model *m;
+    int training; /* gradients and AdamW allocated */
+    int max_B, max_T, n_threads;
+    tfm__pool *pool;
+    layer_acts *L;
+    float *x_f, *xnf, *rsf, *probs;
+    /* backward scratch */
+    float *dx, *dxn, *dq, *dk, *dv, *dao, *dh1, *dh3, *dlog;
+    float *dP; /* (n_threads, T, T) */
+    float *grads, *mom1, *mom2;
+    double red[RED_CHUNKS]; /* per-chunk partial sums */
+    float *red_vec;         /* (RED_CHUNKS, dim) partial norm-weight gradients */
+    int *tok, *tgt;         /* the last forward's batch */
+    int B, T, have_fwd;
+    long counted;
+    int steps;
+};
+
+/* ---- parallel helpers --------------------------------------------------- */
+
+typedef void (*rows_fn)(tfm_trainer *t, const void *args, int r0, int r1, int chunk);
+
+typedef struct {
+    tfm_trainer *t;
+    rows_fn fn;
+    const void *args;
+    int n;
+} rows_job;
+
+static void rows_task(void *ctx, int chunk, int n_chunks, int thread)
+{
+    const rows_job *j = ctx;
+    int lo, hi;
+    tfm__split(j->n, chunk, n_chunks, 1, &lo, &hi);
+    if (lo < hi)
+        j->fn(j->t, j->args, lo, hi, chunk);
+}
+
+/* fn over rows [0, n) in n_chunks fixed parts (RED_CHUNKS for reductions,
+ * so each partial has a fixed slice). */
+static void run_rows(tfm_trainer *t, rows_fn fn, const void *args, int n, int n_chunks)
+{
+    rows_job j = {t, fn, args, n};
+    if (n_chunks > n)
+        n_chunks = n > 0 ? n : 1;
+    tfm__pool_run(t->pool, rows_task, &j, n_chunks);
+}
+
+static int row_chunks(const tfm_trainer *t, int n)
+{
+    return tfm__pool_chunks(t->pool, n, 4);
+}
+
+/* Y (N, n) = X (N, d) W^T, or += when acc. */
+typedef struct {
+    float *y;
+    const float *x, *w;
+    int N, d, n, acc;
+} fwd_mm;
+
+static void fwd_mm_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const fwd_mm *a = args;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, a->n, a->d, 1.0f,
+                a->x + (size_t)r0 * a->d, a->d, a->w, a->d, a->acc ? 1.0f : 0.0f,
+                a->y + (size_t)r0 * a->n, a->n);
+}
+
+static void matmul_fwd(tfm_trainer *t, float *y, const float *x, const float *w, int N, int d,
+                       int n, int acc)
+{
+    fwd_mm a = {y, x, w, N, d, n, acc};
+    run_rows(t, fwd_mm_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
+}
+
+/* dX (N, d) (+)= dY (N, n) W (n, d) */
+typedef struct {
+    float *dx;
+    const float *dy, *w;
+    int N, d, n, acc;
+} bwd_dx;
+
+static void bwd_dx_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const bwd_dx *a = args;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, a->d, a->n, 1.0f,
+                a->dy + (size_t)r0 * a->n, a->n, a->w, a->d, a->acc ? 1.0f : 0.0f,
+                a->dx + (size_t)r0 * a->d, a->d);
+}
+
+static void matmul_bwd_dx(tfm_trainer *t, float *dx, const float *dy, const float *w, int N,
+                          int d, int n, int acc)
+{
+    bwd_dx a = {dx, dy, w, N, d, n, acc};
+    run_rows(t, bwd_dx_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
+}
+
+/* dW (n, d) += dY^T (n, N) X (N, d), dW's rows split */
+typedef struct {
+    float *dw;
+    const float *dy, *x;
+    int N, d, n;
+} bwd_dw;
+
+static void bwd_dw_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const bwd_dw *a = args;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, a->d, a->N, 1.0f, a->dy + r0,
+                a->n, a->x, a->d, 1.0f, a->dw + (size_t)r0 * a->d, a->d);
+}
+
+static void matmul_bwd_dw(tfm_trainer *t, float *dw, const float *dy, const float *x, int N,
+                          int d, int n)
+{
+    bwd_dw a = {dw, dy, x, N, d, n};
+    run_rows(t, bwd_dw_rows, &a, n, tfm__pool_chunks(t->pool, (n + 15) / 16, 2));
+}
+
+/* ---- RMSNorm -------------------------------------------------------------- */
+
+typedef struct {
+    float *out, *rs;
+    const float *x, *w;
+    int d;
+    float eps;
+} norm_args;
+
+static void norm_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const norm_args *a = args;
+    for (int r = r0; r < r1; r++) {
+        const float *x = a->x + (size_t)r * a->d;
+        float *o = a->out + (size_t)r * a->d;
+        float ss = 0.0f;
+        for (int i = 0; i < a->d; i++)
+            ss += x[i] * x[i];
+        float rs = 1.0f / sqrtf(ss / (float)a->d + a->eps);
+        a->rs[r] = rs;
+        for (int i = 0; i < a->d; i++)
+            o[i] = a->w[i] * (x[i] * rs);
+    }
+}
+
+static void rmsnorm_fwd(tfm_trainer *t, float *out, float *rs, const float *x, const float *w,
+                        int N)
+{
+    norm_args a = {out, rs, x, w, t->m->cfg.dim, t->m->cfg.norm_eps};
+    run_rows(t, norm_rows, &a, N, row_chunks(t, N));
+}
+
+/* o = w * x * rs with rs = (mean x^2 + eps)^-1/2:
+ *   dw += sum_rows dout * x * rs
+ *   dx += rs * (w dout - x * rs^2 * mean(w dout * x)) */
+typedef struct {
+    float *dx;
+    const float *dout, *x, *rs, *w;
+    int d;
+} norm_bwd_args;
+
+static void norm_bwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const norm_bwd_args *a = args;
+    int d = a->d;
+    float *dw = t->red_vec + (size_t)chunk * d;
+    memset(dw, 0, (size_t)d * sizeof(float));
+    for (int r = r0; r < r1; r++) {
+        const float *x = a->x + (size_t)r * d, *g = a->dout + (size_t)r * d;
+        float *dx = a->dx + (size_t)r * d;
+        float rs = a->rs[r], dot = 0.0f;
+        for (int i = 0; i < d; i++) {
+            dw[i] += g[i] * x[i] * rs;
+            dot += a->w[i] * g[i] * x[i];
+        }
+        float c = rs * rs * rs * dot / (float)d;
+        for (int i = 0; i < d; i++)
+            dx[i] += rs * a->w[i] * g[i] - c * x[i];
+    }
+}
+
+static void rmsnorm_bwd(tfm_trainer *t, float *dx, float *dw, const float *dout, const float *x,
+                        const float *rs, const float *w, int N)
+{
+    int d = t->m->cfg.dim, n_chunks = N < RED_CHUNKS ? N : RED_CHUNKS;
+    norm_bwd_args a = {dx, dout, x, rs, w, d};
+    run_rows(t, norm_bwd_rows, &a, N, n_chunks);
+    for (int c = 0; c < n_chunks; c++)
+        for (int i = 0; i < d; i++)
+            dw[i] += t->red_vec[(size_t)c * d + i];
+}
+
+/* ---- RoPE ----------------------------------------------------------------- */
+
+typedef struct {
+    float *v;
+    int width, n_heads, T, inverse;
+} rope_args;
+
+static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const rope_args *a = args;
+    int hs = t->m->cfg.dim / t->m->cfg.n_heads, half = hs / 2;
+    for (int r = r0; r < r1; r++) {
+        int pos = r % a->T;
+        const float *cs = t->m->rope_cos + (size_t)pos * half;
+        const float *sn = t->m->rope_sin + (size_t)pos * half;
+        float *row = a->v + (size_t)r * a->width;
+        for (int h = 0; h < a->n_heads; h++) {
+            float *p = row + (size_t)h * hs;
+            for (int i = 0; i < half; i++) {
+                float s = a->inverse ? -sn[i] : sn[i];
+                float x0 = p[2 * i], x1 = p[2 * i + 1];
+                p[2 * i] = x0 * cs[i] - x1 * s;
+                p[2 * i + 1] = x0 * s + x1 * cs[i];
+            }
+        }
+    }
+}
+
+/* The backward of a rotation is the inverse rotation. */
+static void rope(tfm_trainer *t, float *v, int width, int n_heads, int N, int T, int inverse)
+{
+    rope_args a = {v, width, n_heads, T, inverse};
+    run_rows(t, rope_rows, &a, N, row_chunks(t, N));
+}
+
+/* ---- attention ------------------------------------------------------------ */
+
+typedef struct {
+    tfm_trainer *t;
+    layer_acts *a;
+    int B, T;
+} attn_job;
+
+/* One (sequence, head): S = Q K^T / sqrt(hs), causal softmax, O = P V. */
+static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
+{
+    const attn_job *j = ctx;
+    const tfm_config *c = &j->t->m->cfg;
+    int nh = c->n_heads, hs = c->dim / nh, kvd = hs * c->n_kv_heads;
+    int group = nh / c->n_kv_heads, T = j->T, d = c->dim;
+    int b = chunk / nh, h = chunk % nh, kh = h / group;
+    size_t row0 = (size_t)b * T;
+    const float *q = j->a->q + row0 * d + (size_t)h * hs;
+    const float *k = j->a->k + row0 * kvd + (size_t)kh * hs;
+    const float *v = j->a->v + row0 * kvd + (size_t)kh * hs;
+    float *P = j->a->att + ((size_t)b * nh + h) * T * T;
+    float *o = j->a->ao + row0 * d + (size_t)h * hs;
+    float scale = 1.0f / sqrtf((float)hs);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, d, k, kvd, 0.0f, P,
+                T);
+    for (int i = 0; i < T; i++) {
+        float *p = P + (size_t)i * T;
+        tfm__softmax(p, i + 1);
+        memset(p + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, v, kvd, 0.0f, o,
+                d);
+}
+
+static void attention_fwd(tfm_trainer *t, layer_acts *a, int B, int T)
+{
+    attn_job j = {t, a, B, T};
+    tfm__pool_run(t->pool, attn_fwd_one, &j, B * t->m->cfg.n_heads);
+}
+
+/* One (sequence, kv head), over the query heads that read it:
+ *   dP = dO V^T;  dS = P * (dP - rowsum(dP * P));
+ *   dQ = dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs);  dV += P^T dO. */
+static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
+{
+    const attn_job *j = ctx;
+    tfm_trainer *t = j->t;
+    const tfm_config *c = &t->m->cfg;
+    int nh = c->n_heads, nkv = c->n_kv_heads, hs = c->dim / nh, kvd = hs * nkv;
+    int group = nh / nkv, T = j->T, d = c->dim;
+    int b = chunk / nkv, kh = chunk % nkv;
+    size_t row0 = (size_t)b * T;
+    const float *k = j->a->k + row0 * kvd + (size_t)kh * hs;
+    const float *v = j->a->v + row0 * kvd + (size_t)kh * hs;
+    float *dk = t->dk + row0 * kvd + (size_t)kh * hs;
+    float *dv = t->dv + row0 * kvd + (size_t)kh * hs;
+    float *dP = t->dP + (size_t)thread * t->max_T * t->max_T;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int r = 0; r < T; r++) {
+        memset(dk + (size_t)r * kvd, 0, (size_t)hs * sizeof(float));
+        memset(dv + (size_t)r * kvd, 0, (size_t)hs * sizeof(float));
+    }
+    for (int h = kh * group; h < (kh + 1) * group; h++) {
+        const float *P = j->a->att + ((size_t)b * nh + h) * T * T;
+        const float *q = j->a->q + row0 * d + (size_t)h * hs;
+        const float *dout = t->dao + row0 * d + (size_t)h * hs;
+        float *dq = t->dq + row0 * d + (size_t)h * hs;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout, d, v, kvd, 0.0f,
+                    dP, T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, dout, d, 1.0f,
+                    dv, kvd);
+        for (int i = 0; i < T; i++) {
+            const float *p = P + (size_t)i * T;
+            float *g = dP + (size_t)i * T, s = 0.0f;
+            for (int jj = 0; jj <= i; jj++)
+                s += g[jj] * p[jj];
+            for (int jj = 0; jj <= i; jj++)
+                g[jj] = p[jj] * (g[jj] - s);
+            memset(g + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, dP, T, k, kvd,
+                    0.0f, dq, d);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, dP, T, q, d, 1.0f,
+                    dk, kvd);
+    }
+}
+
+static void attention_bwd(tfm_trainer *t, layer_acts *a, int B, int T)
+{
+    attn_job j = {t, a, B, T};
+    tfm__pool_run(t->pool, attn_bwd_one, &j, B * t->m->cfg.n_kv_heads);
+}
+
+/* ---- SwiGLU ----------------------------------------------------------------- */
+
+typedef struct {
+    float *hg, *dh1, *dh3;
+    const float *h1, *h3, *dhg;
+    int H;
+} glu_args;
+
+static void glu_fwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const glu_args *a = args;
+    size_t lo = (size_t)r0 * a->H, hi = (size_t)r1 * a->H;
+    for (size_t i = lo; i < hi; i++) {
+        float x = a->h1[i];
+        a->hg[i] = x / (1.0f + expf(-x)) * a->h3[i];
+    }
+}
+
+/* hg = silu(h1) h3: dh3 = dhg silu(h1); dh1 = dhg h3 silu'(h1), where
+ * silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).  dhg and dh1 may alias. */
+static void glu_bwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const glu_args *a = args;
+    size_t lo = (size_t)r0 * a->H, hi = (size_t)r1 * a->H;
+    for (size_t i = lo; i < hi; i++) {
+        float x = a->h1[i], g = a->dhg[i];
+        float s = 1.0f / (1.0f + expf(-x));
+        a->dh3[i] = g * x * s;
+        a->dh1[i] = g * a->h3[i] * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+/* ---- loss ------------------------------------------------------------------ */
+
+typedef struct {
+    float *probs;
+    const int *tgt;
+    int V;
+} ce_args;
+
+static void ce_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const ce_args *a = args;
+    double loss = 0.0;
+    for (int r = r0; r < r1; r++) {
+        float *p = a->probs + (size_t)r * a->V;
+        tfm__softmax(p, a->V);
+        if (a->tgt && a->tgt[r] >= 0) {
+            float pt = p[a->tgt[r]];
+            loss -= log(pt > 1e-30f ? (double)pt : 1e-30);
+        }
+    }
+    t->red[chunk] = loss;
+}
+
+/* dlogits = (probs - onehot(target)) / counted on counted rows, else 0 */
+typedef struct {
+    float inv;
+    int V;
+} dlog_args;
+
+static void dlog_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const dlog_args *a = args;
+    for (int r = r0; r < r1; r++) {
+        float *g = t->dlog + (size_t)r * a->V;
+        const float *p = t->probs + (size_t)r * a->V;
+        if (t->tgt[r] < 0) {
+            memset(g, 0, (size_t)a->V * sizeof(float));
+            continue;
+        }
+        for (int i = 0; i < a->V; i++)
+            g[i] = p[i] * a->inv;
+        g[t->tgt[r]] -= a->inv;
+    }
+}
+
+/* ---- create / destroy ---------------------------------------------------------- */
+
+static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
+                                 int training, tfm_trainer **out)
+{
+    *out = NULL;
+    if (!m || max_batch < 1 || max_seq < 1 || max_seq > m->cfg.seq_len || n_threads < 1 ||
+        n_threads > 256)
+        return TFM_E_INVALID;
+    const tfm_config *c = &m->cfg;
+    size_t N = (size_t)max_batch * max_seq, d = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    size_t kvd = d / (size_t)c->n_heads * (size_t)c->n_kv_heads, V = (size_t)c->vocab_size;
+    size_t TT = (size_t)max_seq * max_seq;
+    if (N > (size_t)1 << 24)
+        return TFM_E_RANGE;
+    tfm_trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return TFM_E_NOMEM;
+    t->m = m;
+    t->training = training;
+    t->max_B = max_batch;
+    t->max_T = max_seq;
+    t->n_threads = n_threads;
+    openblas_set_num_threads(1);
+    t->pool = tfm__pool_create(n_threads);
+    t->L = calloc((size_t)c->n_layers, sizeof *t->L);
+    int ok = t->pool && t->L;
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        layer_acts *a = &t->L[l];
+        float **fd[] = {&a->x_in, &a->xn1, &a->q, &a->ao, &a->x_mid, &a->xn2};
+        for (size_t i = 0; i < sizeof fd / sizeof fd[0]; i++)
+            ok &= (*fd[i] = tfm__alloc(N * d * sizeof(float))) != NULL;
+        ok &= (a->k = tfm__alloc(N * kvd * sizeof(float))) != NULL;
+        ok &= (a->v = tfm__alloc(N * kvd * sizeof(float))) != NULL;
+        ok &= (a->rs1 = tfm__alloc(N * sizeof(float))) != NULL;
+        ok &= (a->rs2 = tfm__alloc(N * sizeof(float))) != NULL;
+        ok &= (a->h1 = tfm__alloc(N * H * sizeof(float))) != NULL;
+        ok &= (a->h3 = tfm__alloc(N * H * sizeof(float))) != NULL;
+        ok &= (a->hg = tfm__alloc(N * H * sizeof(float))) != NULL;
+        ok &= (a->att = tfm__alloc((size_t)max_batch * c->n_heads * TT * sizeof(float))) != NULL;
+    }
+    ok = ok && (t->x_f = tfm__alloc(N * d * sizeof(float))) &&
+         (t->xnf = tfm__alloc(N * d * sizeof(float))) && (t->rsf = tfm__alloc(N * sizeof(float))) &&
+         (t->probs = tfm__alloc(N * V * sizeof(float))) && (t->tok = calloc(N, sizeof(int))) &&
+         (t->tgt = calloc(N, sizeof(int)));
+    if (ok && training) {
+        size_t P = m->n_floats;
+        ok = (t->dx = tfm__alloc(N * d * sizeof(float))) &&
+             (t->dxn = tfm__alloc(N * d * sizeof(float))) &&
+             (t->dq = tfm__alloc(N * d * sizeof(float))) &&
+             (t->dk = tfm__alloc(N * kvd * sizeof(float))) &&
+             (t->dv = tfm__alloc(N * kvd * sizeof(float))) &&
+             (t->dao = tfm__alloc(N * d * sizeof(float))) &&
+             (t->dh1 = tfm__alloc(N * H * sizeof(float))) &&
+             (t->dh3 = tfm__alloc(N * H * sizeof(float))) &&
+             (t->dlog = tfm__alloc(N * V * sizeof(float))) &&
+             (t->dP = tfm__alloc((size_t)n_threads * TT * sizeof(float))) &&
+             (t->red_vec = tfm__alloc(RED_CHUNKS * d * sizeof(float))) &&
+             (t->grads = tfm__alloc(P * sizeof(float))) &&
+             (t->mom1 = tfm__alloc(P * sizeof(float))) && (t->mom2 = tfm__alloc(P * sizeof(float)));
+        if (ok) {
+            memset(t->grads, 0, P * sizeof(float));
+            memset(t->mom1, 0, P * sizeof(float));
+            memset(t->mom2, 0, P * sizeof(float));
+        }
+    }
+    if (!ok) {
+        tfm_trainer_destroy(t);
+        return TFM_E_NOMEM;
+    }
+    *out = t;
+    return TFM_OK;
+}
+
+tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
+                              tfm_trainer **out)
+{
+    return trainer_create(m, max_batch, max_seq, n_threads, 1, out);
+}
+
+/* Forward only, for evaluation of a shared read-only model: the trainer
+ * never writes the model (tfm_trainer_adamw refuses without gradients). */
+tfm_status tfm__trainer_create_eval(const tfm_model *m, int max_batch, int max_seq,
+                                    int n_threads, tfm_trainer **out)
+{
+    return trainer_create((tfm_model *)m, max_batch, max_seq, n_threads, 0, out);
+}
+
+void tfm_trainer_destroy(tfm_trainer *t)
+{
+    if (!t)
+        return;
+    if (t->L) {
+        for (int l = 0; l < t->m->cfg.n_layers; l++) {
+            layer_acts *a = &t->L[l];
+            float *p[] = {a->x_in, a->xn1, a->rs1, a->q,   a->k,  a->v,  a->att,
+                          a->ao,   a->x_mid, a->xn2, a->rs2, a->h1, a->h3, a->hg};
+            for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+                tfm__free(p[i]);
+        }
+        free(t->L);
+    }
+    float *p[] = {t->x_f, t->xnf, t->rsf, t->probs, t->dx,  t->dxn,  t->dq,    t->dk,    t->dv,
+                  t->dao, t->dh1, t->dh3, t->dlog,  t->dP,  t->red_vec, t->grads, t->mom1, t->mom2};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        tfm__free(p[i]);
+    free(t->tok);
+    free(t->tgt);
+    tfm__pool_destroy(t->pool);
+    free(t);
+}
+
+tfm_model *tfm_trainer_model(tfm_trainer *t) { return t->m; }
+const float *tfm_trainer_probs(const tfm_trainer *t) { return t->probs; }
+long tfm_trainer_counted(const tfm_trainer *t) { return t->counted; }
+float *tfm_trainer_grads(tfm_trainer *t) { return t->grads; }
+int tfm_trainer_step_count(const tfm_trainer *t) { return t->steps; }
+int tfm__trainer_max_batch(const tfm_trainer *t) { return t->max_B; }
+int tfm__trainer_max_seq(const tfm_trainer *t) { return t->max_T; }
+
+/* ---- forward ------------------------------------------------------------------- */
+
+typedef struct {
+    const int *tok;
+    int d;
+} embed_args;
+
+static void embed_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const embed_args *a = args;
+    for (int r = r0; r < r1; r++)
+        memcpy(t->L[0].x_in + (size_t)r * a->d,
+               t->m->w.token_embedding + (size_t)a->tok[r] * a->d, (size_t)a->d * sizeof(float));
+}
+
+tfm_status tfm_trainer_forward(tfm_trainer *t, const int *inputs, const int *targets, int B,
+                               int T, float *loss)
+{
+    const tfm_config *c = &t->m->cfg;
+    t->have_fwd = 0;
+    if (!inputs || B < 1 || T < 1 || B > t->max_B || T > t->max_T)
+        return TFM_E_INVALID;
+    int N = B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
+    int kvd = d / c->n_heads * c->n_kv_heads;
+    long counted = 0;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V || (targets && targets[i] >= V))
+            return TFM_E_INVALID;
+        t->tok[i] = inputs[i];
+        t->tgt[i] = targets && targets[i] >= 0 ? targets[i] : -1;
+        counted += t->tgt[i] >= 0;
+    }
+    t->B = B;
+    t->T = T;
+    t->counted = counted;
+    const tfm_weights *w = &t->m->w;
+    embed_args ea = {t->tok, d};
+    run_rows(t, embed_rows, &ea, N, row_chunks(t, N));
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_acts *a = &t->L[l];
+        size_t ld = (size_t)l * d;
+        rmsnorm_fwd(t, a->xn1, a->rs1, a->x_in, w->rms_att + ld, N);
+        matmul_fwd(t, a->q, a->xn1, w->wq + ld * d, N, d, d, 0);
+        matmul_fwd(t, a->k, a->xn1, w->wk + (size_t)l * kvd * d, N, d, kvd, 0);
+        matmul_fwd(t, a->v, a->xn1, w->wv + (size_t)l * kvd * d, N, d, kvd, 0);
+        rope(t, a->q, d, c->n_heads, N, T, 0);
+        rope(t, a->k, kvd, c->n_kv_heads, N, T, 0);
+        attention_fwd(t, a, B, T);
+        memcpy(a->x_mid, a->x_in, (size_t)N * d * sizeof(float));
+        matmul_fwd(t, a->x_mid, a->ao, w->wo + ld * d, N, d, d, 1);
+        rmsnorm_fwd(t, a->xn2, a->rs2, a->x_mid, w->rms_ffn + ld, N);
+        matmul_fwd(t, a->h1, a->xn2, w->w1 + (size_t)l * H * d, N, d, H, 0);
+        matmul_fwd(t, a->h3, a->xn2, w->w3 + (size_t)l * H * d, N, d, H, 0);
+        glu_args g = {.hg = a->hg, .h1 = a->h1, .h3 = a->h3, .H = H};
+        run_rows(t, glu_fwd_rows, &g, N, row_chunks(t, N));
+        float *next = l + 1 < c->n_layers ? t->L[l + 1].x_in : t->x_f;
+        memcpy(next, a->x_mid, (size_t)N * d * sizeof(float));
+        matmul_fwd(t, next, a->hg, w->w2 + (size_t)l * d * H, N, H, d, 1);
+    }
+    rmsnorm_fwd(t, t->xnf, t->rsf, t->x_f, w->rms_final, N);
+    matmul_fwd(t, t->probs, t->xnf, w->wcls, N, d, V, 0);
+    int n_chunks = N < RED_CHUNKS ? N : RED_CHUNKS;
+    ce_args ca = {t->probs, t->tgt, V};
+    run_rows(t, ce_rows, &ca, N, n_chunks);
+    double total = 0.0;
+    for (int i = 0; i < n_chunks; i++)
+        total += t->red[i];
+    if (loss)
+        *loss = counted ? (float)(total / (double)counted) : 0.0f;
+    t->have_fwd = 1;
+    return TFM_OK;
+}
+
+/* ---- backward ------------------------------------------------------------------- */
+
+/* Gradient regions as offsets into the flat buffer, like the weights. */
+static float *grad_of(tfm_trainer *t, const float *weight)
+{
+    return t->grads + (weight - t->m->data);
+}
+
+tfm_status tfm_trainer_backward(tfm_trainer *t)
+{
+    if (!t->training || !t->have_fwd)
+        return TFM_E_INVALID;
+    const tfm_config *c = &t->m->cfg;
+    const tfm_weights *w = &t->m->w;
+    int B = t->B, T = t->T, N = B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
+    int kvd = d / c->n_heads * c->n_kv_heads;
+    memset(t->grads, 0, t->m->n_floats * sizeof(float));
+    if (!t->counted)
+        return TFM_OK;
+    dlog_args da = {1.0f / (float)t->counted, V};
+    run_rows(t, dlog_rows, &da, N, row_chunks(t, N));
+    /* classifier: dwcls += dlog^T xnf; dxnf = dlog wcls */
+    matmul_bwd_dw(t, grad_of(t, w->wcls), t->dlog, t->xnf, N, d, V);
+    matmul_bwd_dx(t, t->dxn, t->dlog, w->wcls, N, d, V, 0);
+    memset(t->dx, 0, (size_t)N * d * sizeof(float));
+    rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_final), t->dxn, t->x_f, t->rsf, w->rms_final, N);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        layer_acts *a = &t->L[l];
+        size_t ld = (size_t)l * d;
+        const float *w1 = w->w1 + (size_t)l * H * d, *w2 = w->w2 + (size_t)l * d * H;
+        const float *w3 = w->w3 + (size_t)l * H * d;
+        /* FFN: x_out = x_mid + w2 hg; dx is dL/dx_out and stays as the
+         * residual's share of dL/dx_mid */
+        matmul_bwd_dw(t, grad_of(t, w2), t->dx, a->hg, N, H, d);
+        matmul_bwd_dx(t, t->dh1, t->dx, w2, N, H, d, 0); /* dhg, in dh1 */
+        glu_args g = {.dh1 = t->dh1, .dh3 = t->dh3, .h1 = a->h1, .h3 = a->h3, .dhg = t->dh1,
+                      .H = H};
+        run_rows(t, glu_bwd_rows, &g, N, row_chunks(t, N));
+        matmul_bwd_dw(t, grad_of(t, w1), t->dh1, a->xn2, N, d, H);
+        matmul_bwd_dw(t, grad_of(t, w3), t->dh3, a->xn2, N, d, H);
+        matmul_bwd_dx(t, t->dxn, t->dh1, w1, N, d, H, 0);
+        matmul_bwd_dx(t, t->dxn, t->dh3, w3, N, d, H, 1);
+        rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_ffn + ld), t->dxn, a->x_mid, a->rs2,
+                    w->rms_ffn + ld, N);
+        /* attention: x_mid = x_in + wo ao */
+        const float *wq = w->wq + ld * d, *wo = w->wo + ld * d;
+        const float *wk = w->wk + (size_t)l * kvd * d, *wv = w->wv + (size_t)l * kvd * d;
+        matmul_bwd_dw(t, grad_of(t, wo), t->dx, a->ao, N, d, d);
+        matmul_bwd_dx(t, t->dao, t->dx, wo, N, d, d, 0);
+        attention_bwd(t, a, B, T);
+        rope(t, t->dq, d, c->n_heads, N, T, 1);
+        rope(t, t->dk, kvd, c->n_kv_heads, N, T, 1);
+        matmul_bwd_dw(t, grad_of(t, wq), t->dq, a->xn1, N, d, d);
+        matmul_bwd_dw(t, grad_of(t, wk), t->dk, a->xn1, N, d, kvd);
+        matmul_bwd_dw(t, grad_of(t, wv), t->dv, a->xn1, N, d, kvd);
+        matmul_bwd_dx(t, t->dxn, t->dq, wq, N, d, d, 0);
+        matmul_bwd_dx(t, t->dxn, t->dk, wk, N, d, kvd, 1);
+        matmul_bwd_dx(t, t->dxn, t->dv, wv, N, d, kvd, 1);
+        rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_att + ld), t->dxn, a->x_in, a->rs1,
+                    w->rms_att + ld, N);
+    }
+    /* embedding: rows in order, one thread (a token may repeat) */
+    float *demb = grad_of(t, w->token_embedding);
+    for (int r = 0; r < N; r++)
+        tfm__add(demb + (size_t)t->tok[r] * d, t->dx + (size_t)r * d, d);
+    return TFM_OK;
+}
+
+/* ---- clipping and AdamW ------------------------------------------------------------ */
+
+typedef struct {
+    float *g;
+    size_t n;
+    float scale;
+} vec_args;
+
+typedef struct {
+    tfm_trainer *t;
+    vec_args v;
+} vec_job;
+
+static void sumsq_task(void *ctx, int chunk, int n_chunks, int thread)
+{
+    vec_job *j = ctx;
+    size_t lo = j->v.n * (size_t)chunk / (size_t)n_chunks;
+    size_t hi = j->v.n * (size_t)(chunk + 1) / (size_t)n_chunks;
+    double s = 0.0;
+    for (size_t i = lo; i < hi; i++)
+        s += (double)j->v.g[i] * j->v.g[i];
+    j->t->red[chunk] = s;
+}
+
+static void scale_task(void *ctx, int chunk, int n_chunks, int thread)
+{
+    vec_job *j = ctx;
+    size_t lo = j->v.n * (size_t)chunk / (size_t)n_chunks;
+    size_t hi = j->v.n * (size_t)(chunk + 1) / (size_t)n_chunks;
+    tfm__scale(j->v.g + lo, j->v.scale, (int)(hi - lo));
+}
+
+float tfm_trainer_clip(tfm_trainer *t, float max_norm)
+{
+    if (!t->training)
+        return 0.0f;
+    vec_job j = {t, {t->grads, t->m->n_floats, 1.0f}};
+    tfm__pool_run(t->pool, sumsq_task, &j, RED_CHUNKS);
+    double s = 0.0;
+    for (int i = 0; i < RED_CHUNKS; i++)
+        s += t->red[i];
+    float norm = (float)sqrt(s);
+    if (max_norm > 0.0f && norm > max_norm) {
+        j.v.scale = max_norm / norm;
+        tfm__pool_run(t->pool, scale_task, &j, RED_CHUNKS);
+    }
+    return norm;
+}
+
+typedef struct {
+    tfm_trainer *t;
+    float lr, b1, b2, eps, wd, c1, c2;
+    size_t lo, hi; /* a region: [lo, hi) of the flat buffer */
+    int decay;
+} adam_job;
+
+static void adam_task(void *ctx, int chunk, int n_chunks, int thread)
+{
+    const adam_job *j = ctx;
+    size_t n = j->hi - j->lo;
+    size_t lo = j->lo + n * (size_t)chunk / (size_t)n_chunks;
+    size_t hi = j->lo + n * (size_t)(chunk + 1) / (size_t)n_chunks;
+    float *p = j->t->m->data, *g = j->t->grads, *m1 = j->t->mom1, *m2 = j->t->mom2;
+    for (size_t i = lo; i < hi; i++) {
+        float gi = g[i];
+        m1[i] = j->b1 * m1[i] + (1.0f - j->b1) * gi;
+        m2[i] = j->b2 * m2[i] + (1.0f - j->b2) * gi * gi;
+        float mh = m1[i] / j->c1, vh = m2[i] / j->c2;
+        float upd = mh / (sqrtf(vh) + j->eps);
+        if (j->decay)
+            upd += j->wd * p[i];
+        p[i] -= j->lr * upd;
+    }
+}
+
+void tfm_trainer_adamw(tfm_trainer *t, const tfm_train_config *c, float lr)
+{
+    if (!t->training)
+        return;
+    t->steps++;
+    const tfm_weights *w = &t->m->w;
+    const tfm_config *mc = &t->m->cfg;
+    adam_job j = {.t = t,
+                  .lr = lr,
+                  .b1 = c->beta1,
+                  .b2 = c->beta2,
+                  .eps = c->eps,
+                  .wd = c->weight_decay,
+                  .c1 = 1.0f - powf(c->beta1, (float)t->steps),
+                  .c2 = 1.0f - powf(c->beta2, (float)t->steps)};
+    /* the regions in layout order; norms are not decayed */
+    size_t d = (size_t)mc->dim, L = (size_t)mc->n_layers;
+    struct {
+        const float *p;
+        size_t n;
+        int decay;
+    } regions[] = {
+        {w->token_embedding, (size_t)(w->rms_att - w->token_embedding), 1},
+        {w->rms_att, L * d, 0},
+        {w->wq, (size_t)(w->rms_ffn - w->wq), 1},
+        {w->rms_ffn, L * d, 0},
+        {w->w1, (size_t)(w->rms_final - w->w1), 1},
+        {w->rms_final, d, 0},
+    };
+    for (size_t r = 0; r < sizeof regions / sizeof regions[0]; r++) {
+        j.lo = (size_t)(regions[r].p - t->m->data);
+        j.hi = j.lo + regions[r].n;
+        j.decay = regions[r].decay;
+        tfm__pool_run(t->pool, adam_task, &j, tfm__pool_chunks(t->pool, 64, 2));
+    }
+    if (!mc->shared_classifier) {
+        j.lo = (size_t)(w->wcls - t->m->data);
+        j.hi = t->m->n_floats;
+        j.decay = 1;
+        tfm__pool_run(t->pool, adam_task, &j, tfm__pool_chunks(t->pool, 64, 2));
+    }
+}
+
+tfm_status tfm_trainer_step(tfm_trainer *t, const tfm_train_config *c, const int *inputs,
+                            const int *targets, int B, int T, tfm_step_info *info)
+{
+    tfm_step_info si = {0};
+    tfm_status st = tfm_trainer_forward(t, inputs, targets, B, T, &si.loss);
+    if (st == TFM_OK)
+        st = tfm_trainer_backward(t);
+    if (st != TFM_OK)
+        return st;
+    si.grad_norm = tfm_trainer_clip(t, c->grad_clip);
+    si.lr = tfm_train_lr(c, t->steps);
+    tfm_trainer_adamw(t, c, si.lr);
+    if (info)
+        *info = si;
+    return TFM_OK;
+}
+
+/* ---- config, schedule, initialisation ------------------------------------------------ */
+
+void tfm_train_config_defaults(tfm_train_config *c)
+{
+    *c = (tfm_train_config){.steps = 1000,
+                            .batch_size = 16,
+                            .seq_len = 64,
+                            .learning_rate = 1e-3f,
+                            .warmup_steps = 100,
+                            .min_lr_ratio = 0.1f,
+                            .weight_decay = 0.1f,
+                            .grad_clip = 1.0f,
+                            .beta1 = 0.9f,
+                            .beta2 = 0.95f,
+                            .eps = 1e-8f,
+                            .seed = 1};
+}
+
+static tfm_status bad(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+    return TFM_E_INVALID;
+}
+
+tfm_status tfm_train_config_validate(const tfm_train_config *c, char *err, size_t errlen)
+{
+    if (c->steps < 1 || c->steps > 100000000)
+        return bad(err, errlen, "steps must be between 1 and 100000000");
+    if (c->batch_size < 1 || c->batch_size > 65536)
+        return bad(err, errlen, "batch_size must be between 1 and 65536");
+    if (c->seq_len < 2 || c->seq_len > 65536)
+        return bad(err, errlen, "seq_len must be between 2 and 65536");
+    if (!(c->learning_rate > 0.0f && c->learning_rate <= 10.0f))
+        return bad(err, errlen, "learning_rate must be in (0, 10]");
+    if (c->warmup_steps < 0 || c->warmup_steps > c->steps)
+        return bad(err, errlen, "warmup_steps must be between 0 and steps");
+    if (!(c->min_lr_ratio >= 0.0f && c->min_lr_ratio <= 1.0f))
+        return bad(err, errlen, "min_lr_ratio must be in [0, 1]");
+    if (!(c->weight_decay >= 0.0f && c->weight_decay <= 10.0f))
+        return bad(err, errlen, "weight_decay must be in [0, 10]");
+    if (!(c->grad_clip >= 0.0f && isfinite(c->grad_clip)))
+        return bad(err, errlen, "grad_clip must be >= 0");
+    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f))
+        return bad(err, errlen, "beta1 must be in [0, 1)");
+    if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f))
+        return bad(err, errlen, "beta2 must be in [0, 1)");
+    if (!(c->eps > 0.0f && c->eps < 1.0f))
+        return bad(err, errlen, "eps must be in (0, 1)");
+    return TFM_OK;
+}
+
+float tfm_train_lr(const tfm_train_config *c, int step)
+{
+    float lr = c->learning_rate, lo = lr * c->min_lr_ratio;
+    if (step < c->warmup_steps)
+        return lr * (float)(step + 1) / (float)c->warmup_steps;
+    int span = c->steps - 1 - c->warmup_steps;
+    double p = span > 0 ? (double)(step - c->warmup_steps) / span : 1.0;
+    if (p > 1.0)
+        p = 1.0;
+    return lo + 0.5f * (lr - lo) * (float)(1.0 + cos(M_PI * p));
+}
+
+/* splitmix64, and a standard normal by Box-Muller from two draws */
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void fill_normal(float *p, size_t n, float std, uint64_t *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        double u1 = ((double)(splitmix(s) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+        double u2 = (double)(splitmix(s) >> 11) * (1.0 / 9007199254740992.0);
+        p[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+}
+
+void tfm_model_init_train(tfm_model *m, uint64_t seed)
+{
+    const tfm_weights *w = &m->w;
+    const tfm_config *c = &m->cfg;
+    uint64_t s = seed ^ 0x5EED5EED5EED5EEDull;
+    float std = 0.02f, res = std / sqrtf(2.0f * (float)c->n_layers);
+    size_t d = (size_t)c->dim, L = (size_t)c->n_layers;
+    for (size_t i = 0; i < m->n_floats; i++)
+        m->data[i] = 0.0f;
+    fill_normal(w->token_embedding, (size_t)(w->rms_att - w->token_embedding), std, &s);
+    fill_normal(w->wq, (size_t)(w->wo - w->wq), std, &s); /* wq, wk, wv */
+    fill_normal(w->wo, (size_t)(w->rms_ffn - w->wo), res, &s);
+    fill_normal(w->w1, (size_t)(w->w2 - w->w1), std, &s);
+    fill_normal(w->w2, (size_t)(w->w3 - w->w2), res, &s);
+    fill_normal(w->w3, (size_t)(w->rms_final - w->w3), std, &s);
+    if (!c->shared_classifier)
+        fill_normal(w->wcls, (size_t)c->vocab_size * d, std, &s);
+    for (size_t i = 0; i < L * d; i++)
+        w->rms_att[i] = w->rms_ffn[i] = 1.0f;
+    for (size_t i = 0; i < d; i++)
+        w->rms_final[i] = 1.0f;
+}
+
+/* ---- save / load ------------------------------------------------------------------- */
+
+/* "ATTNDTRN", version, the config as 8 int32 + 2 float, the step count,
+ * n_floats (uint64), weights, first and second moments, then an FNV-1a
+ * 64-bit hash of everything before it.  Little-endian, as the machines we
+ * run on. */
+#define STATE_MAGIC "ATTNDTRN"
+#define STATE_VERSION 1
+
+typedef struct state_header {
+    char magic[8];
+    uint32_t version;
+    int32_t cfg_i[8];
+    float cfg_f[2];
+    int32_t steps;
+    uint64_t n_floats;
+} state_header;
+
+static void header_of(const tfm_trainer *t, state_header *h)
+{
+    const tfm_config *c = &t->m->cfg;
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, STATE_MAGIC, 8);
+    h->version = STATE_VERSION;
+    int32_t v[8] = {c->dim,        c->hidden_dim, c->n_layers, c->n_heads,
+                    c->n_kv_heads, c->vocab_size, c->seq_len,  c->shared_classifier};
+    memcpy(h->cfg_i, v, sizeof v);
+    h->cfg_f[0] = c->norm_eps;
+    h->cfg_f[1] = c->rope_theta;
+    h->steps = t->steps;
+    h->n_floats = t->m->n_floats;
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001B3ull;
+    return h;
+}
+
+#define FNV_INIT 0xCBF29CE484222325ull
+
+tfm_status tfm_trainer_save(const tfm_trainer *t, const char *path, char *err, size_t errlen)
+{
+    if (!t->training)
+        return bad(err, errlen, "an evaluation trainer has no optimiser state");
+    state_header h;
+    header_of(t, &h);
+    size_t bytes = t->m->n_floats * sizeof(float);
+    uint64_t sum = fnv(FNV_INIT, &h, sizeof h);
+    sum = fnv(sum, t->m->data, bytes);
+    sum = fnv(sum, t->mom1, bytes);
+    sum = fnv(sum, t->mom2, bytes);
+    tfm__afile af;
+    tfm_status st = tfm__afile_open(&af, path, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    tfm__afile_write(&af, &h, sizeof h);
+    tfm__afile_write(&af, t->m->data, bytes);
+    tfm__afile_write(&af, t->mom1, bytes);
+    tfm__afile_write(&af, t->mom2, bytes);
+    tfm__afile_write(&af, &sum, sizeof sum);
+    return tfm__afile_commit(&af);
+}
+
+tfm_status tfm_trainer_load(tfm_trainer *t, const char *path, char *err, size_t errlen)
+{
+    if (!t->training)
+        return bad(err, errlen, "an evaluation trainer has no optimiser state");
+    FILE *f = fopen(path, "rbe");
+    if (!f) {
+        if (err && errlen)
+            snprintf(err, errlen, "open %s: %s", path, strerror(errno));
+        return errno == ENOENT ? TFM_E_NOTFOUND : TFM_E_IO;
+    }
+    state_header h, want;
+    header_of(t, &want);
+    size_t bytes = t->m->n_floats * sizeof(float);
+    tfm_status st = TFM_OK;
+    float *buf = NULL;
+    if (fread(&h, sizeof h, 1, f) != 1) {
+        st = TFM_E_TRUNCATED;
+        snprintf(err ? err : (char[1]){0}, err ? errlen : 1, "%s: truncated header", path);
+        goto out;
+    }
+    if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
+        st = TFM_E_FORMAT;
+        snprintf(err ? err : (char[1]){0}, err ? errlen : 1, "%s: not a training state", path);
+        goto out;
+    }
+    if (memcmp(h.cfg_i, want.cfg_i, sizeof h.cfg_i) != 0 ||
+        memcmp(h.cfg_f, want.cfg_f, sizeof h.cfg_f) != 0 || h.n_floats != want.n_floats ||
+        h.steps < 0) {
+        st = TFM_E_SHAPE;
+        snprintf(err ? err : (char[1]){0}, err ? errlen : 1,
+                 "%s: saved for a different model config", path);
+        goto out;
+    }
+    if (!(buf = malloc(3 * bytes))) {
+        st = TFM_E_NOMEM;
+        goto out;
+    }
+    uint64_t sum_file;
+    if (fread(buf, 1, 3 * bytes, f) != 3 * bytes || fread(&sum_file, sizeof sum_file, 1, f) != 1) {
+        st = TFM_E_TRUNCATED;
+        snprintf(err ? err : (char[1]){0}, err ? errlen : 1, "%s: truncated", path);
+        goto out;
+    }
+    uint64_t sum = fnv(fnv(FNV_INIT, &h, sizeof h), buf, 3 * bytes);
+    if (sum != sum_file) {
+        st = TFM_E_FORMAT;
+        snprintf(err ? err : (char[1]){0}, err ? errlen : 1, "%s: checksum mismatch", path);
+        goto out;
+    }
+    memcpy(t->m->data, buf, bytes);
+    memcpy(t->mom1, (char *)buf + bytes, bytes);
+    memcpy(t->mom2, (char *)buf + 2 * bytes, bytes);
+    t->steps = h.steps;
+out:
+    free(buf);
+    fclose(f);
+    return st;
+}
