@@ -8,6 +8,7 @@
  *                 [--untied] [--format llama2c|safetensors]
  *   attn bench    (tools/bench.c)
  *   attn cost     (tools/cost.c)
+ *   attn train, attn bench-train (tools/train.c)
  *
  * Generation follows llama2.c's run.c: the prompt is encoded with BOS, fed
  * through the model (here as one prefill), and each sampled token is printed
@@ -51,7 +52,11 @@ static void usage(FILE *f)
             "      hash map, with the fitted exponent, as JSON lines.\n"
             "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
             "      prefill attention time and peak memory against N, naive and tiled\n"
-            "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n");
+            "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
+            "  attn train --task recall|text --out FILE [...]   (attn train --help)\n"
+            "      trains a model as POST /train does: a checkpoint and a loss log.\n"
+            "  attn bench-train [--threads 1,2] [--steps 10]\n"
+            "      training step time of the two benchmark configurations, JSON lines.\n");
 }
 
 static int bad_arg(const char *msg, const char *arg)
@@ -409,6 +414,10 @@ int main(int argc, char **argv)
         return attn_bench_recall_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
         return attn_cost_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train"))
+        return attn_train_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-train"))
+        return attn_bench_train_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -20,6 +20,12 @@ int attn_bench_recall_main(int argc, char **argv);
  * (0 ok, 1 failure, 2 bad arguments). */
 int attn_cost_main(int argc, char **argv);
 
+/* `attn train ...` and `attn bench-train ...` (tools/train.c): the training
+ * loop attnd's jobs run, from the command line; and the step-time
+ * benchmark of issue #5's two configurations.  Exit codes as above. */
+int attn_train_main(int argc, char **argv);
+int attn_bench_train_main(int argc, char **argv);
+
 /* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL.
  * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
 int attn_parse_long(const char *s, int len, long lo, long hi, long *out);
