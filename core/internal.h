@@ -104,6 +104,10 @@ float tfm__exp_sum(float *x, int n, float shift);
 void tfm__rope(float *v, int n_heads, int head_size, const float *cos, const float *sin);
 /* h = silu(h) * g, element-wise. */
 void tfm__swiglu(float *h, const float *g, int n);
+/* Its backward for training, hg = silu(h1) h3: dh1 and dh3 from dhg
+ * (dh1 may alias dhg). */
+void tfm__swiglu_backward(float *dh1, float *dh3, const float *h1, const float *h3,
+                          const float *dhg, size_t n);
 
 /* Y (B, n) = X (B, d) · W^T for W (n, d) row-major: every weight matrix
  * product of the model.  Small B (decode) streams W once through a

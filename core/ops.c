@@ -161,6 +161,31 @@ void tfm__swiglu(float *h, const float *g, int n)
     }
 }
 
+/* The backward of hg = silu(h1) h3 (training): with s = sigmoid(h1),
+ * dh3 = dhg h1 s and dh1 = dhg h3 s (1 + h1 (1 - s)).  dh1 may alias dhg. */
+void tfm__swiglu_backward(float *dh1, float *dh3, const float *h1, const float *h3,
+                          const float *dhg, size_t n)
+{
+    size_t i = 0;
+#if HAVE_AVX512
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(h1 + i), g = _mm512_loadu_ps(dhg + i);
+        __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        __m512 gs = _mm512_mul_ps(g, sg);
+        _mm512_storeu_ps(dh3 + i, _mm512_mul_ps(gs, x));
+        __m512 t = _mm512_fmadd_ps(x, _mm512_sub_ps(one, sg), one);
+        _mm512_storeu_ps(dh1 + i, _mm512_mul_ps(_mm512_mul_ps(gs, _mm512_loadu_ps(h3 + i)), t));
+    }
+#endif
+    for (; i < n; i++) {
+        float x = h1[i], g = dhg[i];
+        float sg = 1.0f / (1.0f + expf(-x));
+        dh3[i] = g * x * sg;
+        dh1[i] = g * h3[i] * sg * (1.0f + x * (1.0f - sg));
+    }
+}
+
 /* ---- weight-matrix products --------------------------------------------- */
 
 typedef struct {

@@ -376,25 +376,18 @@ typedef struct {
 static void glu_fwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
     const glu_args *a = args;
-    size_t lo = (size_t)r0 * a->H, hi = (size_t)r1 * a->H;
-    for (size_t i = lo; i < hi; i++) {
-        float x = a->h1[i];
-        a->hg[i] = x / (1.0f + expf(-x)) * a->h3[i];
-    }
+    size_t lo = (size_t)r0 * a->H, n = (size_t)(r1 - r0) * a->H;
+    memcpy(a->hg + lo, a->h1 + lo, n * sizeof(float));
+    tfm__swiglu(a->hg + lo, a->h3 + lo, (int)n);
 }
 
-/* hg = silu(h1) h3: dh3 = dhg silu(h1); dh1 = dhg h3 silu'(h1), where
+/* hg = silu(h1) h3: dh3 = dhg h1 s; dh1 = dhg h3 silu'(h1), where
  * silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).  dhg and dh1 may alias. */
 static void glu_bwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
     const glu_args *a = args;
-    size_t lo = (size_t)r0 * a->H, hi = (size_t)r1 * a->H;
-    for (size_t i = lo; i < hi; i++) {
-        float x = a->h1[i], g = a->dhg[i];
-        float s = 1.0f / (1.0f + expf(-x));
-        a->dh3[i] = g * x * s;
-        a->dh1[i] = g * a->h3[i] * s * (1.0f + x * (1.0f - s));
-    }
+    size_t lo = (size_t)r0 * a->H, n = (size_t)(r1 - r0) * a->H;
+    tfm__swiglu_backward(a->dh1 + lo, a->dh3 + lo, a->h1 + lo, a->h3 + lo, a->dhg + lo, n);
 }
 
 /* ---- loss ------------------------------------------------------------------ */
@@ -846,7 +839,7 @@ void tfm_train_config_defaults(tfm_train_config *c)
                             .batch_size = 16,
                             .seq_len = 64,
                             .learning_rate = 1e-3f,
-                            .warmup_steps = 100,
+                            .warmup_steps = -1,
                             .min_lr_ratio = 0.1f,
                             .weight_decay = 0.1f,
                             .grad_clip = 1.0f,
@@ -863,7 +856,7 @@ static tfm_status bad(char *err, size_t errlen, const char *msg)
     return TFM_E_INVALID;
 }
 
-tfm_status tfm_train_config_validate(const tfm_train_config *c, char *err, size_t errlen)
+tfm_status tfm_train_config_validate(tfm_train_config *c, char *err, size_t errlen)
 {
     if (c->steps < 1 || c->steps > 100000000)
         return bad(err, errlen, "steps must be between 1 and 100000000");
@@ -873,6 +866,8 @@ tfm_status tfm_train_config_validate(const tfm_train_config *c, char *err, size_
         return bad(err, errlen, "seq_len must be between 2 and 65536");
     if (!(c->learning_rate > 0.0f && c->learning_rate <= 10.0f))
         return bad(err, errlen, "learning_rate must be in (0, 10]");
+    if (c->warmup_steps == -1)
+        c->warmup_steps = c->steps / 10 < 100 ? c->steps / 10 : 100;
     if (c->warmup_steps < 0 || c->warmup_steps > c->steps)
         return bad(err, errlen, "warmup_steps must be between 0 and steps");
     if (!(c->min_lr_ratio >= 0.0f && c->min_lr_ratio <= 1.0f))

@@ -36,7 +36,7 @@ static void usage(FILE *f)
             "usage: attn train --task recall|text --out FILE [options]\n"
             "  model:  --dim 64 --layers 2 --heads 2 --kv-heads H --hidden 4*dim --max-seq-len T\n"
             "  steps:  --steps 1000 --batch-size 16 --seq-len 64 --learning-rate 1e-3\n"
-            "          --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1\n"
+            "          --warmup-steps min(100,steps/10) --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1\n"
             "          --seed 1 --threads 1\n"
             "  eval:   --eval-every 0 --eval-sequences N (recall: sequences, text: windows)\n"
             "  recall: --n-pairs 8 --n-keys 64 --n-values 64 --absent-fraction 0.2\n"
@@ -93,7 +93,7 @@ static int parse_args(int argc, char **argv, opts *o, char *err, size_t errlen)
         {"--batch-size", 1, 65536, 0, &s->train.batch_size},
         {"--seq-len", 2, 65536, 0, &s->train.seq_len},
         {"--learning-rate", 0, 10, 1, &s->train.learning_rate},
-        {"--warmup-steps", 0, 1e8, 0, &s->train.warmup_steps},
+        {"--warmup-steps", -1, 1e8, 0, &s->train.warmup_steps},
         {"--min-lr-ratio", 0, 1, 1, &s->train.min_lr_ratio},
         {"--weight-decay", 0, 10, 1, &s->train.weight_decay},
         {"--grad-clip", 0, 1e6, 1, &s->train.grad_clip},

@@ -40,7 +40,9 @@ typedef struct tfm_train_config {
     int batch_size;       /* sequences per step (B) */
     int seq_len;          /* tokens per sequence (T) */
     float learning_rate;  /* peak learning rate */
-    int warmup_steps;     /* linear warmup from lr/warmup to lr */
+    int warmup_steps;     /* linear warmup from lr/warmup to lr; -1 (the
+                           * default): min(100, steps / 10), resolved by
+                           * tfm_train_config_validate */
     float min_lr_ratio;   /* cosine decays to learning_rate * min_lr_ratio */
     float weight_decay;   /* AdamW's decoupled decay, on matrices only */
     float grad_clip;      /* clip the global gradient norm to this; 0 = off */
@@ -48,11 +50,12 @@ typedef struct tfm_train_config {
     uint64_t seed;        /* initial weights and data */
 } tfm_train_config;
 
-/* steps 1000, batch 16, seq_len 64, lr 1e-3, warmup 100, min ratio 0.1,
+/* steps 1000, batch 16, seq_len 64, lr 1e-3, warmup -1, min ratio 0.1,
  * decay 0.1, clip 1.0, betas 0.9/0.95, eps 1e-8, seed 1. */
 void tfm_train_config_defaults(tfm_train_config *c);
-/* Names the first bad field in err ("learning_rate must be ..."). */
-tfm_status tfm_train_config_validate(const tfm_train_config *c, char *err, size_t errlen);
+/* Resolves warmup -1, then names the first bad field in err
+ * ("learning_rate must be ..."). */
+tfm_status tfm_train_config_validate(tfm_train_config *c, char *err, size_t errlen);
 /* The learning rate of step (0-based): lr * (step + 1) / warmup during
  * warmup, then cosine from lr to lr * min_lr_ratio at the last step. */
 float tfm_train_lr(const tfm_train_config *c, int step);
