@@ -9,18 +9,21 @@
  *     x_in    (N, d)   residual stream entering the layer
  *     xn1     (N, d)   rms(x_in) * rms_att: the input of wq, wk, wv
  *     rs1     (N)      1 / rms of x_in
- *     q, k, v (N, d / kv)  after RoPE (q, k)
+ *     qkv     (N, d + 2 kv)  q | k | v, after RoPE (q, k)
  *     att     (B, heads, T, T)  softmax probabilities
  *     ao      (N, d)   attention output, the input of wo
  *     x_mid   (N, d)   residual after attention
  *     xn2, rs2         the FFN's norm, as above
- *     h1, h3  (N, hidden)  w1 and w3 outputs
+ *     h13     (N, 2 hidden)  w1 | w3 outputs
  *     hg      (N, hidden)  silu(h1) * h3, the input of w2
  * then the final norm (x_f, xnf, rsf) and the probabilities (N, vocab).
  *
  * Every weight product is one sgemm over all N rows, the rows split over
  * the pool: forward Y = X W^T, backward dX = dY W and dW += dY^T X (dW's
- * rows split, so no two threads write one gradient).  Attention is small
+ * rows split, so no two threads write one gradient).  wq, wk, wv run as
+ * one product over a fused copy of the three (so do w1 and w3): with the
+ * narrow matrices of small models, one sgemm of three times the width is
+ * much faster than three.  Attention is small
  * sgemm calls per (sequence, head) — per (sequence, kv head) in the
  * backward, so the query heads that share a kv head accumulate into its dK
  * and dV on one thread.  Reductions over rows (norm weight gradients, the
@@ -43,7 +46,8 @@ void openblas_set_num_threads(int num_threads);
 #define RED_CHUNKS 32
 
 typedef struct layer_acts {
-    float *x_in, *xn1, *rs1, *q, *k, *v, *att, *ao, *x_mid, *xn2, *rs2, *h1, *h3, *hg;
+    float *x_in, *xn1, *rs1, *qkv, *att, *ao, *x_mid, *xn2, *rs2, *h13, *hg;
+    float *wqkv, *w13; /* fused weight copies, (d + 2 kv, d) and (2 hidden, d) */
 } layer_acts;
 
 struct tfm_trainer {
@@ -54,7 +58,8 @@ struct tfm_trainer {
     layer_acts *L;
     float *x_f, *xnf, *rsf, *probs;
     /* backward scratch */
-    float *dx, *dxn, *dq, *dk, *dv, *dao, *dh1, *dh3, *dlog;
+    float *dx, *dxn, *dqkv, *dao, *dhg, *dh13, *dlog;
+    float *gfused; /* (max(d + 2 kv, 2 hidden), d): a fused weight's gradient */
     float *dP; /* (n_threads, T, T) */
     float *grads, *mom1, *mom2;
     double red[RED_CHUNKS]; /* per-chunk partial sums */
@@ -144,24 +149,24 @@ static void matmul_bwd_dx(tfm_trainer *t, float *dx, const float *dy, const floa
     run_rows(t, bwd_dx_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
 }
 
-/* dW (n, d) += dY^T (n, N) X (N, d), dW's rows split */
+/* dW (n, d) (+)= dY^T (n, N) X (N, d), dW's rows split */
 typedef struct {
     float *dw;
     const float *dy, *x;
-    int N, d, n;
+    int N, d, n, acc;
 } bwd_dw;
 
 static void bwd_dw_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
     const bwd_dw *a = args;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, a->d, a->N, 1.0f, a->dy + r0,
-                a->n, a->x, a->d, 1.0f, a->dw + (size_t)r0 * a->d, a->d);
+                a->n, a->x, a->d, a->acc ? 1.0f : 0.0f, a->dw + (size_t)r0 * a->d, a->d);
 }
 
 static void matmul_bwd_dw(tfm_trainer *t, float *dw, const float *dy, const float *x, int N,
-                          int d, int n)
+                          int d, int n, int acc)
 {
-    bwd_dw a = {dw, dy, x, N, d, n};
+    bwd_dw a = {dw, dy, x, N, d, n, acc};
     run_rows(t, bwd_dw_rows, &a, n, tfm__pool_chunks(t->pool, (n + 15) / 16, 2));
 }
 
@@ -240,8 +245,8 @@ static void rmsnorm_bwd(tfm_trainer *t, float *dx, float *dw, const float *dout,
 /* ---- RoPE ----------------------------------------------------------------- */
 
 typedef struct {
-    float *v;
-    int width, n_heads, T, inverse;
+    float *v; /* the first head of row 0 */
+    int stride, n_heads, T, inverse;
 } rope_args;
 
 static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
@@ -252,7 +257,7 @@ static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
         int pos = r % a->T;
         const float *cs = t->m->rope_cos + (size_t)pos * half;
         const float *sn = t->m->rope_sin + (size_t)pos * half;
-        float *row = a->v + (size_t)r * a->width;
+        float *row = a->v + (size_t)r * a->stride;
         for (int h = 0; h < a->n_heads; h++) {
             float *p = row + (size_t)h * hs;
             for (int i = 0; i < half; i++) {
@@ -266,9 +271,9 @@ static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
 }
 
 /* The backward of a rotation is the inverse rotation. */
-static void rope(tfm_trainer *t, float *v, int width, int n_heads, int N, int T, int inverse)
+static void rope(tfm_trainer *t, float *v, int stride, int n_heads, int N, int T, int inverse)
 {
-    rope_args a = {v, width, n_heads, T, inverse};
+    rope_args a = {v, stride, n_heads, T, inverse};
     run_rows(t, rope_rows, &a, N, row_chunks(t, N));
 }
 
@@ -286,24 +291,22 @@ static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
     const attn_job *j = ctx;
     const tfm_config *c = &j->t->m->cfg;
     int nh = c->n_heads, hs = c->dim / nh, kvd = hs * c->n_kv_heads;
-    int group = nh / c->n_kv_heads, T = j->T, d = c->dim;
+    int group = nh / c->n_kv_heads, T = j->T, d = c->dim, E = d + 2 * kvd;
     int b = chunk / nh, h = chunk % nh, kh = h / group;
     size_t row0 = (size_t)b * T;
-    const float *q = j->a->q + row0 * d + (size_t)h * hs;
-    const float *k = j->a->k + row0 * kvd + (size_t)kh * hs;
-    const float *v = j->a->v + row0 * kvd + (size_t)kh * hs;
+    const float *q = j->a->qkv + row0 * E + (size_t)h * hs;
+    const float *k = j->a->qkv + row0 * E + d + (size_t)kh * hs;
+    const float *v = j->a->qkv + row0 * E + d + kvd + (size_t)kh * hs;
     float *P = j->a->att + ((size_t)b * nh + h) * T * T;
     float *o = j->a->ao + row0 * d + (size_t)h * hs;
     float scale = 1.0f / sqrtf((float)hs);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, d, k, kvd, 0.0f, P,
-                T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, E, k, E, 0.0f, P, T);
     for (int i = 0; i < T; i++) {
         float *p = P + (size_t)i * T;
         tfm__softmax(p, i + 1);
         memset(p + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, v, kvd, 0.0f, o,
-                d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, v, E, 0.0f, o, d);
 }
 
 static void attention_fwd(tfm_trainer *t, layer_acts *a, int B, int T)
@@ -321,28 +324,28 @@ static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
     tfm_trainer *t = j->t;
     const tfm_config *c = &t->m->cfg;
     int nh = c->n_heads, nkv = c->n_kv_heads, hs = c->dim / nh, kvd = hs * nkv;
-    int group = nh / nkv, T = j->T, d = c->dim;
+    int group = nh / nkv, T = j->T, d = c->dim, E = d + 2 * kvd;
     int b = chunk / nkv, kh = chunk % nkv;
     size_t row0 = (size_t)b * T;
-    const float *k = j->a->k + row0 * kvd + (size_t)kh * hs;
-    const float *v = j->a->v + row0 * kvd + (size_t)kh * hs;
-    float *dk = t->dk + row0 * kvd + (size_t)kh * hs;
-    float *dv = t->dv + row0 * kvd + (size_t)kh * hs;
+    const float *k = j->a->qkv + row0 * E + d + (size_t)kh * hs;
+    const float *v = j->a->qkv + row0 * E + d + kvd + (size_t)kh * hs;
+    float *dk = t->dqkv + row0 * E + d + (size_t)kh * hs;
+    float *dv = t->dqkv + row0 * E + d + kvd + (size_t)kh * hs;
     float *dP = t->dP + (size_t)thread * t->max_T * t->max_T;
     float scale = 1.0f / sqrtf((float)hs);
     for (int r = 0; r < T; r++) {
-        memset(dk + (size_t)r * kvd, 0, (size_t)hs * sizeof(float));
-        memset(dv + (size_t)r * kvd, 0, (size_t)hs * sizeof(float));
+        memset(dk + (size_t)r * E, 0, (size_t)hs * sizeof(float));
+        memset(dv + (size_t)r * E, 0, (size_t)hs * sizeof(float));
     }
     for (int h = kh * group; h < (kh + 1) * group; h++) {
         const float *P = j->a->att + ((size_t)b * nh + h) * T * T;
-        const float *q = j->a->q + row0 * d + (size_t)h * hs;
+        const float *q = j->a->qkv + row0 * E + (size_t)h * hs;
         const float *dout = t->dao + row0 * d + (size_t)h * hs;
-        float *dq = t->dq + row0 * d + (size_t)h * hs;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout, d, v, kvd, 0.0f,
+        float *dq = t->dqkv + row0 * E + (size_t)h * hs;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout, d, v, E, 0.0f,
                     dP, T);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, dout, d, 1.0f,
-                    dv, kvd);
+                    dv, E);
         for (int i = 0; i < T; i++) {
             const float *p = P + (size_t)i * T;
             float *g = dP + (size_t)i * T, s = 0.0f;
@@ -352,10 +355,10 @@ static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
                 g[jj] = p[jj] * (g[jj] - s);
             memset(g + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, dP, T, k, kvd,
-                    0.0f, dq, d);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, dP, T, q, d, 1.0f,
-                    dk, kvd);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, scale, dP, T, k, E, 0.0f,
+                    dq, E);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, scale, dP, T, q, E, 1.0f,
+                    dk, E);
     }
 }
 
@@ -368,26 +371,33 @@ static void attention_bwd(tfm_trainer *t, layer_acts *a, int B, int T)
 /* ---- SwiGLU ----------------------------------------------------------------- */
 
 typedef struct {
-    float *hg, *dh1, *dh3;
-    const float *h1, *h3, *dhg;
+    float *hg, *dh13;
+    const float *h13, *dhg;
     int H;
 } glu_args;
 
 static void glu_fwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
     const glu_args *a = args;
-    size_t lo = (size_t)r0 * a->H, n = (size_t)(r1 - r0) * a->H;
-    memcpy(a->hg + lo, a->h1 + lo, n * sizeof(float));
-    tfm__swiglu(a->hg + lo, a->h3 + lo, (int)n);
+    size_t H = (size_t)a->H;
+    for (int r = r0; r < r1; r++) {
+        const float *h = a->h13 + (size_t)r * 2 * H;
+        memcpy(a->hg + (size_t)r * H, h, H * sizeof(float));
+        tfm__swiglu(a->hg + (size_t)r * H, h + H, (int)H);
+    }
 }
 
 /* hg = silu(h1) h3: dh3 = dhg h1 s; dh1 = dhg h3 silu'(h1), where
- * silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).  dhg and dh1 may alias. */
+ * silu'(x) = s (1 + x (1 - s)), s = sigmoid(x). */
 static void glu_bwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
     const glu_args *a = args;
-    size_t lo = (size_t)r0 * a->H, n = (size_t)(r1 - r0) * a->H;
-    tfm__swiglu_backward(a->dh1 + lo, a->dh3 + lo, a->h1 + lo, a->h3 + lo, a->dhg + lo, n);
+    size_t H = (size_t)a->H;
+    for (int r = r0; r < r1; r++) {
+        const float *h = a->h13 + (size_t)r * 2 * H;
+        float *g = a->dh13 + (size_t)r * 2 * H;
+        tfm__swiglu_backward(g, g + H, h, h + H, a->dhg + (size_t)r * H, H);
+    }
 }
 
 /* ---- loss ------------------------------------------------------------------ */
@@ -447,7 +457,7 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
     const tfm_config *c = &m->cfg;
     size_t N = (size_t)max_batch * max_seq, d = (size_t)c->dim, H = (size_t)c->hidden_dim;
     size_t kvd = d / (size_t)c->n_heads * (size_t)c->n_kv_heads, V = (size_t)c->vocab_size;
-    size_t TT = (size_t)max_seq * max_seq;
+    size_t TT = (size_t)max_seq * max_seq, E = d + 2 * kvd;
     if (N > (size_t)1 << 24)
         return TFM_E_RANGE;
     tfm_trainer *t = calloc(1, sizeof *t);
@@ -464,16 +474,16 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
     int ok = t->pool && t->L;
     for (int l = 0; ok && l < c->n_layers; l++) {
         layer_acts *a = &t->L[l];
-        float **fd[] = {&a->x_in, &a->xn1, &a->q, &a->ao, &a->x_mid, &a->xn2};
+        float **fd[] = {&a->x_in, &a->xn1, &a->ao, &a->x_mid, &a->xn2};
         for (size_t i = 0; i < sizeof fd / sizeof fd[0]; i++)
             ok &= (*fd[i] = tfm__alloc(N * d * sizeof(float))) != NULL;
-        ok &= (a->k = tfm__alloc(N * kvd * sizeof(float))) != NULL;
-        ok &= (a->v = tfm__alloc(N * kvd * sizeof(float))) != NULL;
+        ok &= (a->qkv = tfm__alloc(N * E * sizeof(float))) != NULL;
         ok &= (a->rs1 = tfm__alloc(N * sizeof(float))) != NULL;
         ok &= (a->rs2 = tfm__alloc(N * sizeof(float))) != NULL;
-        ok &= (a->h1 = tfm__alloc(N * H * sizeof(float))) != NULL;
-        ok &= (a->h3 = tfm__alloc(N * H * sizeof(float))) != NULL;
+        ok &= (a->h13 = tfm__alloc(N * 2 * H * sizeof(float))) != NULL;
         ok &= (a->hg = tfm__alloc(N * H * sizeof(float))) != NULL;
+        ok &= (a->wqkv = tfm__alloc(E * d * sizeof(float))) != NULL;
+        ok &= (a->w13 = tfm__alloc(2 * H * d * sizeof(float))) != NULL;
         ok &= (a->att = tfm__alloc((size_t)max_batch * c->n_heads * TT * sizeof(float))) != NULL;
     }
     ok = ok && (t->x_f = tfm__alloc(N * d * sizeof(float))) &&
@@ -484,12 +494,11 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
         size_t P = m->n_floats;
         ok = (t->dx = tfm__alloc(N * d * sizeof(float))) &&
              (t->dxn = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dq = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dk = tfm__alloc(N * kvd * sizeof(float))) &&
-             (t->dv = tfm__alloc(N * kvd * sizeof(float))) &&
+             (t->dqkv = tfm__alloc(N * E * sizeof(float))) &&
              (t->dao = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dh1 = tfm__alloc(N * H * sizeof(float))) &&
-             (t->dh3 = tfm__alloc(N * H * sizeof(float))) &&
+             (t->dhg = tfm__alloc(N * H * sizeof(float))) &&
+             (t->dh13 = tfm__alloc(N * 2 * H * sizeof(float))) &&
+             (t->gfused = tfm__alloc((E > 2 * H ? E : 2 * H) * d * sizeof(float))) &&
              (t->dlog = tfm__alloc(N * V * sizeof(float))) &&
              (t->dP = tfm__alloc((size_t)n_threads * TT * sizeof(float))) &&
              (t->red_vec = tfm__alloc(RED_CHUNKS * d * sizeof(float))) &&
@@ -530,15 +539,16 @@ void tfm_trainer_destroy(tfm_trainer *t)
     if (t->L) {
         for (int l = 0; l < t->m->cfg.n_layers; l++) {
             layer_acts *a = &t->L[l];
-            float *p[] = {a->x_in, a->xn1, a->rs1, a->q,   a->k,  a->v,  a->att,
-                          a->ao,   a->x_mid, a->xn2, a->rs2, a->h1, a->h3, a->hg};
+            float *p[] = {a->x_in, a->xn1, a->rs1, a->qkv, a->att, a->ao,  a->x_mid,
+                          a->xn2,  a->rs2, a->h13, a->hg,  a->wqkv, a->w13};
             for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
                 tfm__free(p[i]);
         }
         free(t->L);
     }
-    float *p[] = {t->x_f, t->xnf, t->rsf, t->probs, t->dx,  t->dxn,  t->dq,    t->dk,    t->dv,
-                  t->dao, t->dh1, t->dh3, t->dlog,  t->dP,  t->red_vec, t->grads, t->mom1, t->mom2};
+    float *p[] = {t->x_f,  t->xnf,  t->rsf, t->probs, t->dx,    t->dxn,      t->dqkv,
+                  t->dao,  t->dhg,  t->dh13, t->dlog, t->dP,    t->red_vec,  t->gfused,
+                  t->grads, t->mom1, t->mom2};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         tfm__free(p[i]);
     free(t->tok);
@@ -578,7 +588,7 @@ tfm_status tfm_trainer_forward(tfm_trainer *t, const int *inputs, const int *tar
     if (!inputs || B < 1 || T < 1 || B > t->max_B || T > t->max_T)
         return TFM_E_INVALID;
     int N = B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
-    int kvd = d / c->n_heads * c->n_kv_heads;
+    int kvd = d / c->n_heads * c->n_kv_heads, E = d + 2 * kvd;
     long counted = 0;
     for (int i = 0; i < N; i++) {
         if (inputs[i] < 0 || inputs[i] >= V || (targets && targets[i] >= V))
@@ -597,18 +607,21 @@ tfm_status tfm_trainer_forward(tfm_trainer *t, const int *inputs, const int *tar
         layer_acts *a = &t->L[l];
         size_t ld = (size_t)l * d;
         rmsnorm_fwd(t, a->xn1, a->rs1, a->x_in, w->rms_att + ld, N);
-        matmul_fwd(t, a->q, a->xn1, w->wq + ld * d, N, d, d, 0);
-        matmul_fwd(t, a->k, a->xn1, w->wk + (size_t)l * kvd * d, N, d, kvd, 0);
-        matmul_fwd(t, a->v, a->xn1, w->wv + (size_t)l * kvd * d, N, d, kvd, 0);
-        rope(t, a->q, d, c->n_heads, N, T, 0);
-        rope(t, a->k, kvd, c->n_kv_heads, N, T, 0);
+        size_t dd = (size_t)d * d, kd = (size_t)kvd * d, hd = (size_t)H * d;
+        memcpy(a->wqkv, w->wq + ld * d, dd * sizeof(float));
+        memcpy(a->wqkv + dd, w->wk + l * kd, kd * sizeof(float));
+        memcpy(a->wqkv + dd + kd, w->wv + l * kd, kd * sizeof(float));
+        matmul_fwd(t, a->qkv, a->xn1, a->wqkv, N, d, E, 0);
+        rope(t, a->qkv, E, c->n_heads, N, T, 0);
+        rope(t, a->qkv + d, E, c->n_kv_heads, N, T, 0);
         attention_fwd(t, a, B, T);
         memcpy(a->x_mid, a->x_in, (size_t)N * d * sizeof(float));
         matmul_fwd(t, a->x_mid, a->ao, w->wo + ld * d, N, d, d, 1);
         rmsnorm_fwd(t, a->xn2, a->rs2, a->x_mid, w->rms_ffn + ld, N);
-        matmul_fwd(t, a->h1, a->xn2, w->w1 + (size_t)l * H * d, N, d, H, 0);
-        matmul_fwd(t, a->h3, a->xn2, w->w3 + (size_t)l * H * d, N, d, H, 0);
-        glu_args g = {.hg = a->hg, .h1 = a->h1, .h3 = a->h3, .H = H};
+        memcpy(a->w13, w->w1 + l * hd, hd * sizeof(float));
+        memcpy(a->w13 + hd, w->w3 + l * hd, hd * sizeof(float));
+        matmul_fwd(t, a->h13, a->xn2, a->w13, N, d, 2 * H, 0);
+        glu_args g = {.hg = a->hg, .h13 = a->h13, .H = H};
         run_rows(t, glu_fwd_rows, &g, N, row_chunks(t, N));
         float *next = l + 1 < c->n_layers ? t->L[l + 1].x_in : t->x_f;
         memcpy(next, a->x_mid, (size_t)N * d * sizeof(float));
@@ -643,49 +656,46 @@ tfm_status tfm_trainer_backward(tfm_trainer *t)
     const tfm_config *c = &t->m->cfg;
     const tfm_weights *w = &t->m->w;
     int B = t->B, T = t->T, N = B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
-    int kvd = d / c->n_heads * c->n_kv_heads;
+    int kvd = d / c->n_heads * c->n_kv_heads, E = d + 2 * kvd;
     memset(t->grads, 0, t->m->n_floats * sizeof(float));
     if (!t->counted)
         return TFM_OK;
     dlog_args da = {1.0f / (float)t->counted, V};
     run_rows(t, dlog_rows, &da, N, row_chunks(t, N));
     /* classifier: dwcls += dlog^T xnf; dxnf = dlog wcls */
-    matmul_bwd_dw(t, grad_of(t, w->wcls), t->dlog, t->xnf, N, d, V);
+    matmul_bwd_dw(t, grad_of(t, w->wcls), t->dlog, t->xnf, N, d, V, 1);
     matmul_bwd_dx(t, t->dxn, t->dlog, w->wcls, N, d, V, 0);
     memset(t->dx, 0, (size_t)N * d * sizeof(float));
     rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_final), t->dxn, t->x_f, t->rsf, w->rms_final, N);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *a = &t->L[l];
         size_t ld = (size_t)l * d;
-        const float *w1 = w->w1 + (size_t)l * H * d, *w2 = w->w2 + (size_t)l * d * H;
-        const float *w3 = w->w3 + (size_t)l * H * d;
+        size_t hd = (size_t)H * d, dd = (size_t)d * d, kd = (size_t)kvd * d;
+        const float *w2 = w->w2 + l * hd;
         /* FFN: x_out = x_mid + w2 hg; dx is dL/dx_out and stays as the
          * residual's share of dL/dx_mid */
-        matmul_bwd_dw(t, grad_of(t, w2), t->dx, a->hg, N, H, d);
-        matmul_bwd_dx(t, t->dh1, t->dx, w2, N, H, d, 0); /* dhg, in dh1 */
-        glu_args g = {.dh1 = t->dh1, .dh3 = t->dh3, .h1 = a->h1, .h3 = a->h3, .dhg = t->dh1,
-                      .H = H};
+        matmul_bwd_dw(t, grad_of(t, w2), t->dx, a->hg, N, H, d, 1);
+        matmul_bwd_dx(t, t->dhg, t->dx, w2, N, H, d, 0);
+        glu_args g = {.dh13 = t->dh13, .h13 = a->h13, .dhg = t->dhg, .H = H};
         run_rows(t, glu_bwd_rows, &g, N, row_chunks(t, N));
-        matmul_bwd_dw(t, grad_of(t, w1), t->dh1, a->xn2, N, d, H);
-        matmul_bwd_dw(t, grad_of(t, w3), t->dh3, a->xn2, N, d, H);
-        matmul_bwd_dx(t, t->dxn, t->dh1, w1, N, d, H, 0);
-        matmul_bwd_dx(t, t->dxn, t->dh3, w3, N, d, H, 1);
+        matmul_bwd_dw(t, t->gfused, t->dh13, a->xn2, N, d, 2 * H, 0);
+        tfm__add(grad_of(t, w->w1 + l * hd), t->gfused, (int)hd);
+        tfm__add(grad_of(t, w->w3 + l * hd), t->gfused + hd, (int)hd);
+        matmul_bwd_dx(t, t->dxn, t->dh13, a->w13, N, d, 2 * H, 0);
         rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_ffn + ld), t->dxn, a->x_mid, a->rs2,
                     w->rms_ffn + ld, N);
         /* attention: x_mid = x_in + wo ao */
-        const float *wq = w->wq + ld * d, *wo = w->wo + ld * d;
-        const float *wk = w->wk + (size_t)l * kvd * d, *wv = w->wv + (size_t)l * kvd * d;
-        matmul_bwd_dw(t, grad_of(t, wo), t->dx, a->ao, N, d, d);
+        const float *wo = w->wo + ld * d;
+        matmul_bwd_dw(t, grad_of(t, wo), t->dx, a->ao, N, d, d, 1);
         matmul_bwd_dx(t, t->dao, t->dx, wo, N, d, d, 0);
         attention_bwd(t, a, B, T);
-        rope(t, t->dq, d, c->n_heads, N, T, 1);
-        rope(t, t->dk, kvd, c->n_kv_heads, N, T, 1);
-        matmul_bwd_dw(t, grad_of(t, wq), t->dq, a->xn1, N, d, d);
-        matmul_bwd_dw(t, grad_of(t, wk), t->dk, a->xn1, N, d, kvd);
-        matmul_bwd_dw(t, grad_of(t, wv), t->dv, a->xn1, N, d, kvd);
-        matmul_bwd_dx(t, t->dxn, t->dq, wq, N, d, d, 0);
-        matmul_bwd_dx(t, t->dxn, t->dk, wk, N, d, kvd, 1);
-        matmul_bwd_dx(t, t->dxn, t->dv, wv, N, d, kvd, 1);
+        rope(t, t->dqkv, E, c->n_heads, N, T, 1);
+        rope(t, t->dqkv + d, E, c->n_kv_heads, N, T, 1);
+        matmul_bwd_dw(t, t->gfused, t->dqkv, a->xn1, N, d, E, 0);
+        tfm__add(grad_of(t, w->wq + ld * d), t->gfused, (int)dd);
+        tfm__add(grad_of(t, w->wk + l * kd), t->gfused + dd, (int)kd);
+        tfm__add(grad_of(t, w->wv + l * kd), t->gfused + dd + kd, (int)kd);
+        matmul_bwd_dx(t, t->dxn, t->dqkv, a->wqkv, N, d, E, 0);
         rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_att + ld), t->dxn, a->x_in, a->rs1,
                     w->rms_att + ld, N);
     }
