@@ -181,3 +181,62 @@ EOF2
     echo "bench.sh: $ATTN has no bench-recall command; skipping the recall section" >&2
   fi
 fi
+
+# Training (`attn bench-train`, tools/train.c): the step time (forward,
+# backward, clip, AdamW) of issue #5's two configurations beside PyTorch's
+# (tests/bench/train_torch.py: the same model, data and optimiser in
+# Debian's python3-torch), alternated over three rounds in this one run, 1
+# and 2 threads — about three minutes.  Skipped without python3-torch
+# (attnd's own figures still print).  TRAIN_BENCH=0 skips the section.
+# TRAIN_ACCURACY=1 adds the time to 90% and 99% MQAR accuracy, attnd vs
+# PyTorch on the same generator and schedule (several minutes more).
+if [ "${TRAIN_BENCH:-1}" != 0 ]; then
+  echo
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  TJ="$BUILD/bench_train.jsonl"
+  : >"$TJ"
+  have_torch=0
+  /usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
+  for round in 1 2 3; do
+    "$ATTN" bench-train --threads 1,2 --steps 10 | sed 's/^{/{"impl": "attnd", /' | tee -a "$TJ"
+    if [ "$have_torch" = 1 ]; then
+      /usr/bin/python3 "$ROOT/tests/bench/train_torch.py" bench --threads 1 2 --steps 10 |
+        sed 's/^{/{"impl": "pytorch", /' | tee -a "$TJ"
+    fi
+  done
+  if [ "${TRAIN_ACCURACY:-0}" = 1 ]; then
+    "$ROOT/scripts/train-accuracy.sh" "$BUILD" | tee -a "$TJ"
+  fi
+  echo
+  python3 - "$TJ" <<'EOF3'
+import json, statistics, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip().startswith("{")]
+steps = [r for r in rows if r.get("step_ms_median") is not None]
+out = ["## Training step time (attn bench-train vs PyTorch)", "",
+       "Forward + backward + clip + AdamW, one step; the median over three alternated rounds "
+       "of each round's median of 10 steps. Ratio = PyTorch / attnd (above 1: attnd is faster).",
+       "", "| config | threads | attnd ms | PyTorch ms | ratio |", "|---|---|---|---|---|"]
+for cfg in ("mqar", "text"):
+    for t in (1, 2):
+        a = [r["step_ms_median"] for r in steps
+             if r["impl"] == "attnd" and r["config"] == cfg and r["threads"] == t]
+        p = [r["step_ms_median"] for r in steps
+             if r["impl"] == "pytorch" and r["config"] == cfg and r["threads"] == t]
+        am = statistics.median(a) if a else None
+        pm = statistics.median(p) if p else None
+        out.append(f"| {cfg} | {t} | {'-' if am is None else f'{am:.1f}'} | "
+                   f"{'-' if pm is None else f'{pm:.1f}'} | "
+                   f"{'-' if not (am and pm) else f'{pm / am:.2f}x'} |")
+acc = [r for r in rows if r.get("bench") == "time_to_accuracy"]
+if acc:
+    out += ["", "### MQAR: steps and seconds to 90% / 99% held-out accuracy", "",
+            "| impl | steps to 90% | s to 90% | steps to 99% | s to 99% | final accuracy |",
+            "|---|---|---|---|---|---|"]
+    for r in acc:
+        out.append(f"| {r['impl']} | {r.get('steps_to_90', '-')} | {r.get('seconds_to_90', '-')} "
+                   f"| {r.get('steps_to_99', '-')} | {r.get('seconds_to_99', '-')} "
+                   f"| {r.get('final_accuracy', '-')} |")
+print("\n".join(out))
+EOF3
+fi

@@ -15,7 +15,12 @@ PKGS=(
   prometheus        # promtool checks the /metrics exposition
   wrk               # server bench: HTTP load (tests/bench/server_bench.py)
   gnuplot-nox       # make cost-report: the attention cost plot
+  python3-numpy     # tests/bench/train_torch.py's data generator (the CLI test diffs it)
+  bible-kjv         # scripts/train-defaults.sh: the text model's corpus
 )
+# `scripts/install-deps.sh --bench` adds Debian's python3-torch (~1 GB
+# installed): the PyTorch side of `make bench`'s training comparison.
+[ "${1:-}" = --bench ] && PKGS+=(python3-torch)
 
 missing=()
 for p in "${PKGS[@]}"; do

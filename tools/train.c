@@ -5,11 +5,11 @@
  *
  * runs tfm_train_run, the loop attnd's background jobs run, with the same
  * parameters as POST /train's JSON body (flag --learning-rate for
- * "learning_rate", --recall-n-pairs for recall.n_pairs, ...).  It writes
+ * "learning_rate", --n-pairs for recall.n_pairs, ...).  It writes
  * the trained model, a loss log (CSV: step, loss, lr, grad_norm,
- * tokens_per_s, then the evaluation columns on the steps that have one),
- * and, with --state, the resumable training state every checkpoint_every
- * steps: run the same command again after an interruption and it resumes
+ * tokens_per_s, seconds since the start, then the evaluation columns on
+ * the steps that have one) and, with --state, the resumable training
+ * state every checkpoint_every steps: run the same command again after an interruption and it resumes
  * from there.  --dump-batch STEP prints that step's batch instead (one
  * sequence per line: inputs, then targets), to compare the data with
  * another implementation's.
@@ -225,8 +225,8 @@ static void on_progress(void *ctx, const tfm_train_progress *p)
 {
     run_ctx *r = ctx;
     if (r->log) {
-        fprintf(r->log, "%d,%.6f,%.6g,%.4f,%.0f", p->step, (double)p->last.loss,
-                (double)p->last.lr, (double)p->last.grad_norm, p->tokens_per_s);
+        fprintf(r->log, "%d,%.6f,%.6g,%.4f,%.0f,%.3f", p->step, (double)p->last.loss,
+                (double)p->last.lr, (double)p->last.grad_norm, p->tokens_per_s, p->seconds);
         if (p->has_eval && p->recall.n_queries)
             fprintf(r->log, ",%.5f,%.5f,%.5f,%.5f", p->recall.accuracy,
                     p->recall.accuracy_present, p->recall.accuracy_absent, p->recall.loss);
@@ -340,9 +340,9 @@ int attn_train_main(int argc, char **argv)
         }
         if (fresh)
             fprintf(rctx.log, s->task == TFM_TASK_RECALL
-                                  ? "step,loss,lr,grad_norm,tokens_per_s,accuracy,"
+                                  ? "step,loss,lr,grad_norm,tokens_per_s,seconds,accuracy,"
                                     "accuracy_present,accuracy_absent,eval_loss\n"
-                                  : "step,loss,lr,grad_norm,tokens_per_s,eval_loss,"
+                                  : "step,loss,lr,grad_norm,tokens_per_s,seconds,eval_loss,"
                                     "bits_per_byte\n");
     }
     tfm_train_hooks h = {.ctx = &rctx,
