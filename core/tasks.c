@@ -74,6 +74,8 @@ tfm_status tfm_mqar_validate(const tfm_mqar *p, char *err, size_t errlen)
     if (p->absent_fraction > 0.0f && p->n_pairs == p->n_keys)
         return bad(err, errlen, "%s > 0 needs recall.n_keys > recall.n_pairs (absent keys)",
                    "recall.absent_fraction");
+    if (p->min_pairs < 0 || p->min_pairs > p->n_pairs)
+        return bad(err, errlen, "%s must be between 0 and recall.n_pairs", "recall.min_pairs");
     if (p->seq_len < 2 * p->n_pairs + 2 || p->seq_len > 65536)
         return bad(err, errlen, "%s must leave room for a query: at least 2 n_pairs + 2",
                    "seq_len");
@@ -90,6 +92,8 @@ void tfm_mqar_sequence(const tfm_mqar *p, uint64_t seed, uint64_t stream, uint64
 {
     rng r = rng_for(seed, stream, index);
     int n = p->n_pairs, nk = p->n_keys, nul = tfm_mqar_null_token(p);
+    if (stream == 0 && p->min_pairs > 0 && p->min_pairs < p->n_pairs)
+        n = p->min_pairs + (int)below(&r, (uint32_t)(p->n_pairs - p->min_pairs + 1));
     /* a partial Fisher-Yates shuffle: perm[0..n) are the store's keys,
      * perm[n..nk) the absent ones */
     int stack_perm[512];
@@ -114,7 +118,7 @@ void tfm_mqar_sequence(const tfm_mqar *p, uint64_t seed, uint64_t stream, uint64
     }
     for (int i = 0; i < n; i++)
         vals[2 * i + 1] = nk + (int)below(&r, (uint32_t)p->n_values);
-    int nq = tfm_mqar_n_queries(p), at = 2 * n;
+    int nq = (p->seq_len - 2 * n) / 2, at = 2 * n;
     for (int q = 0; q < nq; q++, at += 2) {
         double u = uniform(&r);
         int key, ans;
@@ -211,9 +215,10 @@ tfm_status tfm_mqar_to_meta(tfm_model *m, const tfm_mqar *p)
 {
     char buf[64];
     tfm_status st = tfm_model_meta_set(m, "task", "recall");
-    const char *keys[] = {"recall.n_pairs", "recall.n_keys", "recall.n_values", "recall.seq_len"};
-    int vals[] = {p->n_pairs, p->n_keys, p->n_values, p->seq_len};
-    for (int i = 0; i < 4 && st == TFM_OK; i++) {
+    const char *keys[] = {"recall.n_pairs", "recall.n_keys", "recall.n_values", "recall.seq_len",
+                          "recall.min_pairs"};
+    int vals[] = {p->n_pairs, p->n_keys, p->n_values, p->seq_len, p->min_pairs};
+    for (int i = 0; i < 5 && st == TFM_OK; i++) {
         snprintf(buf, sizeof buf, "%d", vals[i]);
         st = tfm_model_meta_set(m, keys[i], buf);
     }
@@ -249,6 +254,8 @@ tfm_status tfm_mqar_from_meta(const tfm_model *m, tfm_mqar *p)
         !meta_int(m, "recall.n_values", &q.n_values) ||
         !meta_int(m, "recall.seq_len", &q.seq_len) || !af)
         return TFM_E_FORMAT;
+    if (tfm_model_meta_get(m, "recall.min_pairs") && !meta_int(m, "recall.min_pairs", &q.min_pairs))
+        return TFM_E_FORMAT;
     q.absent_fraction = strtof(af, &end);
     if (end == af || *end || tfm_mqar_validate(&q, NULL, 0) != TFM_OK ||
         m->cfg.vocab_size != tfm_mqar_vocab(&q) || m->cfg.seq_len < 2 * q.n_pairs + 1)
@@ -277,7 +284,9 @@ tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *key
             return TFM_E_INVALID;
     if (nq == 0)
         return TFM_OK;
-    int T = 2 * p->n_pairs + 1, V = m->cfg.vocab_size, nul = tfm_mqar_null_token(p);
+    /* the smallest store the model was trained on */
+    int least = p->min_pairs > 0 ? p->min_pairs : p->n_pairs, np = n > least ? n : least;
+    int T = 2 * np + 1, V = m->cfg.vocab_size, nul = tfm_mqar_null_token(p);
     int Bmax = nq < ANSWER_BATCH ? nq : ANSWER_BATCH;
     tfm_trainer *t;
     tfm_status st = tfm__trainer_create_eval(m, Bmax, T, n_threads, &t);
@@ -288,9 +297,9 @@ tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *key
         tfm_trainer_destroy(t);
         return TFM_E_NOMEM;
     }
-    /* the store, repeated cyclically to n_pairs pairs */
+    /* the store, repeated cyclically up to np pairs */
     for (int b = 0; b < Bmax; b++)
-        for (int i = 0; i < p->n_pairs; i++) {
+        for (int i = 0; i < np; i++) {
             in[(size_t)b * T + 2 * i] = keys[i % n];
             in[(size_t)b * T + 2 * i + 1] = p->n_keys + values[i % n];
         }

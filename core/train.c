@@ -930,18 +930,19 @@ void tfm_model_init_train(tfm_model *m, uint64_t seed)
     const tfm_weights *w = &m->w;
     const tfm_config *c = &m->cfg;
     uint64_t s = seed ^ 0x5EED5EED5EED5EEDull;
-    float std = 0.02f, res = std / sqrtf(2.0f * (float)c->n_layers);
     size_t d = (size_t)c->dim, L = (size_t)c->n_layers;
+    float sd = 1.0f / sqrtf((float)d), sh = 1.0f / sqrtf((float)c->hidden_dim);
+    float res = 1.0f / sqrtf(2.0f * (float)c->n_layers);
     for (size_t i = 0; i < m->n_floats; i++)
         m->data[i] = 0.0f;
-    fill_normal(w->token_embedding, (size_t)(w->rms_att - w->token_embedding), std, &s);
-    fill_normal(w->wq, (size_t)(w->wo - w->wq), std, &s); /* wq, wk, wv */
-    fill_normal(w->wo, (size_t)(w->rms_ffn - w->wo), res, &s);
-    fill_normal(w->w1, (size_t)(w->w2 - w->w1), std, &s);
-    fill_normal(w->w2, (size_t)(w->w3 - w->w2), res, &s);
-    fill_normal(w->w3, (size_t)(w->rms_final - w->w3), std, &s);
+    fill_normal(w->token_embedding, (size_t)(w->rms_att - w->token_embedding), sd, &s);
+    fill_normal(w->wq, (size_t)(w->wo - w->wq), sd, &s); /* wq, wk, wv */
+    fill_normal(w->wo, (size_t)(w->rms_ffn - w->wo), sd * res, &s);
+    fill_normal(w->w1, (size_t)(w->w2 - w->w1), sd, &s);
+    fill_normal(w->w2, (size_t)(w->w3 - w->w2), sh * res, &s);
+    fill_normal(w->w3, (size_t)(w->rms_final - w->w3), sd, &s);
     if (!c->shared_classifier)
-        fill_normal(w->wcls, (size_t)c->vocab_size * d, std, &s);
+        fill_normal(w->wcls, (size_t)c->vocab_size * d, sd, &s);
     for (size_t i = 0; i < L * d; i++)
         w->rms_att[i] = w->rms_ffn[i] = 1.0f;
     for (size_t i = 0; i < d; i++)

@@ -19,7 +19,7 @@ what=${1:-all}
 if [ "$what" = recall ] || [ "$what" = all ]; then
     "$ATTN" train --task recall --out "$OUT/recall-mqar8.safetensors" \
         --log "$LOGS/recall-mqar8.csv" \
-        --n-pairs 8 --n-keys 64 --n-values 64 --absent-fraction 0.2 \
+        --n-pairs 8 --min-pairs 1 --n-keys 64 --n-values 64 --absent-fraction 0.2 \
         --dim 64 --layers 2 --heads 2 --hidden 256 \
         --steps 2000 --batch-size 64 --seq-len 64 \
         --learning-rate 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 \
@@ -33,7 +33,7 @@ if [ "$what" = text ] || [ "$what" = all ]; then
     "$ATTN" train --task text --corpus "$corpus" --out "$OUT/text-kjv.safetensors" \
         --log "$LOGS/text-kjv.csv" --eval-fraction 0.05 \
         --dim 128 --layers 4 --heads 4 --hidden 512 \
-        --steps 3000 --batch-size 32 --seq-len 128 \
+        --steps 3000 --batch-size 16 --seq-len 256 \
         --learning-rate 2e-3 --warmup-steps 100 --min-lr-ratio 0.1 \
         --weight-decay 0.1 --grad-clip 1 --seed 1 --threads 1 \
         --eval-every 500 --eval-sequences 400

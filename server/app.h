@@ -42,10 +42,11 @@ typedef struct srv_app {
     srv_job **inbox;
     int inbox_len, inbox_cap, inbox_closed;
 
-    srv_models models;        /* written by the loader, then read-only */
+    srv_models models;        /* thread-safe; grows as jobs finish (models.h) */
     atomic_int ready;         /* models loaded and the engine running */
     srv_engine *engine;
     srv_stats stats;          /* thread-safe */
+    struct srv_trainer *trainer; /* training jobs (train.h); thread-safe */
 
     pthread_mutex_t wait_mu;  /* guards waiting (loop and HTTP threads) */
     srv_job **waiting;        /* jobs with a connection attached */

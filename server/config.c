@@ -43,6 +43,8 @@ static const opt opts[] = {
     {"--max-recall-queries", "ATTND_MAX_RECALL_QUERIES", "N", "most queries per /recall (1024)", K_INT, F(max_recall_queries), 0, 0, 65536},
     {"--attention", "ATTND_ATTENTION", "KERNEL", "attention kernel: auto (the faster for the length), naive\n"
      "                          (N x N scores) or tiled (key blocks, online softmax)", K_STR, F(attention), CAP(attention), 0, 0},
+    {"--train-workers", "ATTND_TRAIN_WORKERS", "N", "training jobs run at once, the rest queue (1)", K_INT, F(train_workers), 0, 1, 64},
+    {"--train-threads", "ATTND_TRAIN_THREADS", "N", "compute threads of each training job (1)", K_INT, F(train_threads), 0, 1, 256},
     {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
@@ -117,6 +119,8 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     cfg->max_recall_pairs = 4096;
     cfg->max_recall_queries = 1024;
     snprintf(cfg->attention, sizeof cfg->attention, "auto");
+    cfg->train_workers = 1;
+    cfg->train_threads = 1;
 
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);

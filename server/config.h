@@ -25,6 +25,8 @@ typedef struct srv_config {
     int max_recall_pairs;  /* --max-recall-pairs, ATTND_MAX_RECALL_PAIRS: 4096 */
     int max_recall_queries; /* --max-recall-queries, ATTND_MAX_RECALL_QUERIES: 1024 */
     char attention[16];    /* --attention, ATTND_ATTENTION: auto | naive | tiled */
+    int train_workers;     /* --train-workers, ATTND_TRAIN_WORKERS: 1 (jobs at once) */
+    int train_threads;     /* --train-threads, ATTND_TRAIN_THREADS: 1 (per job) */
     int quiet;             /* --quiet, ATTND_QUIET: no per-request log lines */
     char *env_models;      /* owned copy of ATTND_MODEL, split in place */
 } srv_config;

@@ -15,6 +15,12 @@
  * All compute happens on this thread; the per-token path allocates nothing
  * but the job's output buffers when they must grow (sized at admission to
  * make that rare).
+ *
+ * Models can be registered while the engine runs (a finished training
+ * job): per-model contexts live in an array indexed by the registry slot
+ * (srv_model.index); when the queue's head is a job whose model has none
+ * yet, the next iteration makes it, outside the queue's lock, before
+ * admission.
  */
 #define _GNU_SOURCE /* memmem */
 #include "engine.h"
@@ -60,8 +66,14 @@ struct srv_engine {
     srv_job **q; /* ring buffer */
     int q_head, q_len, q_cap;
     int stopping;
-    mctx *mc;
-    int n_mc, max_batch;
+    /* engine thread only (and create/destroy, with the thread not running):
+     * the per-model contexts by srv_model.index, created for the models
+     * registered at start and, lazily, for any model registered later */
+    mctx *mc[SRV_MODELS_MAX];
+    unsigned char mc_failed[SRV_MODELS_MAX]; /* creation failed: refuse its jobs */
+    mctx *live[SRV_MODELS_MAX];              /* the contexts made, in order */
+    int n_live, max_batch, n_threads;
+    tfm_attn_kernel attention;
     atomic_int running;
     tfm_profile prof; /* under mu: the workspaces' profiles, summed */
     srv_engine_hooks hooks;
@@ -339,11 +351,11 @@ static int prefill_step(srv_engine *e, int budget)
 {
     mctx *best_mc = NULL;
     slot *best = NULL;
-    for (int m = 0; m < e->n_mc; m++)
+    for (int m = 0; m < e->n_live; m++)
         for (int i = 0; i < e->max_batch; i++) {
-            slot *s = &e->mc[m].slots[i];
+            slot *s = &e->live[m]->slots[i];
             if (s->phase == SLOT_PREFILL && (!best || s->job->t_admit < best->job->t_admit))
-                best = s, best_mc = &e->mc[m];
+                best = s, best_mc = e->live[m];
         }
     if (!best)
         return 0;
@@ -405,12 +417,98 @@ static void decode_step(srv_engine *e, mctx *mc)
     }
 }
 
-static mctx *ctx_for(srv_engine *e, const srv_model *m)
+/* ---- per-model contexts ----------------------------------------------------- */
+
+static void ctx_destroy(srv_engine *e, mctx *mc)
 {
-    for (int i = 0; i < e->n_mc; i++)
-        if (e->mc[i].m == m)
-            return &e->mc[i];
+    if (!mc)
+        return;
+    for (int k = 0; mc->slots && k < e->max_batch; k++) {
+        slot *s = &mc->slots[k];
+        if (s->phase != SLOT_FREE) {
+            finish_job(s->job, SRV_FINISH_CANCELLED);
+            release_slot(e, s);
+        }
+        tfm_state_destroy(s->st);
+        tfm_sampler_destroy(s->smp);
+        free(s->ids);
+    }
+    free(mc->slots);
+    free(mc->logits);
+    free(mc->bst);
+    free(mc->btok);
+    free(mc->bslot);
+    tfm_workspace_destroy(mc->ws);
+    free(mc);
+}
+
+/* A text model's workspace, slots and KV caches; NULL when out of memory
+ * (message printed) or m is not a text model. */
+static mctx *ctx_create(srv_engine *e, const srv_model *m)
+{
+    if (strcmp(m->kind, "text") || !m->tok)
+        return NULL;
+    mctx *mc = calloc(1, sizeof *mc);
+    if (!mc)
+        goto fail;
+    const tfm_config *c = &m->model->cfg;
+    int max_batch = e->max_batch;
+    mc->m = m;
+    mc->eos = tfm_tokenizer_eos(m->tok);
+    /* llama2.c models end a sequence with BOS, as run.c stops on it */
+    mc->stop2 = tfm_tokenizer_kind_of(m->tok) == TFM_TOKENIZER_LLAMA2C ? tfm_tokenizer_bos(m->tok)
+                                                                      : mc->eos;
+    int rows = max_batch > PREFILL_CHUNK ? max_batch : PREFILL_CHUNK;
+    if (tfm_workspace_create(m->model, rows, e->n_threads, &mc->ws) != TFM_OK)
+        goto fail;
+    tfm_workspace_profile(mc->ws)->enabled = 1;
+    /* a model may name its kernel in its checkpoint's metadata; the flag
+     * decides otherwise */
+    const char *mk = tfm_model_meta_get(m->model, "attention");
+    mc->attention = mk && !strcmp(mk, "naive")   ? TFM_ATTN_NAIVE
+                    : mk && !strcmp(mk, "tiled") ? TFM_ATTN_TILED
+                                                 : e->attention;
+    tfm_workspace_set_attention(mc->ws, mc->attention);
+    mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
+    mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
+    mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);
+    mc->btok = calloc((size_t)max_batch, sizeof(int));
+    mc->bslot = calloc((size_t)max_batch, sizeof(int));
+    if (!mc->slots || !mc->logits || !mc->bst || !mc->btok || !mc->bslot)
+        goto fail;
+    for (int k = 0; k < max_batch; k++) {
+        slot *s = &mc->slots[k];
+        tfm_sampler_params sp = {0.0f, 0, 1.0f, 0};
+        s->ids = malloc((size_t)c->seq_len * sizeof(int));
+        if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
+            tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
+            goto fail;
+    }
+    e->mc[m->index] = mc;
+    e->live[e->n_live++] = mc;
+    return mc;
+fail:
+    fprintf(stderr, "attnd: engine: out of memory for model %s\n", m->name);
+    ctx_destroy(e, mc);
     return NULL;
+}
+
+/* Engine thread, with e->mu held: when the queue's head is for a model
+ * without a context (registered after the engine started), makes it,
+ * dropping the lock meanwhile, since it allocates the KV caches.  Only the
+ * head matters: admission is FIFO, nothing behind it goes first.  Returns
+ * with the lock held. */
+static void ctx_make_queued(srv_engine *e)
+{
+    if (e->q_len == 0)
+        return;
+    const srv_model *m = e->q[e->q_head]->model;
+    if (e->mc[m->index] || e->mc_failed[m->index])
+        return;
+    pthread_mutex_unlock(&e->mu);
+    if (!ctx_create(e, m))
+        e->mc_failed[m->index] = 1;
+    pthread_mutex_lock(&e->mu);
 }
 
 static void *engine_main(void *arg)
@@ -420,6 +518,8 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&e->mu);
         while (!e->stopping && e->q_len == 0 && atomic_load(&e->running) == 0)
             pthread_cond_wait(&e->cv, &e->mu);
+        if (!e->stopping)
+            ctx_make_queued(e);
         if (e->stopping) {
             pthread_mutex_unlock(&e->mu);
             break;
@@ -429,13 +529,17 @@ static void *engine_main(void *arg)
         int n_dropped = 0;
         while (e->q_len > 0 && n_dropped < 16) {
             srv_job *j = e->q[e->q_head];
-            mctx *mc = ctx_for(e, j->model);
+            int idx = j->model->index;
+            mctx *mc = e->mc[idx];
+            int cancelled = atomic_load(&j->cancelled) != 0;
+            if (!mc && !cancelled && !e->mc_failed[idx])
+                break; /* its context is made at the next iteration's start */
             slot *free_slot = NULL;
-            if (!atomic_load(&j->cancelled) && mc)
+            if (!cancelled && mc)
                 for (int i = 0; i < e->max_batch && !free_slot; i++)
                     if (mc->slots[i].phase == SLOT_FREE)
                         free_slot = &mc->slots[i];
-            if (!free_slot && !atomic_load(&j->cancelled) && mc)
+            if (!free_slot && !cancelled && mc)
                 break; /* the head waits for its model's slot */
             e->q_head = (e->q_head + 1) % e->q_cap;
             e->q_len--;
@@ -449,18 +553,20 @@ static void *engine_main(void *arg)
         }
         pthread_mutex_unlock(&e->mu);
         for (int i = 0; i < n_dropped; i++) {
-            if (ctx_for(e, dropped[i]->model))
-                finish_job(dropped[i], SRV_FINISH_CANCELLED);
+            srv_job *j = dropped[i];
+            if (atomic_load(&j->cancelled))
+                finish_job(j, SRV_FINISH_CANCELLED);
+            else if (strcmp(j->model->kind, "text"))
+                fail_job(j, 422, "invalid_argument", "the model is not a text model", "model");
             else
-                fail_job(dropped[i], 404, "model_not_found", "the model is not served",
-                         "model");
-            srv_job_unref(dropped[i]);
+                fail_job(j, 500, "internal", "out of memory for the model's batch slots", NULL);
+            srv_job_unref(j);
         }
         /* 2, 3: start new jobs, drop cancelled ones */
-        for (int m = 0; m < e->n_mc; m++)
+        for (int m = 0; m < e->n_live; m++)
             for (int i = 0; i < e->max_batch; i++) {
-                slot *s = &e->mc[m].slots[i];
-                if (s->phase == SLOT_ADMITTED && start_job(e, &e->mc[m], s) != 0)
+                slot *s = &e->live[m]->slots[i];
+                if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0)
                     release_slot(e, s);
                 else if (s->phase != SLOT_FREE && atomic_load(&s->job->cancelled)) {
                     finish_job(s->job, SRV_FINISH_CANCELLED);
@@ -473,13 +579,13 @@ static void *engine_main(void *arg)
         for (int budget = PREFILL_CHUNK, done; budget > 0; budget -= done)
             if ((done = prefill_step(e, budget)) == 0)
                 break;
-        for (int m = 0; m < e->n_mc; m++)
-            decode_step(e, &e->mc[m]);
+        for (int m = 0; m < e->n_live; m++)
+            decode_step(e, e->live[m]);
         /* publish the op accounting for /metrics */
         pthread_mutex_lock(&e->mu);
         tfm_profile_reset(&e->prof);
-        for (int m = 0; m < e->n_mc; m++)
-            tfm_profile_add(&e->prof, tfm_workspace_profile(e->mc[m].ws));
+        for (int m = 0; m < e->n_live; m++)
+            tfm_profile_add(&e->prof, tfm_workspace_profile(e->live[m]->ws));
         pthread_mutex_unlock(&e->mu);
     }
     return NULL;
@@ -498,51 +604,21 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->running, 0);
     e->max_batch = max_batch;
+    e->n_threads = n_threads;
+    e->attention = attention;
     e->q_cap = queue_depth > 0 ? queue_depth : 1;
     e->q = calloc((size_t)e->q_cap, sizeof *e->q);
-    e->mc = calloc((size_t)(reg->n ? reg->n : 1), sizeof *e->mc);
     e->prof.enabled = 1;
     if (hooks)
         e->hooks = *hooks;
-    if (!e->q || !e->mc)
+    if (!e->q)
         goto fail;
-    for (int i = 0; i < reg->n; i++) {
-        const srv_model *m = &reg->items[i];
-        if (strcmp(m->kind, "text"))
-            continue;
-        mctx *mc = &e->mc[e->n_mc++];
-        const tfm_config *c = &m->model->cfg;
-        mc->m = m;
-        mc->eos = tfm_tokenizer_eos(m->tok);
-        /* llama2.c models end a sequence with BOS, as run.c stops on it */
-        mc->stop2 = tfm_tokenizer_kind_of(m->tok) == TFM_TOKENIZER_LLAMA2C ? tfm_tokenizer_bos(m->tok)
-                                                                          : mc->eos;
-        int rows = max_batch > PREFILL_CHUNK ? max_batch : PREFILL_CHUNK;
-        if (tfm_workspace_create(m->model, rows, n_threads, &mc->ws) != TFM_OK)
+    /* the models there are now get their contexts at once, so that a
+     * first request does not pay for them; later ones on first use */
+    for (int i = 0, n = srv_models_count(reg); i < n; i++) {
+        const srv_model *m = srv_models_at(reg, i);
+        if (!strcmp(m->kind, "text") && !ctx_create(e, m))
             goto fail;
-        tfm_workspace_profile(mc->ws)->enabled = 1;
-        /* a model may name its kernel in its checkpoint's metadata; the
-         * flag decides otherwise */
-        const char *mk = tfm_model_meta_get(m->model, "attention");
-        mc->attention = mk && !strcmp(mk, "naive")   ? TFM_ATTN_NAIVE
-                        : mk && !strcmp(mk, "tiled") ? TFM_ATTN_TILED
-                                                     : attention;
-        tfm_workspace_set_attention(mc->ws, mc->attention);
-        mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
-        mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
-        mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);
-        mc->btok = calloc((size_t)max_batch, sizeof(int));
-        mc->bslot = calloc((size_t)max_batch, sizeof(int));
-        if (!mc->slots || !mc->logits || !mc->bst || !mc->btok || !mc->bslot)
-            goto fail;
-        for (int k = 0; k < max_batch; k++) {
-            slot *s = &mc->slots[k];
-            tfm_sampler_params sp = {0.0f, 0, 1.0f, 0};
-            s->ids = malloc((size_t)c->seq_len * sizeof(int));
-            if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
-                tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
-                goto fail;
-        }
     }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0)
         goto fail;
@@ -571,26 +647,8 @@ void srv_engine_destroy(srv_engine *e)
         finish_job(j, SRV_FINISH_CANCELLED);
         srv_job_unref(j);
     }
-    for (int m = 0; m < e->n_mc; m++) {
-        mctx *mc = &e->mc[m];
-        for (int k = 0; mc->slots && k < e->max_batch; k++) {
-            slot *s = &mc->slots[k];
-            if (s->phase != SLOT_FREE) {
-                finish_job(s->job, SRV_FINISH_CANCELLED);
-                release_slot(e, s);
-            }
-            tfm_state_destroy(s->st);
-            tfm_sampler_destroy(s->smp);
-            free(s->ids);
-        }
-        free(mc->slots);
-        free(mc->logits);
-        free(mc->bst);
-        free(mc->btok);
-        free(mc->bslot);
-        tfm_workspace_destroy(mc->ws);
-    }
-    free(e->mc);
+    for (int m = 0; m < e->n_live; m++)
+        ctx_destroy(e, e->live[m]);
     free(e->q);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);

@@ -116,9 +116,13 @@ typedef struct srv_engine_hooks {
 
 typedef struct srv_engine srv_engine;
 
-/* One engine for all text models of reg (borrowed, must outlive it).
- * max_batch sequences per model, queue_depth waiting jobs, n_threads compute
- * threads.  NULL on failure (message printed). */
+/* One engine for every text model: those of reg now get their workspace,
+ * slots and KV caches at once; a model registered later (srv_models_add)
+ * gets them on the engine thread when its first job reaches the head of
+ * the queue.  A job's model must stay valid while the engine runs (the
+ * registry keeps every entry until shutdown).  max_batch sequences per
+ * model, queue_depth waiting jobs, n_threads compute threads per model.
+ * NULL on failure (message printed). */
 srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_depth,
                               int n_threads, tfm_attn_kernel attention,
                               const srv_engine_hooks *hooks);

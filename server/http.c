@@ -20,6 +20,7 @@
  * job too.
  */
 #include "http.h"
+#include "train.h"
 
 #include <errno.h>
 #include <microhttpd.h>
@@ -34,10 +35,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* A path is literal, or ends in one "{id}" segment (any text without a
+ * slash); method is one method or several as in Allow ("GET, POST"). */
 typedef struct route {
     const char *path, *method;
     void (*handler)(srv_req *r);
-    int has_body;
+    int has_body; /* its POST takes a JSON body */
 } route;
 
 static const route routes[] = {
@@ -47,12 +50,15 @@ static const route routes[] = {
     {"/healthz", "GET", srv_route_healthz, 0},
     {"/readyz", "GET", srv_route_readyz, 0},
     {"/metrics", "GET", srv_route_metrics, 0},
+    {"/train", "GET, POST", srv_route_train, 1},
+    {"/train/{id}", "GET, DELETE", srv_route_train_job, 0},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof *routes))
 
 /* ---- replies ---------------------------------------------------------------- */
 
-void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size_t len)
+static void reply(srv_req *r, int status, const char *ctype, const char *body, size_t len,
+                  const char *location)
 {
     if (r->responded)
         return;
@@ -60,7 +66,10 @@ void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (location)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
     if (status == 405 && r->route >= 0)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, routes[r->route].method);
     if (status == 503)
@@ -69,6 +78,16 @@ void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size
     MHD_destroy_response(resp);
     r->status = status;
     r->responded = 1;
+}
+
+void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size_t len)
+{
+    reply(r, status, ctype, body, len, NULL);
+}
+
+void srv_reply_json_location(srv_req *r, int status, const char *json, const char *location)
+{
+    reply(r, status, "application/json", json, strlen(json), location);
 }
 
 void srv_reply_json(srv_req *r, int status, const char *json)
@@ -280,12 +299,31 @@ static void deliver(srv_req *r)
 
 /* ---- the request callbacks -------------------------------------------------- */
 
+static int path_matches(const char *tmpl, const char *path)
+{
+    const char *brace = strchr(tmpl, '{');
+    if (!brace)
+        return !strcmp(tmpl, path);
+    size_t n = (size_t)(brace - tmpl);
+    return !strncmp(tmpl, path, n) && path[n] && !strchr(path + n, '/');
+}
+
 static int find_route(const char *path)
 {
     for (int i = 0; i < N_ROUTES; i++)
-        if (!strcmp(path, routes[i].path))
+        if (path_matches(routes[i].path, path))
             return i;
     return -1;
+}
+
+/* Whether method is in the route's list ("GET, POST"). */
+static int allows(const char *list, const char *method)
+{
+    size_t n = strlen(method);
+    for (const char *p = list; n && (p = strstr(p, method)); p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == 0 || p[n] == ','))
+            return 1;
+    return 0;
 }
 
 static int is_json(const char *ctype)
@@ -310,12 +348,12 @@ static void first_checks(srv_req *r)
         return;
     }
     const route *rt = &routes[r->route];
-    if (strcmp(r->method, rt->method)) {
+    if (!allows(rt->method, r->method)) {
         srv_reply_error(r, 405, "method_not_allowed", NULL, "%s takes %s, not %s", rt->path,
                         rt->method, r->method);
         return;
     }
-    if (!rt->has_body)
+    if (!rt->has_body || strcmp(r->method, "POST"))
         return;
     if (atomic_load(&app->draining)) {
         srv_reply_error(r, 503, "overloaded", NULL, "the server is shutting down");

@@ -48,9 +48,12 @@ void srv_http_watch(srv_app *app);
 /* Loop thread: cancel every parked job (the end of the grace period). */
 void srv_http_cancel_all(srv_app *app);
 
-/* Replies, from a handler (libmicrohttpd's thread).  The body is copied. */
+/* Replies, from a handler (libmicrohttpd's thread).  The body is copied;
+ * ctype may be NULL (a 204 has no body, hence no type). */
 void srv_reply(srv_req *r, int status, const char *ctype, const char *body, size_t len);
 void srv_reply_json(srv_req *r, int status, const char *json);
+/* The same with a Location header (202 Accepted). */
+void srv_reply_json_location(srv_req *r, int status, const char *json, const char *location);
 void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Attach a submitted job to the request and park until it reports. */

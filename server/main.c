@@ -15,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http.h"
+#include "train.h"
 
 /* ---- the inbox ------------------------------------------------------------- */
 
@@ -164,7 +166,7 @@ static int load_result;
 static void load_models(uv_work_t *w)
 {
     srv_app *app = w->data;
-    load_result = srv_models_load(&app->models, &app->cfg);
+    load_result = srv_models_load(&app->models);
 }
 
 static void close_all(srv_app *app);
@@ -193,6 +195,9 @@ static void models_loaded(uv_work_t *w, int status)
         close_all(app);
         return;
     }
+    /* training jobs check their names against the models loaded */
+    if (!atomic_load(&app->draining) && srv_trainer_start(app->trainer) != 0)
+        fprintf(stderr, "attnd: training workers could not start; POST /train stays 503\n");
     if (app->models.n > 0 && !atomic_load(&app->draining)) {
         atomic_store(&app->ready, 1);
         fprintf(stderr, "attnd: ready: %d model(s), %d threads, batch %d, queue %d\n",
@@ -244,6 +249,7 @@ static void on_signal(uv_signal_t *h, int signum)
     fprintf(stderr, "attnd: %s, draining (grace %d s)\n", signum == SIGINT ? "SIGINT" : "SIGTERM",
             app->cfg.grace_seconds);
     atomic_store(&app->draining, 1);
+    srv_trainer_shutdown(app->trainer); /* running jobs stop at their next step */
     atomic_store(&app->ready, 0);
     srv_http_quiesce(app);
     uv_timer_start(&app->grace_timer, on_grace, (uint64_t)app->cfg.grace_seconds * 1000, 0);
@@ -270,15 +276,19 @@ int main(int argc, char **argv)
     setenv("UV_THREADPOOL_SIZE", "1", 0);
     pthread_mutex_init(&app.inbox_mu, NULL);
     pthread_mutex_init(&app.wait_mu, NULL);
+    srv_models_init(&app.models, &app.cfg);
     if (srv_stats_init(&app.stats) != 0) {
         fprintf(stderr, "attnd: out of memory\n");
         return 1;
     }
     srv_metrics_on_render(app.stats.reg, collect, &app);
     static const char *const routes[] = {"/generate", "/recall", "/models", "/healthz",
-                                         "/readyz", "/metrics"};
+                                         "/readyz", "/metrics", "/train", "/train/{id}"};
     srv_stats_routes(&app.stats, routes, (int)(sizeof routes / sizeof *routes));
     srv_gauge_set(app.stats.queue_capacity, app.cfg.queue_depth);
+    /* job records are read before the loop runs: GET /train lists them at once */
+    if (!(app.trainer = srv_trainer_create(&app)))
+        return 1;
     app.loop = uv_default_loop();
     uv_async_init(app.loop, &app.inbox_async, on_inbox);
     app.inbox_async.data = &app;
@@ -307,6 +317,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < app.inbox_len; i++)
         srv_job_unref(app.inbox[i]);
     srv_http_stop(&app);
+    if (srv_trainer_destroy(app.trainer, app.cfg.grace_seconds) != 0) {
+        /* a training step still runs on the models and the stats: leave
+         * them to the exit (its job resumes from its last checkpoint) */
+        fprintf(stderr, "attnd: stopped\n");
+        fflush(stdout);
+        _exit(app.exit_code);
+    }
     uv_loop_close(app.loop);
     srv_models_deinit(&app.models);
     srv_stats_deinit(&app.stats);

@@ -45,6 +45,7 @@ struct srv_series {
     char *key;                  /* label values, each NUL-terminated, back to back */
     char *labels;               /* `a="x",b="y"` escaped, no braces; "" without labels */
     size_t labels_len;
+    atomic_int hidden;          /* not rendered (srv_series_set_hidden) */
     _Atomic uint64_t value;     /* double bits: counter/gauge value, histogram sum */
     _Atomic uint64_t counts[];  /* histogram: nbounds + 1 buckets, +Inf last */
 };
@@ -569,6 +570,12 @@ void srv_metric_add(srv_metric *m, const char *const *values, double v)
     srv_histogram_observe(s, v);
 }
 
+void srv_series_set_hidden(srv_series *s, int hidden)
+{
+    if (s)
+        atomic_store_explicit(&s->hidden, hidden != 0, memory_order_relaxed);
+}
+
 double srv_series_value(const srv_series *s)
 {
     return s ? u2d(RELAXED(s->value)) : 0.0;
@@ -645,6 +652,8 @@ char *srv_metrics_render(srv_registry *reg, size_t *len)
     for (srv_metric *m = ACQUIRE(reg->first); m; m = ACQUIRE(m->next)) {
         sb_put(&b, m->header, m->header_len);
         for (srv_series *s = ACQUIRE(m->first); s; s = ACQUIRE(s->next)) {
+            if (RELAXED(s->hidden))
+                continue;
             if (m->type == SRV_METRIC_HISTOGRAM) {
                 render_histogram(&b, m, s);
             } else {

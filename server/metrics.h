@@ -134,6 +134,11 @@ void srv_histogram_observe(srv_series *s, double v);
  * nothing when the lookup fails.  Prefer a kept series on hot paths. */
 void srv_metric_add(srv_metric *m, const char *const *values, double v);
 
+/* A hidden series is left out of renders (its value is kept); series are
+ * never freed, so this is how one that stops meaning anything (the loss of
+ * a training job that ended) leaves the exposition.  New series are shown. */
+void srv_series_set_hidden(srv_series *s, int hidden);
+
 /* ---- reading ----------------------------------------------------------- */
 
 /* Current value of a counter or gauge; a histogram's sum.  0 for NULL. */

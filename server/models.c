@@ -1,10 +1,18 @@
 /*
- * models.c — finding, loading and naming the served models.
+ * models.c — finding, loading, naming and registering the served models.
  *
  * A model's name is its file's stem ("models/tiny.safetensors" is "tiny").
  * llama2.c .bin files need a tokenizer.bin: --tokenizer, else one beside the
- * model; a file named tokenizer.bin is never taken for a model.  Loading
- * happens on a libuv worker before the service reports ready.
+ * model; a file named tokenizer.bin is never taken for a model.  A model
+ * whose metadata says task "recall" (tfm_mqar_from_meta) is a recall model:
+ * it has no tokenizer, /generate refuses it and /recall's model engine
+ * serves it; any other is a text model with a byte or llama2.c tokenizer.
+ *
+ * Concurrency (see models.h): a model is loaded outside the lock (that is
+ * the slow part), then appended under it; readers never lock.  The
+ * published count is the release that makes the entry's fields visible to
+ * a reader's acquire.  A lookup is a linear scan over at most
+ * SRV_MODELS_MAX names, cheap beside any request that uses the model.
  */
 #include "models.h"
 
@@ -33,73 +41,124 @@ static void stem(const char *path, char *out, size_t cap)
         *dot = 0;
 }
 
-static int load_one(srv_models *reg, const char *path, const srv_config *cfg)
+static void entry_destroy(srv_model *e)
 {
-    char err[512] = "";
-    tfm_model *m = NULL;
-    tfm_tokenizer *tok = NULL;
-    tfm_status s = tfm_checkpoint_load(path, TFM_CKPT_AUTO, &m, err, sizeof err);
-    if (s != TFM_OK) {
-        fprintf(stderr, "attnd: model %s: %s: %s\n", path, tfm_strerror(s), err);
-        return 0;
+    if (!e)
+        return;
+    tfm_tokenizer_destroy(e->tok);
+    tfm_model_destroy(e->model);
+    free(e);
+}
+
+/* Loads path into a new entry (not yet registered); NULL with err. */
+static srv_model *entry_load(const srv_models *reg, const char *path, char *err, size_t errlen)
+{
+    char msg[512] = "";
+    srv_model *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
     }
+    stem(path, e->name, sizeof e->name);
+    snprintf(e->source, sizeof e->source, "%s", path);
+    tfm_status s = tfm_checkpoint_load(path, TFM_CKPT_AUTO, &e->model, msg, sizeof msg);
+    if (s != TFM_OK) {
+        snprintf(err, errlen, "%s: %s", tfm_strerror(s), msg);
+        goto fail;
+    }
+    tfm_model *m = e->model;
+    s = tfm_mqar_from_meta(m, &e->recall);
+    if (s == TFM_OK) { /* its parameters fit its vocabulary and context */
+        e->kind = "recall";
+        return e;
+    }
+    if (s != TFM_E_NOTFOUND) {
+        snprintf(err, errlen, "task \"recall\" with missing or bad recall.* metadata (or a "
+                 "vocabulary or context that does not fit them)");
+        goto fail;
+    }
+    e->kind = "text";
+    memset(&e->recall, 0, sizeof e->recall);
     if (m->tokenizer == TFM_TOKENIZER_LLAMA2C) {
         char tpath[2048];
-        if (cfg->tokenizer[0]) {
-            snprintf(tpath, sizeof tpath, "%s", cfg->tokenizer);
+        if (reg->cfg && reg->cfg->tokenizer[0]) {
+            snprintf(tpath, sizeof tpath, "%s", reg->cfg->tokenizer);
         } else {
             const char *slash = strrchr(path, '/');
             int dirlen = slash ? (int)(slash - path + 1) : 0;
             snprintf(tpath, sizeof tpath, "%.*stokenizer.bin", dirlen, path);
         }
-        s = tfm_tokenizer_load_llama2c(tpath, m->cfg.vocab_size, &tok, err, sizeof err);
+        s = tfm_tokenizer_load_llama2c(tpath, m->cfg.vocab_size, &e->tok, msg, sizeof msg);
         if (s != TFM_OK) {
-            fprintf(stderr, "attnd: model %s: tokenizer %s: %s: %s\n", path, tpath,
-                    tfm_strerror(s), err);
-            tfm_model_destroy(m);
-            return 0;
+            snprintf(err, errlen, "tokenizer %s: %s: %s", tpath, tfm_strerror(s), msg);
+            goto fail;
         }
     } else {
-        tfm_tokenizer_create_byte(&tok);
-        if (!tok || tfm_tokenizer_vocab_size(tok) > m->cfg.vocab_size) {
-            fprintf(stderr, "attnd: model %s: vocab %d is smaller than the byte tokenizer's %d\n",
-                    path, m->cfg.vocab_size, TFM_BYTE_VOCAB);
-            tfm_tokenizer_destroy(tok);
-            tfm_model_destroy(m);
-            return 0;
+        tfm_tokenizer_create_byte(&e->tok);
+        if (!e->tok || tfm_tokenizer_vocab_size(e->tok) > m->cfg.vocab_size) {
+            snprintf(err, errlen, "vocab %d is smaller than the byte tokenizer's %d",
+                     m->cfg.vocab_size, TFM_BYTE_VOCAB);
+            goto fail;
         }
     }
-    char name[128];
-    stem(path, name, sizeof name);
-    if (srv_models_find(reg, name)) {
-        fprintf(stderr, "attnd: model %s: the name \"%s\" is taken, skipped\n", path, name);
-        tfm_tokenizer_destroy(tok);
-        tfm_model_destroy(m);
-        return 0;
-    }
-    srv_model *items = realloc(reg->items, (size_t)(reg->n + 1) * sizeof *items);
-    if (!items) {
-        tfm_tokenizer_destroy(tok);
-        tfm_model_destroy(m);
-        return 0;
-    }
-    reg->items = items;
-    srv_model *e = &reg->items[reg->n++];
-    memset(e, 0, sizeof *e);
-    snprintf(e->name, sizeof e->name, "%s", name);
-    snprintf(e->source, sizeof e->source, "%s", path);
-    const char *kind = tfm_model_meta_get(m, "kind");
-    e->kind = kind && !strcmp(kind, "recall") ? "recall" : "text";
-    e->model = m;
-    e->tok = tok;
-    fprintf(stderr, "attnd: loaded model %s (%zu parameters) from %s\n", e->name,
-            tfm_config_n_params(&m->cfg), path);
-    return 1;
+    return e;
+fail:
+    entry_destroy(e);
+    return NULL;
 }
 
-static int by_name(const void *a, const void *b)
+/* Appends e under the lock.  0; -1 full; -2 the name is taken. */
+static int publish(srv_models *reg, srv_model *e)
 {
-    return strcmp(((const srv_model *)a)->name, ((const srv_model *)b)->name);
+    pthread_mutex_lock(&reg->mu);
+    int n = atomic_load_explicit(&reg->n, memory_order_relaxed); /* writers hold mu */
+    int rc = 0;
+    if (srv_models_find(reg, e->name))
+        rc = -2;
+    else if (n >= SRV_MODELS_MAX)
+        rc = -1;
+    else {
+        e->index = n;
+        reg->items[n] = e;
+        atomic_store_explicit(&reg->n, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&reg->mu);
+    return rc;
+}
+
+static void log_loaded(const srv_model *e)
+{
+    if (!strcmp(e->kind, "recall"))
+        fprintf(stderr, "attnd: loaded recall model %s (%zu parameters; %d pairs, %d keys, %d "
+                "values) from %s\n", e->name, tfm_config_n_params(&e->model->cfg),
+                e->recall.n_pairs, e->recall.n_keys, e->recall.n_values, e->source);
+    else
+        fprintf(stderr, "attnd: loaded model %s (%zu parameters) from %s\n", e->name,
+                tfm_config_n_params(&e->model->cfg), e->source);
+}
+
+/* Start-up: one file; 1 loaded, 0 skipped (message printed). */
+static int load_one(srv_models *reg, const char *path)
+{
+    char err[1024];
+    srv_model *e = entry_load(reg, path, err, sizeof err);
+    if (!e) {
+        fprintf(stderr, "attnd: model %s: %s\n", path, err);
+        return 0;
+    }
+    e->startup = 1;
+    int rc = publish(reg, e);
+    if (rc != 0) {
+        if (rc == -2)
+            fprintf(stderr, "attnd: model %s: the name \"%s\" is taken, skipped\n", path, e->name);
+        else
+            fprintf(stderr, "attnd: model %s: the registry is full (%d models), skipped\n", path,
+                    SRV_MODELS_MAX);
+        entry_destroy(e);
+        return 0;
+    }
+    log_loaded(e);
+    return 1;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -107,7 +166,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int load_dir(srv_models *reg, const char *dir, const srv_config *cfg)
+/* Every model file of dir in name order; .bin too unless only_safetensors. */
+static int load_dir(srv_models *reg, const char *dir, int only_safetensors)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -118,7 +178,8 @@ static int load_dir(srv_models *reg, const char *dir, const srv_config *cfg)
     while ((de = readdir(d))) {
         if (de->d_name[0] == '.' || !strcmp(de->d_name, "tokenizer.bin"))
             continue;
-        if (!has_suffix(de->d_name, ".safetensors") && !has_suffix(de->d_name, ".bin"))
+        if (!has_suffix(de->d_name, ".safetensors") &&
+            (only_safetensors || !has_suffix(de->d_name, ".bin")))
             continue;
         char **nn = realloc(names, (size_t)(n + 1) * sizeof *nn);
         if (!nn)
@@ -136,61 +197,128 @@ static int load_dir(srv_models *reg, const char *dir, const srv_config *cfg)
         qsort(names, (size_t)n, sizeof *names, cmp_str);
     int loaded = 0;
     for (int i = 0; i < n; i++) {
-        loaded += load_one(reg, names[i], cfg);
+        loaded += load_one(reg, names[i]);
         free(names[i]);
     }
     free(names);
     return loaded;
 }
 
-int srv_models_load(srv_models *reg, const srv_config *cfg)
+void srv_models_init(srv_models *reg, const srv_config *cfg)
 {
+    memset(reg, 0, sizeof *reg);
+    pthread_mutex_init(&reg->mu, NULL);
+    reg->cfg = cfg;
+    atomic_init(&reg->n, 0);
+}
+
+int srv_models_load(srv_models *reg)
+{
+    const srv_config *cfg = reg->cfg;
     int loaded = 0;
     if (cfg->n_models > 0) {
         for (int i = 0; i < cfg->n_models; i++) {
-            if (!load_one(reg, cfg->models[i], cfg))
+            if (!load_one(reg, cfg->models[i]))
                 return -1;
             loaded++;
         }
     } else if (cfg->models_dir[0]) {
-        loaded = load_dir(reg, cfg->models_dir, cfg);
+        loaded = load_dir(reg, cfg->models_dir, 0);
     } else {
         struct stat sb;
         if (stat("models", &sb) == 0 && S_ISDIR(sb.st_mode))
-            loaded = load_dir(reg, "models", cfg);
+            loaded = load_dir(reg, "models", 0);
         else
-            loaded = load_dir(reg, ATTND_SHARE_DIR "/models", cfg);
+            loaded = load_dir(reg, ATTND_SHARE_DIR "/models", 0);
     }
-    if (reg->n > 1)
-        qsort(reg->items, (size_t)reg->n, sizeof *reg->items, by_name);
-    for (int i = 0; i < reg->n; i++)
-        reg->items[i].index = i;
+    /* trained models survive restarts: what the jobs left in the data dir */
+    if (cfg->data_dir[0]) {
+        char dir[1100];
+        snprintf(dir, sizeof dir, "%s/models", cfg->data_dir);
+        loaded += load_dir(reg, dir, 1);
+    }
     return loaded;
+}
+
+int srv_models_add(srv_models *reg, const char *path, char *err, size_t errlen)
+{
+    char name[128];
+    stem(path, name, sizeof name);
+    if (srv_models_find(reg, name)) { /* before the load: the cheap refusal */
+        snprintf(err, errlen, "the name \"%s\" is taken", name);
+        return -2;
+    }
+    srv_model *e = entry_load(reg, path, err, errlen);
+    if (!e)
+        return -1;
+    int rc = publish(reg, e);
+    if (rc != 0) {
+        if (rc == -2)
+            snprintf(err, errlen, "the name \"%s\" is taken", e->name);
+        else
+            snprintf(err, errlen, "the registry is full (%d models)", SRV_MODELS_MAX);
+        entry_destroy(e);
+        return rc;
+    }
+    log_loaded(e);
+    return 0;
 }
 
 void srv_models_deinit(srv_models *reg)
 {
-    for (int i = 0; i < reg->n; i++) {
-        tfm_tokenizer_destroy(reg->items[i].tok);
-        tfm_model_destroy(reg->items[i].model);
+    int n = atomic_load(&reg->n);
+    for (int i = 0; i < n; i++) {
+        entry_destroy(reg->items[i]);
+        reg->items[i] = NULL;
     }
-    free(reg->items);
-    reg->items = NULL;
-    reg->n = 0;
+    atomic_store(&reg->n, 0);
+    pthread_mutex_destroy(&reg->mu);
+}
+
+int srv_models_count(const srv_models *reg)
+{
+    return atomic_load_explicit(&((srv_models *)reg)->n, memory_order_acquire);
+}
+
+const srv_model *srv_models_at(const srv_models *reg, int i) { return reg->items[i]; }
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(const srv_model *const *)a)->name, (*(const srv_model *const *)b)->name);
+}
+
+int srv_models_sorted(const srv_models *reg, const srv_model **out, int cap)
+{
+    int n = srv_models_count(reg);
+    if (n > cap)
+        n = cap;
+    for (int i = 0; i < n; i++)
+        out[i] = reg->items[i];
+    if (n > 1)
+        qsort(out, (size_t)n, sizeof *out, by_name);
+    return n;
 }
 
 const srv_model *srv_models_find(const srv_models *reg, const char *name)
 {
-    for (int i = 0; i < reg->n; i++)
-        if (!strcmp(reg->items[i].name, name))
-            return &reg->items[i];
+    int n = srv_models_count(reg);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(reg->items[i]->name, name))
+            return reg->items[i];
     return NULL;
 }
 
 const srv_model *srv_models_default(const srv_models *reg)
 {
-    for (int i = 0; i < reg->n; i++)
-        if (!strcmp(reg->items[i].kind, "text"))
-            return &reg->items[i];
-    return NULL;
+    int n = srv_models_count(reg);
+    const srv_model *best = NULL;
+    for (int i = 0; i < n; i++) {
+        const srv_model *m = reg->items[i];
+        if (strcmp(m->kind, "text"))
+            continue;
+        if (!best || (m->startup && !best->startup) ||
+            (m->startup == best->startup && strcmp(m->name, best->name) < 0))
+            best = m;
+    }
+    return best;
 }

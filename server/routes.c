@@ -3,6 +3,7 @@
  * Each runs on the loop thread and replies at once.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,27 +20,43 @@ static void reply_jansson(srv_req *r, int status, json_t *v)
     json_decref(v);
 }
 
+static json_t *model_info(const srv_model *m)
+{
+    const tfm_config *c = &m->model->cfg;
+    json_t *cfg = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:f,s:f}", "dim", c->dim,
+                            "hidden_dim", c->hidden_dim, "n_layers", c->n_layers, "n_heads",
+                            c->n_heads, "n_kv_heads", c->n_kv_heads, "vocab_size", c->vocab_size,
+                            "seq_len", c->seq_len, "shared_classifier", c->shared_classifier,
+                            "norm_eps", (double)c->norm_eps, "rope_theta", (double)c->rope_theta);
+    int recall = !strcmp(m->kind, "recall");
+    /* a recall model reads MQAR tokens (keys, values, ⊥, padding), not text */
+    const char *tok = recall                                        ? "mqar"
+                      : m->model->tokenizer == TFM_TOKENIZER_LLAMA2C ? "llama2c"
+                                                                     : "byte";
+    json_t *e = json_pack("{s:s,s:s,s:I,s:o,s:s,s:s}", "name", m->name, "kind", m->kind,
+                          "parameters", (json_int_t)tfm_config_n_params(c), "config", cfg,
+                          "tokenizer", tok, "source", m->source);
+    /* the float's decimal as trained (0.1, not 0.100000001) */
+    double absent = round((double)m->recall.absent_fraction * 1e6) / 1e6;
+    if (e && recall)
+        json_object_set_new(e, "recall",
+                            json_pack("{s:i,s:i,s:i,s:f}", "n_pairs", m->recall.n_pairs, "n_keys",
+                                      m->recall.n_keys, "n_values", m->recall.n_values,
+                                      "absent_fraction", absent));
+    return e;
+}
+
+/* Sorted by name at each request: the registry grows while the service
+ * runs (trained models), in registration order. */
 void srv_route_models(srv_req *r)
 {
     srv_app *app = r->app;
     json_t *list = json_array();
     if (atomic_load(&app->ready)) {
-        for (int i = 0; i < app->models.n; i++) {
-            const srv_model *m = &app->models.items[i];
-            const tfm_config *c = &m->model->cfg;
-            json_t *cfg = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:f,s:f}", "dim", c->dim,
-                                    "hidden_dim", c->hidden_dim, "n_layers", c->n_layers,
-                                    "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads,
-                                    "vocab_size", c->vocab_size, "seq_len", c->seq_len,
-                                    "shared_classifier", c->shared_classifier, "norm_eps",
-                                    (double)c->norm_eps, "rope_theta", (double)c->rope_theta);
-            json_t *e = json_pack(
-                "{s:s,s:s,s:I,s:o,s:s,s:s}", "name", m->name, "kind", m->kind, "parameters",
-                (json_int_t)tfm_config_n_params(c), "config", cfg, "tokenizer",
-                m->model->tokenizer == TFM_TOKENIZER_LLAMA2C ? "llama2c" : "byte", "source",
-                m->source);
-            json_array_append_new(list, e);
-        }
+        const srv_model *ms[SRV_MODELS_MAX];
+        int n = srv_models_sorted(&app->models, ms, SRV_MODELS_MAX);
+        for (int i = 0; i < n; i++)
+            json_array_append_new(list, model_info(ms[i]));
     }
     reply_jansson(r, 200, json_pack("{s:o}", "models", list));
 }
@@ -54,7 +71,8 @@ void srv_route_readyz(srv_req *r)
                         atomic_load(&app->draining) ? "the server is shutting down" : "models are loading");
         return;
     }
-    reply_jansson(r, 200, json_pack("{s:s,s:i}", "status", "ready", "models", app->models.n));
+    reply_jansson(r, 200, json_pack("{s:s,s:i}", "status", "ready", "models",
+                                    srv_models_count(&app->models)));
 }
 
 void srv_route_metrics(srv_req *r)

@@ -19,6 +19,9 @@ static const char *const class_phase[] = {"class", "phase"};
 static const char *const comp_phase[] = {"component", "phase"};
 static const char *const phase_ctx[] = {"phase", "kernel", "context_max"};
 
+const char *const srv_train_state_names[SRV_TRAIN_STATES] = {"queued", "running", "succeeded",
+                                                              "failed", "cancelled"};
+
 static srv_series *hist(srv_registry *r, const char *name, const char *help, double start,
                         double factor, int n)
 {
@@ -113,6 +116,18 @@ int srv_stats_init(srv_stats *s)
     s->recall_tokens = one(srv_metrics_counter(
         r, "attnd_recall_tokens_total", "Tokens of /recall requests (2 per pair plus queries).", 0,
         NULL));
+    static const char *const engine_only[] = {"engine"};
+    srv_metric *rr = srv_metrics_counter(r, "attnd_recall_requests_total",
+                                         "/recall requests answered, by engine (exact or model).",
+                                         1, engine_only);
+    srv_metric *rq = srv_metrics_counter(r, "attnd_recall_queries_total",
+                                         "/recall queries answered, by engine (exact or model).", 1,
+                                         engine_only);
+    for (int k = 0; k < 2; k++) {
+        const char *v[1] = {k ? "model" : "exact"};
+        s->recall_requests[k] = srv_metric_series(rr, v);
+        s->recall_queries[k] = srv_metric_series(rq, v);
+    }
     for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
         for (int k = 0; k < TFM_ATTN_KIND_COUNT; k++) {
             /* recall's exact attention is a prefill-like pass only */
@@ -137,8 +152,30 @@ int srv_stats_init(srv_stats *s)
             s->comp_seconds[ph][c] = srv_metric_series(comp, v);
         }
     }
+    static const char *const state_only[] = {"state"};
+    srv_metric *jobs = srv_metrics_gauge(r, "attnd_train_jobs",
+                                         "Training jobs by state (queued, running, succeeded, "
+                                         "failed, cancelled); records survive restarts.",
+                                         1, state_only);
+    for (int i = 0; i < SRV_TRAIN_STATES; i++)
+        s->train_jobs[i] = srv_metric_series(jobs, &srv_train_state_names[i]);
+    s->train_steps = one(srv_metrics_counter(r, "attnd_train_steps_total",
+                                             "Optimiser steps taken by training jobs.", 0, NULL));
+    s->train_tokens = one(srv_metrics_counter(
+        r, "attnd_train_tokens_total", "Tokens processed by training steps (batch x seq_len).",
+        0, NULL));
+    s->train_step_seconds = hist(r, "attnd_train_step_seconds",
+                                 "Wall time of one training step (forward, backward, AdamW).",
+                                 0.001, 2, 16);
+    static const char *const job_only[] = {"job_id"};
+    s->train_loss = srv_metrics_gauge(r, "attnd_train_loss",
+                                      "Training loss (nats) of the last step, per running job.",
+                                      1, job_only);
     s->seen.enabled = 1;
-    return s->requests && s->duration && s->ttft && s->op_seconds[0][0] ? 0 : -1;
+    return s->requests && s->duration && s->ttft && s->op_seconds[0][0] && s->train_loss &&
+                   s->train_step_seconds
+               ? 0
+               : -1;
 }
 
 void srv_stats_routes(srv_stats *s, const char *const *routes, int n)
@@ -173,6 +210,12 @@ void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p)
     pthread_mutex_lock(&s->mu);
     tfm_profile_add(&s->recall, p);
     pthread_mutex_unlock(&s->mu);
+}
+
+void srv_stats_recall_engine(srv_stats *s, int model, int queries)
+{
+    srv_counter_add(s->recall_requests[model ? 1 : 0], 1);
+    srv_counter_add(s->recall_queries[model ? 1 : 0], queries);
 }
 
 void srv_stats_profile(srv_stats *s, const tfm_profile *engine)

@@ -11,6 +11,10 @@
 #include "metrics.h"
 #include "tfm/profile.h"
 
+/* Training job states, in the order of srv_train_state_names. */
+#define SRV_TRAIN_STATES 5
+extern const char *const srv_train_state_names[SRV_TRAIN_STATES];
+
 typedef struct srv_stats {
     srv_registry *reg;
     srv_metric *requests;  /* {route, code} */
@@ -25,8 +29,15 @@ typedef struct srv_stats {
     srv_series *attn_flops[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
     srv_series *attn_calls[TFM_PHASE_COUNT][TFM_ATTN_KIND_COUNT][TFM_CTX_BUCKETS];
     srv_series *recall_tokens;
+    srv_series *recall_requests[2], *recall_queries[2]; /* by engine: exact, model */
     srv_series *cost_exponent;
     srv_series *attn_peak[TFM_PHASE_COUNT];
+    /* training (train.c): jobs by state (set by its collector), steps,
+     * tokens, step time; loss per running job, a series per job id shown
+     * only while the job runs (srv_series_set_hidden) */
+    srv_series *train_jobs[SRV_TRAIN_STATES];
+    srv_series *train_steps, *train_tokens, *train_step_seconds;
+    srv_metric *train_loss; /* {job_id} */
     pthread_mutex_t mu; /* guards seen and recall */
     tfm_profile seen;   /* what the counters hold so far */
     tfm_profile recall; /* /recall's op accounting, summed */
@@ -45,6 +56,8 @@ void srv_stats_request(srv_stats *s, const char *route, int status, double secon
 void srv_stats_profile(srv_stats *s, const tfm_profile *engine);
 /* One /recall: its tokens (2 per pair + queries) and op accounting. */
 void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p);
+/* One answered /recall by engine (0 exact, 1 model) and its queries. */
+void srv_stats_recall_engine(srv_stats *s, int model, int queries);
 
 /* Engine hooks (srv_engine_hooks-compatible; ctx is the srv_stats). */
 void srv_stats_queue_wait(void *ctx, double seconds);

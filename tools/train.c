@@ -40,6 +40,7 @@ static void usage(FILE *f)
             "          --seed 1 --threads 1\n"
             "  eval:   --eval-every 0 --eval-sequences N (recall: sequences, text: windows)\n"
             "  recall: --n-pairs 8 --n-keys 64 --n-values 64 --absent-fraction 0.2\n"
+            "          --min-pairs 0 (0: every sequence has n_pairs pairs)\n"
             "  text:   --corpus FILE --eval-fraction 0.1\n"
             "  files:  --log FILE (loss log CSV) --state FILE --checkpoint-every N\n"
             "          (resumes from FILE when it exists)\n"
@@ -102,6 +103,7 @@ static int parse_args(int argc, char **argv, opts *o, char *err, size_t errlen)
         {"--checkpoint-every", 0, 1e8, 0, &s->checkpoint_every},
         {"--threads", 1, 256, 0, &s->n_threads},
         {"--n-pairs", 1, 65536, 0, &s->recall.n_pairs},
+        {"--min-pairs", 0, 65536, 0, &s->recall.min_pairs},
         {"--n-keys", 1, 65536, 0, &s->recall.n_keys},
         {"--n-values", 1, 65536, 0, &s->recall.n_values},
         {"--absent-fraction", 0, 1, 1, &s->recall.absent_fraction},

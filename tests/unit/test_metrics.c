@@ -546,6 +546,35 @@ static void test_metrics_series_identity(void **state)
     srv_metrics_destroy(reg);
 }
 
+static void test_metrics_hidden_series(void **state)
+{
+    (void)state;
+    srv_registry *reg = srv_metrics_create();
+    srv_metric *g = srv_metrics_gauge(reg, "loss", "Loss per job.", 1, (const char *[]){"job_id"});
+    srv_series *a = srv_metric_series(g, (const char *[]){"a"});
+    srv_series *b = srv_metric_series(g, (const char *[]){"b"});
+    srv_gauge_set(a, 1.5);
+    srv_gauge_set(b, 2);
+    srv_series_set_hidden(a, 1);
+    srv_series_set_hidden(NULL, 1); /* a no-op */
+    char *text = render_checked(reg, NULL);
+    assert_string_equal(text, "# HELP loss Loss per job.\n# TYPE loss gauge\nloss{job_id=\"b\"} 2\n");
+    free(text);
+    /* hidden, the value is kept and still updated */
+    srv_gauge_set(a, 0.5);
+    assert_true(srv_series_value(a) == 0.5);
+    srv_series_set_hidden(b, 1);
+    text = render_checked(reg, NULL);
+    assert_string_equal(text, "# HELP loss Loss per job.\n# TYPE loss gauge\n");
+    free(text);
+    srv_series_set_hidden(a, 0);
+    assert_ptr_equal(srv_metric_series(g, (const char *[]){"a"}), a);
+    text = render_checked(reg, NULL);
+    assert_string_equal(text, "# HELP loss Loss per job.\n# TYPE loss gauge\nloss{job_id=\"a\"} 0.5\n");
+    free(text);
+    srv_metrics_destroy(reg);
+}
+
 static void test_metrics_escaping(void **state)
 {
     (void)state;
@@ -1011,6 +1040,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics_exposition_exact),
         cmocka_unit_test(test_metrics_series_identity),
+        cmocka_unit_test(test_metrics_hidden_series),
         cmocka_unit_test(test_metrics_escaping),
         cmocka_unit_test(test_metrics_strict_parse_kitchen_sink),
         cmocka_unit_test(test_metrics_nan_inf_and_numbers),

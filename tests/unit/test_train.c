@@ -293,7 +293,8 @@ static void test_loss_falls(void **state)
         if (s == 0)
             first = info;
     }
-    assert_true(fabsf(first.loss - logf(20.0f)) < 0.1f); /* uniform at init */
+    /* near uniform at init: logits of std ~1 add about var/2 to ln V */
+    assert_true(fabsf(first.loss - logf(20.0f)) < 1.0f);
     if (!(info.loss < 0.1f * first.loss))
         fail_msg("loss %g -> %g", (double)first.loss, (double)info.loss);
     tfm_trainer_destroy(t);
