@@ -425,6 +425,25 @@ static void test_mqar_layout(void **state)
     tfm_mqar_batch(&p, 42, 5, 3, bi, bt);
     tfm_mqar_sequence(&p, 42, 0, 16, in, tg);
     assert_memory_equal(bi + 65, in, sizeof in);
+    /* min_pairs: training stores vary in size, evaluation stores do not */
+    p.min_pairs = 1;
+    int seen[9] = {0};
+    for (int seq = 0; seq < 400; seq++) {
+        tfm_mqar_sequence(&p, 42, 0, (uint64_t)seq, in, tg);
+        int n = 0; /* pairs: the first query is the first position with a target */
+        while (tg[2 * n] < 0)
+            n++;
+        assert_in_range(n, 1, 8);
+        seen[n]++;
+        for (int i = 2 * n; i + 1 < 65 - (65 - 2 * n) % 2; i += 2)
+            assert_true(tg[i] >= 0); /* queries fill the rest */
+        tfm_mqar_sequence(&p, 42, 1, (uint64_t)seq, in, tg);
+        assert_int_equal(tg[15], -1);
+        assert_true(tg[16] >= 0);
+    }
+    for (int n = 1; n <= 8; n++)
+        assert_true(seen[n] > 20); /* ~50 each */
+    p.min_pairs = 0;
     char err[128];
     p.n_pairs = 40;
     assert_int_equal(tfm_mqar_validate(&p, err, sizeof err), TFM_E_INVALID);
