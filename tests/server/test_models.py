@@ -629,7 +629,10 @@ class Test04TrainedModelAccuracy(Base):
             conn = self.srv.connect()
             try:
                 for i in range(N_ACCURACY_STORES):
-                    keys = rng.sample(range(n_keys), n_pairs)
+                    # full stores, and (every other one) smaller ones: the
+                    # bundled model trained on 1 .. n_pairs pairs
+                    size = n_pairs if i % 2 == 0 else rng.randint(1, n_pairs)
+                    keys = rng.sample(range(n_keys), size)
                     pairs = [[k, rng.randrange(n_values)] for k in keys]
                     if i % 5 == 0:  # overwrites: the latest value is the answer
                         for _ in range(rng.randrange(1, 4)):
