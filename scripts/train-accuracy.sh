@@ -16,7 +16,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 RECIPE=(--n-pairs 8 --n-keys 64 --n-values 64 --absent-fraction 0.2 --min-pairs 1
         --dim 64 --layers 2 --heads 2 --hidden 256 --seq-len 64 --steps "$STEPS"
-        --learning-rate 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1
+        --learning-rate 1e-3 --warmup-steps 100 --min-lr-ratio 0.1 --weight-decay 0.1
         --grad-clip 1 --seed 1)
 
 "$BUILD/attn" train --task recall "${RECIPE[@]}" --batch-size 64 --threads 1 \
@@ -37,7 +37,7 @@ PY
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   /usr/bin/python3 "$ROOT/tests/bench/train_torch.py" mqar --n-pairs 8 --n-keys 64 --n-values 64 \
     --absent-fraction 0.2 --min-pairs 1 --dim 64 --layers 2 --heads 2 --hidden 256 --seq-len 64 \
-    --steps "$STEPS" --lr 3e-3 --warmup 100 --min-lr-ratio 0.1 --weight-decay 0.1 --clip 1 \
+    --steps "$STEPS" --lr 1e-3 --warmup 100 --min-lr-ratio 0.1 --weight-decay 0.1 --clip 1 \
     --seed 1 --batch 64 --threads 1 --eval-every 50 --eval-sequences 1000 >"$TMP/torch.jsonl"
   python3 - "$TMP/torch.jsonl" <<'PY'
 import json, sys

@@ -22,7 +22,7 @@ if [ "$what" = recall ] || [ "$what" = all ]; then
         --n-pairs 8 --min-pairs 1 --n-keys 64 --n-values 64 --absent-fraction 0.2 \
         --dim 64 --layers 2 --heads 2 --hidden 256 \
         --steps 2000 --batch-size 64 --seq-len 64 \
-        --learning-rate 3e-3 --warmup-steps 100 --min-lr-ratio 0.1 \
+        --learning-rate 1e-3 --warmup-steps 100 --min-lr-ratio 0.1 \
         --weight-decay 0.1 --grad-clip 1 --seed 1 --threads 1 \
         --eval-every 250 --eval-sequences 2000
 fi
