@@ -61,11 +61,11 @@ ALERTS_YML = os.path.join(PROM_DIR, "alerts.yml")
 ALERTS_TEST_YML = os.path.join(PROM_DIR, "alerts_test.yml")
 DASHBOARD = os.path.join(H.REPO, "deploy", "grafana", "attnd.json")
 
-# Families the deployment refers to before attnd exports them: a dashboard
-# query or alert on one of these may come back empty.
+# Families the deployment refers to that attnd may not export at scrape
+# time: a dashboard query or alert on one of these may come back empty.
 FUTURE = {
-    "attnd_train_jobs": "training jobs, issue #5",
     "attnd_attention_cost_exponent": "the fitted cost exponent, issue #6",
+    "attnd_train_loss": "a series per running training job, none when idle",
 }
 
 # Grafana's variables, as the round trip substitutes them.
