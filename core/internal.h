@@ -7,6 +7,7 @@
 #define TFM_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "tfm/model.h"
@@ -16,6 +17,17 @@
  * failure or size 0.  Freed with tfm__free. */
 void *tfm__alloc(size_t bytes);
 void tfm__free(void *p);
+
+/* splitmix64 (Steele, Lea, Flood): advances *s and returns the next value;
+ * a seed expands into a stream with no bad seeds.  The model's random
+ * initialisations and the training data all draw from it. */
+static inline uint64_t tfm__splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
 
 /* ---- thread pool --------------------------------------------------------
  * n_threads compute threads: the caller of tfm__pool_run is thread 0, and

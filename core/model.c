@@ -169,19 +169,10 @@ void tfm_model_destroy(tfm_model *m)
     free(m);
 }
 
-/* splitmix64: a seed expands into a stream with no bad seeds. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void fill_uniform(float *p, size_t n, float scale, float center, uint64_t *s)
 {
     for (size_t i = 0; i < n; i++) {
-        float u = (float)((splitmix(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+        float u = (float)((tfm__splitmix64(s) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
         p[i] = center + scale * u;
     }
 }

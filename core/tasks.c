@@ -31,13 +31,7 @@ static rng rng_for(uint64_t seed, uint64_t stream, uint64_t index)
     return r;
 }
 
-static uint64_t next(rng *r)
-{
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+static uint64_t next(rng *r) { return tfm__splitmix64(&r->s); }
 
 /* uniform in [0, n) for n < 2^32 */
 static uint32_t below(rng *r, uint32_t n)

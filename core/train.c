@@ -907,20 +907,12 @@ float tfm_train_lr(const tfm_train_config *c, int step)
     return lo + 0.5f * (lr - lo) * (float)(1.0 + cos(M_PI * p));
 }
 
-/* splitmix64, and a standard normal by Box-Muller from two draws */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* A standard normal by Box-Muller from two splitmix64 draws. */
 static void fill_normal(float *p, size_t n, float std, uint64_t *s)
 {
     for (size_t i = 0; i < n; i++) {
-        double u1 = ((double)(splitmix(s) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
-        double u2 = (double)(splitmix(s) >> 11) * (1.0 / 9007199254740992.0);
+        double u1 = ((double)(tfm__splitmix64(s) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+        double u2 = (double)(tfm__splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
         p[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
     }
 }
