@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "internal.h"
 #include "tfm/tokenizer.h"
@@ -459,13 +458,6 @@ tfm_status tfm_train_spec_prepare(tfm_train_spec *s, char *err, size_t errlen)
     return TFM_OK;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static tfm_status evaluate(tfm_trainer *t, const tfm_train_spec *s, size_t n_train,
                            tfm_train_progress *p)
 {
@@ -497,7 +489,7 @@ tfm_status tfm_train_run(tfm_trainer *t, const tfm_train_spec *s, const tfm_trai
     }
     tfm_train_progress p = {.step = tfm_trainer_step_count(t), .steps = c->steps};
     tfm_status st = TFM_OK;
-    double t0 = now_s();
+    double t0 = tfm_now();
     long tokens = 0;
     while (p.step < c->steps) {
         if (h->cancelled && h->cancelled(h->ctx)) {
@@ -524,7 +516,7 @@ tfm_status tfm_train_run(tfm_trainer *t, const tfm_train_spec *s, const tfm_trai
         }
         p.step = tfm_trainer_step_count(t);
         tokens += (long)B * T;
-        p.seconds = now_s() - t0;
+        p.seconds = tfm_now() - t0;
         p.tokens_per_s = p.seconds > 0 ? tokens / p.seconds : 0.0;
         p.has_eval = 0;
         if (p.step == c->steps || (s->eval_every > 0 && p.step % s->eval_every == 0)) {

@@ -23,6 +23,7 @@
 #include "train.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -114,6 +115,17 @@ void srv_reply_error(srv_req *r, int status, const char *code, const char *field
     if (b.p)
         srv_reply(r, status, "application/json", b.p, b.len);
     srv_buf_free(&b);
+}
+
+json_t *srv_req_json_body(srv_req *r)
+{
+    json_error_t err;
+    json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    if (!body)
+        srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                        err.line, err.column, err.text);
+    return body;
 }
 
 static void deliver(srv_req *r);

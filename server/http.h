@@ -56,6 +56,11 @@ void srv_reply_json(srv_req *r, int status, const char *json);
 void srv_reply_json_location(srv_req *r, int status, const char *json, const char *location);
 void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The request body as JSON (duplicate keys refused, any top-level value),
+ * or NULL after replying 400 invalid_json with the parser's position.  The
+ * caller owns the result (json_decref).  /generate parses its own: it reads
+ * integer literals jansson would round. */
+struct json_t *srv_req_json_body(srv_req *r);
 /* Attach a submitted job to the request and park until it reports. */
 void srv_req_wait(srv_req *r, srv_job *job);
 

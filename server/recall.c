@@ -354,14 +354,9 @@ out:
 void srv_route_recall(srv_req *r)
 {
     srv_app *app = r->app;
-    json_error_t err;
-    json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len,
-                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
-    if (!body) {
-        srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                        err.line, err.column, err.text);
+    json_t *body = srv_req_json_body(r);
+    if (!body)
         return;
-    }
     recall_task *t = calloc(1, sizeof *t);
     json_t *kmap = json_object(), *vmap = json_object();
     srv_job *j = NULL;

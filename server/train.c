@@ -440,14 +440,9 @@ static int record_new(srv_trainer *t, job *j, char *err, size_t errlen)
 static void create_job(srv_req *r, srv_trainer *t)
 {
     srv_app *app = r->app;
-    json_error_t je;
-    json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len,
-                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
-    if (!body) {
-        srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                        je.line, je.column, je.text);
+    json_t *body = srv_req_json_body(r);
+    if (!body)
         return;
-    }
     srv_train_params p;
     char field[64], msg[400], why[1300];
     if (srv_train_params_parse(body, 0, app->cfg.train_threads, &p, field, sizeof field, msg,

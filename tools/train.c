@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "attn.h"
 #include "tfm/checkpoint.h"
@@ -381,13 +380,6 @@ out:
 
 /* ---- bench-train ---------------------------------------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* The two configurations. */
 typedef struct bench_cfg {
     const char *name;
@@ -429,10 +421,10 @@ static int bench_one(const bench_cfg *bc, int threads, int steps)
     tc.steps = steps + 2;
     double *ms = malloc((size_t)steps * sizeof(double));
     for (int s = 0; s < steps + 2; s++) {
-        double t0 = now_s();
+        double t0 = tfm_now();
         tfm_trainer_step(t, &tc, in, tg, bc->B, bc->T, NULL);
         if (s >= 2) /* two warm-up steps */
-            ms[s - 2] = (now_s() - t0) * 1e3;
+            ms[s - 2] = (tfm_now() - t0) * 1e3;
     }
     double med = attn_median(ms, steps);
     printf("{\"bench\": \"train_step\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, "

@@ -303,31 +303,9 @@ static void test_loss_falls(void **state)
 
 /* Same seed, same threads: bit-identical.  Save after 4 steps, load into a
  * fresh model and trainer, continue: bit-identical to not stopping. */
-static void run_mqar(tfm_model **mout, tfm_trainer **tout, int threads)
+/* The small MQAR run both halves of the resume test share, prepared. */
+static tfm_train_spec small_spec(void)
 {
-    tfm_train_spec s = {.task = TFM_TASK_RECALL,
-                        .model = {.dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 2,
-                                  .n_kv_heads = 2},
-                        .recall = {.n_pairs = 4, .n_keys = 16, .n_values = 16,
-                                   .absent_fraction = 0.25f},
-                        .eval_sequences = 50,
-                        .n_threads = threads};
-    tfm_train_config_defaults(&s.train);
-    s.train.steps = 8, s.train.batch_size = 8, s.train.seq_len = 24, s.train.warmup_steps = 2;
-    char err[256] = "";
-    assert_int_equal(tfm_train_spec_prepare(&s, err, sizeof err), TFM_OK);
-    assert_int_equal(s.model.vocab_size, 34);
-    assert_int_equal(tfm_model_create(&s.model, mout, err, sizeof err), TFM_OK);
-    tfm_model_init_train(*mout, s.train.seed);
-    assert_int_equal(tfm_trainer_create(*mout, 8, 24, threads, tout), TFM_OK);
-}
-
-static int stop_at_4(void *ctx) { return tfm_trainer_step_count(ctx) >= 4; }
-
-static void test_determinism_and_resume(void **state)
-{
-    tfm_model *a, *b, *c;
-    tfm_trainer *ta, *tb, *tc;
     tfm_train_spec s = {.task = TFM_TASK_RECALL,
                         .model = {.dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 2,
                                   .n_kv_heads = 2},
@@ -339,15 +317,38 @@ static void test_determinism_and_resume(void **state)
     s.train.steps = 8, s.train.batch_size = 8, s.train.seq_len = 24, s.train.warmup_steps = 2;
     char err[256] = "";
     assert_int_equal(tfm_train_spec_prepare(&s, err, sizeof err), TFM_OK);
-    run_mqar(&a, &ta, 2);
-    run_mqar(&b, &tb, 2);
+    assert_int_equal(s.model.vocab_size, 34);
+    return s;
+}
+
+/* A fresh model (the spec's initial weights) and its trainer. */
+static void run_mqar(const tfm_train_spec *s, tfm_model **mout, tfm_trainer **tout)
+{
+    char err[256] = "";
+    assert_int_equal(tfm_model_create(&s->model, mout, err, sizeof err), TFM_OK);
+    tfm_model_init_train(*mout, s->train.seed);
+    assert_int_equal(tfm_trainer_create(*mout, s->train.batch_size, s->train.seq_len,
+                                        s->n_threads, tout),
+                     TFM_OK);
+}
+
+static int stop_at_4(void *ctx) { return tfm_trainer_step_count(ctx) >= 4; }
+
+static void test_determinism_and_resume(void **state)
+{
+    tfm_model *a, *b, *c;
+    tfm_trainer *ta, *tb, *tc;
+    tfm_train_spec s = small_spec();
+    char err[256] = "";
+    run_mqar(&s, &a, &ta);
+    run_mqar(&s, &b, &tb);
     tfm_train_progress pa, pb, pc;
     assert_int_equal(tfm_train_run(ta, &s, NULL, &pa, err, sizeof err), TFM_OK);
     tfm_train_hooks h = {.ctx = tb, .cancelled = stop_at_4};
     assert_int_equal(tfm_train_run(tb, &s, &h, &pb, err, sizeof err), TFM_E_CANCELLED);
     assert_int_equal(tfm_trainer_step_count(tb), 4);
     assert_int_equal(tfm_trainer_save(tb, tu_path("state.ckpt"), err, sizeof err), TFM_OK);
-    run_mqar(&c, &tc, 2);
+    run_mqar(&s, &c, &tc);
     assert_int_equal(tfm_trainer_load(tc, tu_path("state.ckpt"), err, sizeof err), TFM_OK);
     assert_int_equal(tfm_trainer_step_count(tc), 4);
     assert_int_equal(tfm_train_run(tc, &s, NULL, &pc, err, sizeof err), TFM_OK);
