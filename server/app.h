@@ -32,6 +32,7 @@ typedef struct srv_app {
     uv_loop_t *loop;
     struct MHD_Daemon *mhd;
     int port;                 /* the bound port */
+    int quiesced_fd;          /* listening socket after quiesce; closed at stop, else -1 */
     uv_timer_t watch_timer;   /* client disconnects, draining */
     uv_timer_t grace_timer;   /* shutdown deadline */
     uv_async_t inbox_async;   /* engine -> loop: jobs with news */

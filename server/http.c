@@ -512,6 +512,7 @@ int srv_http_start(srv_app *app)
         fprintf(stderr, "attnd: --host %s: not an IPv4 address\n", app->cfg.host);
         return -1;
     }
+    app->quiesced_fd = -1;
     app->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME |
             MHD_USE_ERROR_LOG,
@@ -535,8 +536,13 @@ void srv_http_quiesce(srv_app *app)
     if (!app->mhd)
         return;
     MHD_socket s = MHD_quiesce_daemon(app->mhd);
-    if (s != MHD_INVALID_SOCKET)
-        close(s);
+    if (s == MHD_INVALID_SOCKET)
+        return;
+    /* Refuse new connections now, but close the descriptor only after
+     * MHD_stop_daemon has joined the daemon's thread: that thread may still be
+     * in an epoll_ctl on it, and a closed number can be reused at once. */
+    shutdown(s, SHUT_RDWR);
+    app->quiesced_fd = s;
 }
 
 void srv_http_stop(srv_app *app)
@@ -545,4 +551,8 @@ void srv_http_stop(srv_app *app)
         return;
     MHD_stop_daemon(app->mhd);
     app->mhd = NULL;
+    if (app->quiesced_fd >= 0) {
+        close(app->quiesced_fd);
+        app->quiesced_fd = -1;
+    }
 }
