@@ -261,7 +261,7 @@ tfm_status tfm_mqar_from_meta(const tfm_model *m, tfm_mqar *p)
 
 tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *keys,
                            const int *values, int n, const int *queries, int nq,
-                           int n_threads, int *answers, float *probs)
+                           int n_threads, int *answers, float *probs, tfm_profile *prof)
 {
     if (n < 1 || n > p->n_pairs || nq < 0 || m->cfg.vocab_size != tfm_mqar_vocab(p))
         return TFM_E_INVALID;
@@ -313,6 +313,8 @@ tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *key
         done += B;
     }
     free(in);
+    if (prof)
+        tfm_profile_add(prof, tfm_trainer_profile(t));
     tfm_trainer_destroy(t);
     return st;
 }

@@ -68,6 +68,10 @@ struct tfm_trainer {
     int B, T, have_fwd;
     long counted;
     int steps;
+    /* op accounting (profile.h): phase train for a training trainer,
+     * prefill for an evaluation one */
+    tfm_profile prof;
+    tfm_phase phase;
 };
 
 /* ---- parallel helpers --------------------------------------------------- */
@@ -120,11 +124,13 @@ static void fwd_mm_rows(tfm_trainer *t, const void *args, int r0, int r1, int ch
                 a->y + (size_t)r0 * a->n, a->n);
 }
 
-static void matmul_fwd(tfm_trainer *t, float *y, const float *x, const float *w, int N, int d,
-                       int n, int acc)
+static void matmul_fwd(tfm_trainer *t, tfm_component comp, float *y, const float *x,
+                       const float *w, int N, int d, int n, int acc)
 {
+    double t0 = tfm__prof_start(&t->prof);
     fwd_mm a = {y, x, w, N, d, n, acc};
     run_rows(t, fwd_mm_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
 }
 
 /* dX (N, d) (+)= dY (N, n) W (n, d) */
@@ -142,11 +148,13 @@ static void bwd_dx_rows(tfm_trainer *t, const void *args, int r0, int r1, int ch
                 a->dx + (size_t)r0 * a->d, a->d);
 }
 
-static void matmul_bwd_dx(tfm_trainer *t, float *dx, const float *dy, const float *w, int N,
-                          int d, int n, int acc)
+static void matmul_bwd_dx(tfm_trainer *t, tfm_component comp, float *dx, const float *dy,
+                          const float *w, int N, int d, int n, int acc)
 {
+    double t0 = tfm__prof_start(&t->prof);
     bwd_dx a = {dx, dy, w, N, d, n, acc};
     run_rows(t, bwd_dx_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
 }
 
 /* dW (n, d) (+)= dY^T (n, N) X (N, d), dW's rows split */
@@ -163,11 +171,13 @@ static void bwd_dw_rows(tfm_trainer *t, const void *args, int r0, int r1, int ch
                 a->n, a->x, a->d, a->acc ? 1.0f : 0.0f, a->dw + (size_t)r0 * a->d, a->d);
 }
 
-static void matmul_bwd_dw(tfm_trainer *t, float *dw, const float *dy, const float *x, int N,
-                          int d, int n, int acc)
+static void matmul_bwd_dw(tfm_trainer *t, tfm_component comp, float *dw, const float *dy,
+                          const float *x, int N, int d, int n, int acc)
 {
+    double t0 = tfm__prof_start(&t->prof);
     bwd_dw a = {dw, dy, x, N, d, n, acc};
     run_rows(t, bwd_dw_rows, &a, n, tfm__pool_chunks(t->pool, (n + 15) / 16, 2));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
 }
 
 /* ---- RMSNorm -------------------------------------------------------------- */
@@ -195,11 +205,14 @@ static void norm_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
     }
 }
 
-static void rmsnorm_fwd(tfm_trainer *t, float *out, float *rs, const float *x, const float *w,
-                        int N)
+static void rmsnorm_fwd(tfm_trainer *t, tfm_component comp, float *out, float *rs,
+                        const float *x, const float *w, int N)
 {
+    double t0 = tfm__prof_start(&t->prof);
     norm_args a = {out, rs, x, w, t->m->cfg.dim, t->m->cfg.norm_eps};
     run_rows(t, norm_rows, &a, N, row_chunks(t, N));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_NORMALIZATION, comp, t0,
+                 4.0 * N * t->m->cfg.dim);
 }
 
 /* o = w * x * rs with rs = (mean x^2 + eps)^-1/2:
@@ -231,15 +244,17 @@ static void norm_bwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int 
     }
 }
 
-static void rmsnorm_bwd(tfm_trainer *t, float *dx, float *dw, const float *dout, const float *x,
-                        const float *rs, const float *w, int N)
+static void rmsnorm_bwd(tfm_trainer *t, tfm_component comp, float *dx, float *dw,
+                        const float *dout, const float *x, const float *rs, const float *w, int N)
 {
+    double t0 = tfm__prof_start(&t->prof);
     int d = t->m->cfg.dim, n_chunks = N < RED_CHUNKS ? N : RED_CHUNKS;
     norm_bwd_args a = {dx, dout, x, rs, w, d};
     run_rows(t, norm_bwd_rows, &a, N, n_chunks);
     for (int c = 0; c < n_chunks; c++)
         for (int i = 0; i < d; i++)
             dw[i] += t->red_vec[(size_t)c * d + i];
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_NORMALIZATION, comp, t0, 9.0 * N * d);
 }
 
 /* ---- RoPE ----------------------------------------------------------------- */
@@ -273,8 +288,11 @@ static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
 /* The backward of a rotation is the inverse rotation. */
 static void rope(tfm_trainer *t, float *v, int stride, int n_heads, int N, int T, int inverse)
 {
+    double t0 = tfm__prof_start(&t->prof);
     rope_args a = {v, stride, n_heads, T, inverse};
     run_rows(t, rope_rows, &a, N, row_chunks(t, N));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_ELEMENTWISE, TFM_COMP_ATTENTION, t0,
+                 3.0 * N * n_heads * (t->m->cfg.dim / t->m->cfg.n_heads));
 }
 
 /* ---- attention ------------------------------------------------------------ */
@@ -309,10 +327,44 @@ static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, v, E, 0.0f, o, d);
 }
 
+/* Books one layer's attention core (B sequences of T): executed FLOPs (the
+ * full T x T products; the causal mask zeroes the upper half), seconds as
+ * contraction, the softmax (or its backward) as normalization FLOPs; calls
+ * one per sequence in the forward only.  Kind "naive": the whole score
+ * matrix is materialised (and kept for the backward). */
+static void record_train_attention(tfm_trainer *t, double t0, int B, int T, int backward)
+{
+    tfm_profile *p = &t->prof;
+    if (!p->enabled)
+        return;
+    const tfm_config *c = &t->m->cfg;
+    double dt = tfm_now() - t0, tt = (double)T * T;
+    double f = (backward ? 8.0 : 4.0) * c->dim * tt * B; /* 4 or 2 products */
+    int ph = t->phase, b = tfm_ctx_bucket(T), k = TFM_ATTN_KIND_NAIVE;
+    p->attn_seconds[ph][b] += dt;
+    p->attn_flops[ph][b] += f;
+    p->attn_kind_seconds[ph][k][b] += dt;
+    p->attn_kind_flops[ph][k][b] += f;
+    if (!backward) {
+        p->attn_calls[ph][b] += (uint64_t)B;
+        p->attn_kind_calls[ph][k][b] += (uint64_t)B;
+        double held = (double)B * c->n_heads * tt * sizeof(float);
+        if (held > p->attn_peak_bytes[ph])
+            p->attn_peak_bytes[ph] = held;
+    }
+    p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
+    p->flops[ph][TFM_CLASS_CONTRACTION] += f;
+    p->flops[ph][TFM_CLASS_NORMALIZATION] +=
+        (backward ? 4.0 : 5.0) * c->n_heads * B * (T * (T + 1.0) / 2.0);
+    p->comp_seconds[ph][TFM_COMP_ATTENTION] += dt;
+}
+
 static void attention_fwd(tfm_trainer *t, layer_acts *a, int B, int T)
 {
+    double t0 = tfm__prof_start(&t->prof);
     attn_job j = {t, a, B, T};
     tfm__pool_run(t->pool, attn_fwd_one, &j, B * t->m->cfg.n_heads);
+    record_train_attention(t, t0, B, T, 0);
 }
 
 /* One (sequence, kv head), over the query heads that read it:
@@ -364,8 +416,10 @@ static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
 
 static void attention_bwd(tfm_trainer *t, layer_acts *a, int B, int T)
 {
+    double t0 = tfm__prof_start(&t->prof);
     attn_job j = {t, a, B, T};
     tfm__pool_run(t->pool, attn_bwd_one, &j, B * t->m->cfg.n_kv_heads);
+    record_train_attention(t, t0, B, T, 1);
 }
 
 /* ---- SwiGLU ----------------------------------------------------------------- */
@@ -468,6 +522,8 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
     t->max_B = max_batch;
     t->max_T = max_seq;
     t->n_threads = n_threads;
+    t->prof.enabled = 1;
+    t->phase = training ? TFM_PHASE_TRAIN : TFM_PHASE_PREFILL;
     openblas_set_num_threads(1);
     t->pool = tfm__pool_create(n_threads);
     t->L = calloc((size_t)c->n_layers, sizeof *t->L);
@@ -564,6 +620,7 @@ float *tfm_trainer_grads(tfm_trainer *t) { return t->grads; }
 int tfm_trainer_step_count(const tfm_trainer *t) { return t->steps; }
 int tfm__trainer_max_batch(const tfm_trainer *t) { return t->max_B; }
 int tfm__trainer_max_seq(const tfm_trainer *t) { return t->max_T; }
+tfm_profile *tfm_trainer_profile(tfm_trainer *t) { return &t->prof; }
 
 /* ---- forward ------------------------------------------------------------------- */
 
@@ -601,37 +658,47 @@ tfm_status tfm_trainer_forward(tfm_trainer *t, const int *inputs, const int *tar
     t->T = T;
     t->counted = counted;
     const tfm_weights *w = &t->m->w;
+    tfm_profile *prof = &t->prof;
+    const int ph = t->phase;
+    double t0 = tfm__prof_start(prof);
     embed_args ea = {t->tok, d};
     run_rows(t, embed_rows, &ea, N, row_chunks(t, N));
+    tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_OTHER, t0, 0.0);
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *a = &t->L[l];
         size_t ld = (size_t)l * d;
-        rmsnorm_fwd(t, a->xn1, a->rs1, a->x_in, w->rms_att + ld, N);
+        rmsnorm_fwd(t, TFM_COMP_ATTENTION, a->xn1, a->rs1, a->x_in, w->rms_att + ld, N);
         size_t dd = (size_t)d * d, kd = (size_t)kvd * d, hd = (size_t)H * d;
         memcpy(a->wqkv, w->wq + ld * d, dd * sizeof(float));
         memcpy(a->wqkv + dd, w->wk + l * kd, kd * sizeof(float));
         memcpy(a->wqkv + dd + kd, w->wv + l * kd, kd * sizeof(float));
-        matmul_fwd(t, a->qkv, a->xn1, a->wqkv, N, d, E, 0);
+        matmul_fwd(t, TFM_COMP_ATTENTION, a->qkv, a->xn1, a->wqkv, N, d, E, 0);
         rope(t, a->qkv, E, c->n_heads, N, T, 0);
         rope(t, a->qkv + d, E, c->n_kv_heads, N, T, 0);
         attention_fwd(t, a, B, T);
         memcpy(a->x_mid, a->x_in, (size_t)N * d * sizeof(float));
-        matmul_fwd(t, a->x_mid, a->ao, w->wo + ld * d, N, d, d, 1);
-        rmsnorm_fwd(t, a->xn2, a->rs2, a->x_mid, w->rms_ffn + ld, N);
+        matmul_fwd(t, TFM_COMP_ATTENTION, a->x_mid, a->ao, w->wo + ld * d, N, d, d, 1);
+        rmsnorm_fwd(t, TFM_COMP_MLP, a->xn2, a->rs2, a->x_mid, w->rms_ffn + ld, N);
         memcpy(a->w13, w->w1 + l * hd, hd * sizeof(float));
         memcpy(a->w13 + hd, w->w3 + l * hd, hd * sizeof(float));
-        matmul_fwd(t, a->h13, a->xn2, a->w13, N, d, 2 * H, 0);
+        matmul_fwd(t, TFM_COMP_MLP, a->h13, a->xn2, a->w13, N, d, 2 * H, 0);
+        t0 = tfm__prof_start(prof);
         glu_args g = {.hg = a->hg, .h13 = a->h13, .H = H};
         run_rows(t, glu_fwd_rows, &g, N, row_chunks(t, N));
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_MLP, t0, 5.0 * N * H);
         float *next = l + 1 < c->n_layers ? t->L[l + 1].x_in : t->x_f;
         memcpy(next, a->x_mid, (size_t)N * d * sizeof(float));
-        matmul_fwd(t, next, a->hg, w->w2 + (size_t)l * d * H, N, H, d, 1);
+        matmul_fwd(t, TFM_COMP_MLP, next, a->hg, w->w2 + (size_t)l * d * H, N, H, d, 1);
     }
-    rmsnorm_fwd(t, t->xnf, t->rsf, t->x_f, w->rms_final, N);
-    matmul_fwd(t, t->probs, t->xnf, w->wcls, N, d, V, 0);
+    rmsnorm_fwd(t, TFM_COMP_OTHER, t->xnf, t->rsf, t->x_f, w->rms_final, N);
+    matmul_fwd(t, TFM_COMP_OTHER, t->probs, t->xnf, w->wcls, N, d, V, 0);
     int n_chunks = N < RED_CHUNKS ? N : RED_CHUNKS;
+    t0 = tfm__prof_start(prof);
     ce_args ca = {t->probs, t->tgt, V};
     run_rows(t, ce_rows, &ca, N, n_chunks);
+    tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_OTHER, t0, 5.0 * N * V);
+    if (prof->enabled)
+        prof->tokens[ph] += (uint64_t)N;
     double total = 0.0;
     for (int i = 0; i < n_chunks; i++)
         total += t->red[i];
@@ -660,13 +727,18 @@ tfm_status tfm_trainer_backward(tfm_trainer *t)
     memset(t->grads, 0, t->m->n_floats * sizeof(float));
     if (!t->counted)
         return TFM_OK;
+    tfm_profile *prof = &t->prof;
+    const int ph = t->phase;
+    double t0 = tfm__prof_start(prof);
     dlog_args da = {1.0f / (float)t->counted, V};
     run_rows(t, dlog_rows, &da, N, row_chunks(t, N));
+    tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_OTHER, t0, (double)N * V);
     /* classifier: dwcls += dlog^T xnf; dxnf = dlog wcls */
-    matmul_bwd_dw(t, grad_of(t, w->wcls), t->dlog, t->xnf, N, d, V, 1);
-    matmul_bwd_dx(t, t->dxn, t->dlog, w->wcls, N, d, V, 0);
+    matmul_bwd_dw(t, TFM_COMP_OTHER, grad_of(t, w->wcls), t->dlog, t->xnf, N, d, V, 1);
+    matmul_bwd_dx(t, TFM_COMP_OTHER, t->dxn, t->dlog, w->wcls, N, d, V, 0);
     memset(t->dx, 0, (size_t)N * d * sizeof(float));
-    rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_final), t->dxn, t->x_f, t->rsf, w->rms_final, N);
+    rmsnorm_bwd(t, TFM_COMP_OTHER, t->dx, grad_of(t, w->rms_final), t->dxn, t->x_f, t->rsf,
+                w->rms_final, N);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         layer_acts *a = &t->L[l];
         size_t ld = (size_t)l * d;
@@ -674,35 +746,39 @@ tfm_status tfm_trainer_backward(tfm_trainer *t)
         const float *w2 = w->w2 + l * hd;
         /* FFN: x_out = x_mid + w2 hg; dx is dL/dx_out and stays as the
          * residual's share of dL/dx_mid */
-        matmul_bwd_dw(t, grad_of(t, w2), t->dx, a->hg, N, H, d, 1);
-        matmul_bwd_dx(t, t->dhg, t->dx, w2, N, H, d, 0);
+        matmul_bwd_dw(t, TFM_COMP_MLP, grad_of(t, w2), t->dx, a->hg, N, H, d, 1);
+        matmul_bwd_dx(t, TFM_COMP_MLP, t->dhg, t->dx, w2, N, H, d, 0);
+        t0 = tfm__prof_start(prof);
         glu_args g = {.dh13 = t->dh13, .h13 = a->h13, .dhg = t->dhg, .H = H};
         run_rows(t, glu_bwd_rows, &g, N, row_chunks(t, N));
-        matmul_bwd_dw(t, t->gfused, t->dh13, a->xn2, N, d, 2 * H, 0);
+        tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_MLP, t0, 9.0 * N * H);
+        matmul_bwd_dw(t, TFM_COMP_MLP, t->gfused, t->dh13, a->xn2, N, d, 2 * H, 0);
         tfm__add(grad_of(t, w->w1 + l * hd), t->gfused, (int)hd);
         tfm__add(grad_of(t, w->w3 + l * hd), t->gfused + hd, (int)hd);
-        matmul_bwd_dx(t, t->dxn, t->dh13, a->w13, N, d, 2 * H, 0);
-        rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_ffn + ld), t->dxn, a->x_mid, a->rs2,
-                    w->rms_ffn + ld, N);
+        matmul_bwd_dx(t, TFM_COMP_MLP, t->dxn, t->dh13, a->w13, N, d, 2 * H, 0);
+        rmsnorm_bwd(t, TFM_COMP_MLP, t->dx, grad_of(t, w->rms_ffn + ld), t->dxn, a->x_mid,
+                    a->rs2, w->rms_ffn + ld, N);
         /* attention: x_mid = x_in + wo ao */
         const float *wo = w->wo + ld * d;
-        matmul_bwd_dw(t, grad_of(t, wo), t->dx, a->ao, N, d, d, 1);
-        matmul_bwd_dx(t, t->dao, t->dx, wo, N, d, d, 0);
+        matmul_bwd_dw(t, TFM_COMP_ATTENTION, grad_of(t, wo), t->dx, a->ao, N, d, d, 1);
+        matmul_bwd_dx(t, TFM_COMP_ATTENTION, t->dao, t->dx, wo, N, d, d, 0);
         attention_bwd(t, a, B, T);
         rope(t, t->dqkv, E, c->n_heads, N, T, 1);
         rope(t, t->dqkv + d, E, c->n_kv_heads, N, T, 1);
-        matmul_bwd_dw(t, t->gfused, t->dqkv, a->xn1, N, d, E, 0);
+        matmul_bwd_dw(t, TFM_COMP_ATTENTION, t->gfused, t->dqkv, a->xn1, N, d, E, 0);
         tfm__add(grad_of(t, w->wq + ld * d), t->gfused, (int)dd);
         tfm__add(grad_of(t, w->wk + l * kd), t->gfused + dd, (int)kd);
         tfm__add(grad_of(t, w->wv + l * kd), t->gfused + dd + kd, (int)kd);
-        matmul_bwd_dx(t, t->dxn, t->dqkv, a->wqkv, N, d, E, 0);
-        rmsnorm_bwd(t, t->dx, grad_of(t, w->rms_att + ld), t->dxn, a->x_in, a->rs1,
-                    w->rms_att + ld, N);
+        matmul_bwd_dx(t, TFM_COMP_ATTENTION, t->dxn, t->dqkv, a->wqkv, N, d, E, 0);
+        rmsnorm_bwd(t, TFM_COMP_ATTENTION, t->dx, grad_of(t, w->rms_att + ld), t->dxn, a->x_in,
+                    a->rs1, w->rms_att + ld, N);
     }
     /* embedding: rows in order, one thread (a token may repeat) */
+    t0 = tfm__prof_start(prof);
     float *demb = grad_of(t, w->token_embedding);
     for (int r = 0; r < N; r++)
         tfm__add(demb + (size_t)t->tok[r] * d, t->dx + (size_t)r * d, d);
+    tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_OTHER, t0, (double)N * d);
     return TFM_OK;
 }
 
@@ -742,6 +818,8 @@ float tfm_trainer_clip(tfm_trainer *t, float max_norm)
 {
     if (!t->training)
         return 0.0f;
+    double t0 = tfm__prof_start(&t->prof);
+    double n_floats = (double)t->m->n_floats;
     vec_job j = {t, {t->grads, t->m->n_floats, 1.0f}};
     tfm__pool_run(t->pool, sumsq_task, &j, RED_CHUNKS);
     double s = 0.0;
@@ -751,7 +829,9 @@ float tfm_trainer_clip(tfm_trainer *t, float max_norm)
     if (max_norm > 0.0f && norm > max_norm) {
         j.v.scale = max_norm / norm;
         tfm__pool_run(t->pool, scale_task, &j, RED_CHUNKS);
+        n_floats *= 1.5; /* 2 flops a weight, then 1 */
     }
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_ELEMENTWISE, TFM_COMP_OTHER, t0, 2.0 * n_floats);
     return norm;
 }
 
@@ -785,6 +865,7 @@ void tfm_trainer_adamw(tfm_trainer *t, const tfm_train_config *c, float lr)
 {
     if (!t->training)
         return;
+    double t0 = tfm__prof_start(&t->prof);
     t->steps++;
     const tfm_weights *w = &t->m->w;
     const tfm_config *mc = &t->m->cfg;
@@ -822,6 +903,9 @@ void tfm_trainer_adamw(tfm_trainer *t, const tfm_train_config *c, float lr)
         j.decay = 1;
         tfm__pool_run(t->pool, adam_task, &j, tfm__pool_chunks(t->pool, 64, 2));
     }
+    /* about 14 flops a weight (moments, bias correction, sqrt, decay) */
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_ELEMENTWISE, TFM_COMP_OTHER, t0,
+                 14.0 * (double)t->m->n_floats);
 }
 
 tfm_status tfm_trainer_step(tfm_trainer *t, const tfm_train_config *c, const int *inputs,

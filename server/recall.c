@@ -20,8 +20,8 @@
  * order of its first appearance, with its latest value (a store's
  * overwrite, as the exact engine answers).  Each answer carries the
  * model's probability for it; ⊥ is null.  The model gives no attention
- * weights, so `explain` is refused, and its forward is not in the op
- * accounting (the requests and queries are counted by engine).
+ * weights, so `explain` is refused.  Its forward is in the op accounting
+ * as phase prefill, attention kind naive (one sequence per query).
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -187,11 +187,14 @@ static void run_model(srv_job *j)
     int nq = t->n_queries;
     int *ans = malloc((size_t)(nq ? nq : 1) * sizeof *ans);
     float *probs = malloc((size_t)(nq ? nq : 1) * sizeof *probs);
+    tfm_profile prof;
+    memset(&prof, 0, sizeof prof);
+    prof.enabled = 1;
     double t0 = tfm_now();
     tfm_status s = ans && probs ? TFM_OK : TFM_E_NOMEM;
     if (s == TFM_OK && nq > 0)
         s = tfm_mqar_answer(m->model, &m->recall, t->mkeys, t->mvalues, t->n_store, t->mqueries,
-                            nq, 1, ans, probs);
+                            nq, 1, ans, probs, &prof);
     double seconds = tfm_now() - t0;
     pthread_mutex_lock(&j->mu);
     if (s != TFM_OK) { /* the store was checked here: a bug or no memory */
@@ -217,7 +220,7 @@ static void run_model(srv_job *j)
                                t->n_key_symbols + t->n_value_symbols, "timings", "total_ms",
                                seconds * 1e3));
         if (j->http_status == 200) {
-            srv_counter_add(t->stats->recall_tokens, 2 * t->n_pairs + nq);
+            srv_stats_recall(t->stats, 2 * t->n_pairs + nq, &prof);
             srv_stats_recall_engine(t->stats, 1, nq);
         }
     }

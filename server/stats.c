@@ -208,7 +208,14 @@ void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p)
 {
     srv_counter_add(s->recall_tokens, tokens);
     pthread_mutex_lock(&s->mu);
-    tfm_profile_add(&s->recall, p);
+    tfm_profile_add(&s->others, p);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_stats_train_profile(srv_stats *s, const tfm_profile *p)
+{
+    pthread_mutex_lock(&s->mu);
+    tfm_profile_add(&s->others, p);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -223,7 +230,7 @@ void srv_stats_profile(srv_stats *s, const tfm_profile *engine)
     pthread_mutex_lock(&s->mu);
     tfm_profile all = *engine;
     tfm_profile *p = &all;
-    tfm_profile_add(p, &s->recall);
+    tfm_profile_add(p, &s->others);
     for (int ph = 0; ph < TFM_PHASE_COUNT; ph++) {
         for (int c = 0; c < TFM_CLASS_COUNT; c++) {
             srv_counter_add(s->op_seconds[ph][c], p->seconds[ph][c] - s->seen.seconds[ph][c]);

@@ -38,9 +38,9 @@ typedef struct srv_stats {
     srv_series *train_jobs[SRV_TRAIN_STATES];
     srv_series *train_steps, *train_tokens, *train_step_seconds;
     srv_metric *train_loss; /* {job_id} */
-    pthread_mutex_t mu; /* guards seen and recall */
+    pthread_mutex_t mu; /* guards seen and others */
     tfm_profile seen;   /* what the counters hold so far */
-    tfm_profile recall; /* /recall's op accounting, summed */
+    tfm_profile others; /* /recall's and training's op accounting, summed */
 } srv_stats;
 
 int srv_stats_init(srv_stats *s);
@@ -52,10 +52,13 @@ void srv_stats_deinit(srv_stats *s);
 /* One finished request: counted by route and status, timed by route. */
 void srv_stats_request(srv_stats *s, const char *route, int status, double seconds);
 /* Brings the op counters up to the engine's cumulative profile plus
- * /recall's (any thread). */
+ * /recall's and training's (any thread). */
 void srv_stats_profile(srv_stats *s, const tfm_profile *engine);
 /* One /recall: its tokens (2 per pair + queries) and op accounting. */
 void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p);
+/* Adds a training job's op accounting since its last report (phase train;
+ * any thread). */
+void srv_stats_train_profile(srv_stats *s, const tfm_profile *p);
 /* One answered /recall by engine (0 exact, 1 model) and its queries. */
 void srv_stats_recall_engine(srv_stats *s, int model, int queries);
 

@@ -107,6 +107,9 @@ static void hook_progress(void *ctx, const tfm_train_progress *pr)
     srv_counter_add(s->train_tokens,
                     (double)j->p.spec.train.batch_size * (double)j->p.spec.train.seq_len);
     srv_gauge_set(j->loss_series, pr->last.loss);
+    tfm_profile *prof = tfm_trainer_profile(j->tr);
+    srv_stats_train_profile(s, prof);
+    tfm_profile_reset(prof);
     pthread_mutex_lock(&t->mu);
     j->step = pr->step;
     j->loss = pr->last.loss;
@@ -274,6 +277,7 @@ static void run_job(srv_trainer *t, job *j)
         j->eval_step = 0;
     pthread_mutex_unlock(&t->mu);
     j->step_t0 = j->last_saved = tfm_now();
+    j->tr = tr;
     tfm_train_hooks hooks = {j, hook_cancelled, hook_progress, hook_checkpoint};
     st = tfm_train_run(tr, &spec, &hooks, &fin, err, sizeof err);
     if (st != TFM_OK && j->ckpt_err[0])
@@ -321,6 +325,7 @@ done:
     else
         fprintf(stderr, "attnd: train %s: stopped for shutdown at step %d (checkpoint %d)\n",
                 j->id, j->step, j->ckpt_step);
+    j->tr = NULL;
     tfm_trainer_destroy(tr);
     tfm_model_destroy(m);
     free(text);

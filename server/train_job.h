@@ -56,6 +56,7 @@ struct srv_train_job {
     atomic_int cancel;       /* CANCEL_USER, CANCEL_SHUTDOWN */
     /* the worker's own while it runs the job */
     double last_saved, step_t0;
+    tfm_trainer *tr;       /* while running: its profile goes to the metrics */
     int run_start_step;
     char ckpt_err[256];
     srv_series *loss_series;

@@ -420,18 +420,31 @@ static int bench_one(const bench_cfg *bc, int threads, int steps)
     tfm_train_config_defaults(&tc);
     tc.steps = steps + 2;
     double *ms = malloc((size_t)steps * sizeof(double));
+    tfm_profile *prof = tfm_trainer_profile(t);
     for (int s = 0; s < steps + 2; s++) {
+        if (s == 2)
+            tfm_profile_reset(prof);
         double t0 = tfm_now();
         tfm_trainer_step(t, &tc, in, tg, bc->B, bc->T, NULL);
         if (s >= 2) /* two warm-up steps */
             ms[s - 2] = (tfm_now() - t0) * 1e3;
     }
     double med = attn_median(ms, steps);
+    /* where the timed steps went (the trainer's op accounting) */
+    double secs = 0.0, flops = 0.0, attn = 0.0;
+    for (int k = 0; k < TFM_CLASS_COUNT; k++) {
+        secs += prof->seconds[TFM_PHASE_TRAIN][k];
+        flops += prof->flops[TFM_PHASE_TRAIN][k];
+    }
+    for (int b = 0; b < TFM_CTX_BUCKETS; b++)
+        attn += prof->attn_seconds[TFM_PHASE_TRAIN][b];
     printf("{\"bench\": \"train_step\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, "
            "\"seq_len\": %d, \"params\": %zu, \"steps\": %d, \"step_ms_median\": %.2f, "
-           "\"tokens_per_s\": %.0f}\n",
+           "\"tokens_per_s\": %.0f, \"gflops_per_step\": %.3f, \"gflop_per_s\": %.1f, "
+           "\"attention_share\": %.3f}\n",
            bc->name, threads, bc->B, bc->T, tfm_config_n_params(&c), steps, med,
-           N / (med * 1e-3));
+           N / (med * 1e-3), flops / steps * 1e-9, secs > 0 ? flops / secs * 1e-9 : 0.0,
+           secs > 0 ? attn / secs : 0.0);
     fflush(stdout);
     free(ms);
     free(in);

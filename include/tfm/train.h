@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "tfm/model.h"
+#include "tfm/profile.h"
 #include "tfm/status.h"
 
 /* ---- optimiser and schedule --------------------------------------------- */
@@ -107,6 +108,15 @@ float tfm_trainer_clip(tfm_trainer *t, float max_norm);
 void tfm_trainer_adamw(tfm_trainer *t, const tfm_train_config *c, float lr);
 /* Steps taken so far (restored by tfm_trainer_load). */
 int tfm_trainer_step_count(const tfm_trainer *t);
+/* The trainer's op accounting (tfm/profile.h), enabled from creation:
+ * every forward (an evaluation's too), backward, clip and AdamW books its
+ * FLOPs and seconds in phase "train" (an evaluation-only trainer, as
+ * tfm_mqar_answer's, in "prefill"); attention by the step's sequence length, kind "naive"
+ * (the trainer keeps the whole score matrix for the backward), calls one
+ * per sequence and layer, FLOPs as executed (full T x T products).  A
+ * backward books twice its forward's contraction FLOPs.  Plain memory
+ * written by the training thread: read or reset it between steps. */
+tfm_profile *tfm_trainer_profile(tfm_trainer *t);
 
 typedef struct tfm_step_info {
     float loss;
@@ -199,10 +209,11 @@ tfm_status tfm_mqar_from_meta(const tfm_model *m, tfm_mqar *p);
  * is the value index the model predicts for queries[j], or -1 for ⊥ (also
  * when it predicts a token that is neither a value nor ⊥); probs[j] its
  * probability.  A query key outside [0, n_keys) is TFM_E_INVALID.
- * Allocates its scratch per call; thread-safe (the model is read-only). */
+ * Allocates its scratch per call; thread-safe (the model is read-only).
+ * prof (may be NULL) gains the forward's op accounting, phase prefill. */
 tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *keys,
                            const int *values, int n, const int *queries, int nq,
-                           int n_threads, int *answers, float *probs);
+                           int n_threads, int *answers, float *probs, tfm_profile *prof);
 
 /* Byte-level text.  The corpus's first n_train bytes are for training, the
  * rest held out.  A training sequence is BOS then seq_len - 1 bytes from a

@@ -597,6 +597,14 @@ class Test03Metrics(Base):
         }
         self.assertEqual(got, {"model requests": 2, "model queries": 4, "exact requests": 1, "exact queries": 2,
                                "tokens": (6 + 3) + (2 + 1) + (2 + 2), "200": 3, "422": 1})
+        # the model engine's forward is in the op accounting: phase prefill, kernel naive, one
+        # call per query (a sequence of its own) and layer (small-recall has one)
+
+        def calls(f):
+            return sum(val for name, lab, val, _ in f["attnd_attention_calls_total"].samples
+                       if lab.get("phase") == "prefill" and lab.get("kernel") == "naive")
+        self.assertEqual(calls(f1) - calls(f0), 4)
+        self.assertGreater(d(f0, f1, "attnd_op_flops_total", **{"class": "tensor_contraction", "phase": "prefill"}), 0)
         for fam in ("attnd_recall_requests_total", "attnd_recall_queries_total"):
             self.assertEqual(f1[fam].type, "counter")
             self.assertTrue((f1[fam].help or "").strip())

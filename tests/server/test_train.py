@@ -510,6 +510,18 @@ class Test03Metrics(Base):
             v(f0, "attnd_train_step_seconds", "attnd_train_step_seconds_count")
         self.assertEqual(n, steps - 1, "every step timed but the final one (its evaluation)")
         self.assertEqual(v(f1, "attnd_train_jobs", state="succeeded") - v(f0, "attnd_train_jobs", state="succeeded"), 1)
+        # the op accounting: phase "train", attention by the job's sequence length (bucket <= 64);
+        # one call per sequence and layer: the steps' batches, then the final evaluation's sequences
+        layers, attn = b["model"]["n_layers"], dict(phase="train", kernel="naive", context_max="64")
+        calls = v(f1, "attnd_attention_calls_total", **attn) - v(f0, "attnd_attention_calls_total", **attn)
+        self.assertEqual(calls, steps * b["batch_size"] * layers + b["eval_sequences"] * layers)
+        self.assertGreater(v(f1, "attnd_attention_seconds_total", **attn) - v(f0, "attnd_attention_seconds_total", **attn), 0)
+        for cls in ("tensor_contraction", "normalization", "elementwise"):
+            d = v(f1, "attnd_op_flops_total", **{"class": cls, "phase": "train"}) - \
+                v(f0, "attnd_op_flops_total", **{"class": cls, "phase": "train"})
+            self.assertGreater(d, 0, "attnd_op_flops_total{class=%s,phase=train}" % cls)
+        self.assertGreater(v(f1, "attnd_component_seconds_total", component="attention", phase="train"), 0)
+        self.assertGreater(v(f1, "attnd_attention_peak_scratch_bytes", phase="train"), 0)
         self.assertEqual(H.check_histograms(f1), [])
         self.assertNotIn(j["id"], text, "a finished job has no loss series")
         # a failing job moves state="failed" (what the alert watches)

@@ -499,7 +499,7 @@ static void test_mqar_answer(void **state)
     int keys[3] = {3, 9, 1}, vals[3] = {0, 15, 7}, qs[5] = {3, 9, 1, 4, 15};
     int ans[5];
     float probs[5];
-    assert_int_equal(tfm_mqar_answer(m, &p, keys, vals, 3, qs, 5, 1, ans, probs), TFM_OK);
+    assert_int_equal(tfm_mqar_answer(m, &p, keys, vals, 3, qs, 5, 1, ans, probs, NULL), TFM_OK);
     tfm_trainer *t;
     assert_int_equal(tfm_trainer_create(m, 1, 9, 1, &t), TFM_OK);
     for (int j = 0; j < 5; j++) {
@@ -514,10 +514,73 @@ static void test_mqar_answer(void **state)
         assert_int_equal(ans[j], best >= 16 && best < 32 ? best - 16 : -1);
     }
     int dup[2] = {3, 3}, big[1] = {16};
-    assert_int_equal(tfm_mqar_answer(m, &p, dup, vals, 2, qs, 1, 1, ans, probs), TFM_E_INVALID);
-    assert_int_equal(tfm_mqar_answer(m, &p, big, vals, 1, qs, 1, 1, ans, probs), TFM_E_INVALID);
-    assert_int_equal(tfm_mqar_answer(m, &p, keys, vals, 3, big, 1, 1, ans, probs), TFM_E_INVALID);
+    assert_int_equal(tfm_mqar_answer(m, &p, dup, vals, 2, qs, 1, 1, ans, probs, NULL), TFM_E_INVALID);
+    assert_int_equal(tfm_mqar_answer(m, &p, big, vals, 1, qs, 1, 1, ans, probs, NULL), TFM_E_INVALID);
+    assert_int_equal(tfm_mqar_answer(m, &p, keys, vals, 3, big, 1, 1, ans, probs, NULL), TFM_E_INVALID);
     tfm_trainer_destroy(t);
+    tfm_model_destroy(m);
+}
+
+/* The trainer's op accounting: contraction FLOPs counted by hand for the
+ * forward, a backward twice its forward, attention in phase train by
+ * sequence length; an evaluation-only trainer (tfm_mqar_answer) books
+ * phase prefill. */
+static void test_profile(void **state)
+{
+    int d = 32, H = 48, L = 2, nh = 4, nkv = 2, V = 40, B = 2, T = 12, N = B * T;
+    tfm_model *m = tu_random_model(d, H, L, nh, nkv, V, 16, 0, 3);
+    int in[24], tg[24];
+    random_batch(B, T, V, 4, in, tg);
+    tfm_trainer *t;
+    assert_int_equal(tfm_trainer_create(m, B, T, 2, &t), TFM_OK);
+    tfm_profile *p = tfm_trainer_profile(t);
+    assert_true(p->enabled);
+    assert_int_equal(tfm_trainer_forward(t, in, tg, B, T, NULL), TFM_OK);
+    const int tr = TFM_PHASE_TRAIN, b = tfm_ctx_bucket(T);
+    double E = d + 2.0 * (d / nh) * nkv;
+    double want = L * (2.0 * N * d * (E + d + 2.0 * H + H) + 4.0 * d * T * T * B) +
+                  2.0 * N * d * V;
+    double fwd = p->flops[tr][TFM_CLASS_CONTRACTION];
+    assert_true(fabs(fwd - want) <= 1e-9 * want);
+    assert_true(p->seconds[tr][TFM_CLASS_CONTRACTION] > 0.0);
+    assert_true(p->comp_seconds[tr][TFM_COMP_ATTENTION] > 0.0);
+    assert_true(p->comp_seconds[tr][TFM_COMP_MLP] > 0.0);
+    assert_int_equal(p->attn_calls[tr][b], (uint64_t)(B * L));
+    assert_int_equal(p->attn_kind_calls[tr][TFM_ATTN_KIND_NAIVE][b], (uint64_t)(B * L));
+    assert_true(fabs(p->attn_flops[tr][b] - L * 4.0 * d * T * T * B) < 1.0);
+    assert_true(p->attn_peak_bytes[tr] == (double)B * nh * T * T * sizeof(float));
+    assert_int_equal(p->tokens[tr], (uint64_t)N);
+    assert_int_equal(tfm_trainer_backward(t), TFM_OK);
+    assert_true(fabs(p->flops[tr][TFM_CLASS_CONTRACTION] - 3.0 * fwd) <= 1e-9 * fwd);
+    assert_true(fabs(p->attn_flops[tr][b] - 3.0 * L * 4.0 * d * T * T * B) < 1.0);
+    assert_int_equal(p->attn_calls[tr][b], (uint64_t)(B * L)); /* calls: forwards only */
+    double ew = p->flops[tr][TFM_CLASS_ELEMENTWISE];
+    tfm_train_config c;
+    tfm_train_config_defaults(&c);
+    tfm_trainer_clip(t, 0.0f);
+    tfm_trainer_adamw(t, &c, 1e-3f);
+    assert_true(fabs(p->flops[tr][TFM_CLASS_ELEMENTWISE] - ew - 16.0 * m->n_floats) < 1.0);
+    for (int ph = 0; ph < TFM_PHASE_COUNT; ph++)
+        if (ph != tr)
+            assert_true(tfm_profile_total_seconds(p, ph) == 0.0 && p->tokens[ph] == 0);
+    tfm_trainer_destroy(t);
+    tfm_model_destroy(m);
+
+    tfm_mqar q = {.n_pairs = 4, .n_keys = 16, .n_values = 16, .absent_fraction = 0.25f,
+                  .seq_len = 24};
+    m = tu_random_model(16, 32, 1, 2, 2, tfm_mqar_vocab(&q), 24, 1, 5);
+    assert_int_equal(tfm_mqar_to_meta(m, &q), TFM_OK);
+    int keys[3] = {3, 9, 1}, vals[3] = {0, 15, 7}, qs[5] = {3, 9, 1, 4, 15}, ans[5];
+    float probs[5];
+    tfm_profile prof;
+    memset(&prof, 0, sizeof prof);
+    prof.enabled = 1;
+    assert_int_equal(tfm_mqar_answer(m, &q, keys, vals, 3, qs, 5, 1, ans, probs, &prof), TFM_OK);
+    int Tq = 2 * 4 + 1; /* the store repeated up to n_pairs, then the query */
+    assert_int_equal(prof.tokens[TFM_PHASE_PREFILL], (uint64_t)(5 * Tq));
+    assert_int_equal(prof.attn_calls[TFM_PHASE_PREFILL][tfm_ctx_bucket(Tq)], 5u);
+    assert_true(prof.flops[TFM_PHASE_PREFILL][TFM_CLASS_CONTRACTION] > 0.0);
+    assert_true(tfm_profile_total_seconds(&prof, TFM_PHASE_TRAIN) == 0.0);
     tfm_model_destroy(m);
 }
 
@@ -536,6 +599,7 @@ int main(void)
         cmocka_unit_test(test_mqar_layout),
         cmocka_unit_test(test_text_batch),
         cmocka_unit_test(test_mqar_answer),
+        cmocka_unit_test(test_profile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
