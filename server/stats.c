@@ -204,19 +204,17 @@ void srv_stats_request(srv_stats *s, const char *route, int status, double secon
     srv_metric_add(s->duration, r1, seconds);
 }
 
-void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p)
+void srv_stats_add_profile(srv_stats *s, const tfm_profile *p)
 {
-    srv_counter_add(s->recall_tokens, tokens);
     pthread_mutex_lock(&s->mu);
     tfm_profile_add(&s->others, p);
     pthread_mutex_unlock(&s->mu);
 }
 
-void srv_stats_train_profile(srv_stats *s, const tfm_profile *p)
+void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p)
 {
-    pthread_mutex_lock(&s->mu);
-    tfm_profile_add(&s->others, p);
-    pthread_mutex_unlock(&s->mu);
+    srv_counter_add(s->recall_tokens, tokens);
+    srv_stats_add_profile(s, p);
 }
 
 void srv_stats_recall_engine(srv_stats *s, int model, int queries)

@@ -56,9 +56,9 @@ void srv_stats_request(srv_stats *s, const char *route, int status, double secon
 void srv_stats_profile(srv_stats *s, const tfm_profile *engine);
 /* One /recall: its tokens (2 per pair + queries) and op accounting. */
 void srv_stats_recall(srv_stats *s, int tokens, const tfm_profile *p);
-/* Adds a training job's op accounting since its last report (phase train;
- * any thread). */
-void srv_stats_train_profile(srv_stats *s, const tfm_profile *p);
+/* Adds op accounting done outside the engine: a training job's since its
+ * last report, a /recall's (any thread). */
+void srv_stats_add_profile(srv_stats *s, const tfm_profile *p);
 /* One answered /recall by engine (0 exact, 1 model) and its queries. */
 void srv_stats_recall_engine(srv_stats *s, int model, int queries);
 

@@ -108,7 +108,7 @@ static void hook_progress(void *ctx, const tfm_train_progress *pr)
                     (double)j->p.spec.train.batch_size * (double)j->p.spec.train.seq_len);
     srv_gauge_set(j->loss_series, pr->last.loss);
     tfm_profile *prof = tfm_trainer_profile(j->tr);
-    srv_stats_train_profile(s, prof);
+    srv_stats_add_profile(s, prof);
     tfm_profile_reset(prof);
     pthread_mutex_lock(&t->mu);
     j->step = pr->step;
