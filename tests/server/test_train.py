@@ -556,14 +556,17 @@ class Test03Metrics(Base):
 # inference while training
 
 
+# a /recall of 256 pairs and 16 queries on the exact engine
+RECALL_BODY = {"pairs": [["k%d" % i, i] for i in range(256)], "queries": ["k%d" % (i * 7) for i in range(16)]}
+
+
 class Test04Latency(Base):
-    def p50_generate(self, n=25):
+    def p50(self, send, n=25):
         times = []
         conn = self.srv.connect()
         try:
             for _ in range(n):
-                r = self.srv.generate({"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0},
-                                      conn=conn)
+                r = send(conn)
                 self.assertEqual(r.status, 200, r)
                 times.append(r.elapsed)
         finally:
@@ -571,20 +574,30 @@ class Test04Latency(Base):
         times.sort()
         return times[len(times) // 2]
 
-    def test_generate_stays_responsive_while_training(self):
-        self.p50_generate(5)  # warm
-        idle = self.p50_generate()
+    def generate(self, conn):
+        return self.srv.generate({"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0}, conn=conn)
+
+    def recall(self, conn):
+        return self.srv.post("/recall", RECALL_BODY, conn=conn)
+
+    def test_generate_and_recall_stay_responsive_while_training(self):
+        self.p50(self.generate, 5)  # warm
+        self.p50(self.recall, 5)
+        idle = {"generate": self.p50(self.generate), "recall": self.p50(self.recall)}
         a = self.submit(body(LONG, fresh("busy")))
         try:
             self.running(a, min_step=3)
-            busy = self.p50_generate()
+            busy = {"generate": self.p50(self.generate), "recall": self.p50(self.recall)}
             ja = self.job(a)
             self.assertEqual(ja["status"], "running", "the job ran during the measurement")
         finally:
             self.cancel_quietly(a)
-        print("\n    /generate (8 tokens) p50: idle %.1f ms, while training %.1f ms (%.1fx); "
-              "job at %.0f tokens/s" % (idle * 1e3, busy * 1e3, busy / idle, ja["tokens_per_s"] or 0))
-        self.assertLess(busy, 10 * idle + 0.05, "p50 %.1f ms while training vs %.1f ms idle" % (busy * 1e3, idle * 1e3))
+        for what, label in (("generate", "/generate (8 tokens)"), ("recall", "/recall (256 pairs, 16 queries)")):
+            print("\n    %s p50: idle %.1f ms, while training %.1f ms (%.1fx)"
+                  % (label, idle[what] * 1e3, busy[what] * 1e3, busy[what] / idle[what]), end="")
+            self.assertLess(busy[what], 10 * idle[what] + 0.05,
+                            "%s p50 %.1f ms while training vs %.1f ms idle" % (what, busy[what] * 1e3, idle[what] * 1e3))
+        print("; job at %.0f tokens/s" % (ja["tokens_per_s"] or 0))
 
 
 # ==========================================================================
