@@ -376,6 +376,16 @@ static void reply_value(srv_req *r, int status, json_t *v, const char *location)
 }
 
 /* Under t->mu: why name cannot be a new job's model, or NULL. */
+/* Models the registry would hold once every queued and running job has
+ * published one (under t->mu). */
+static int models_promised(srv_trainer *t)
+{
+    int n = srv_models_count(&t->app->models);
+    for (int i = 0; i < t->n_jobs; i++)
+        n += t->jobs[i]->state == QUEUED || t->jobs[i]->state == RUNNING;
+    return n;
+}
+
 static const char *name_taken(srv_trainer *t, const char *name, char *why, size_t n)
 {
     char path[PATH_LEN];
@@ -462,6 +472,16 @@ static void create_job(srv_req *r, srv_trainer *t)
     if (name_taken(t, p.name, why, sizeof why)) {
         pthread_mutex_unlock(&t->mu);
         srv_reply_error(r, 409, "conflict", "name", "%s", why);
+        goto out;
+    }
+    /* refused now rather than failed at the end of its training */
+    int promised = models_promised(t);
+    if (promised >= SRV_MODELS_MAX) {
+        pthread_mutex_unlock(&t->mu);
+        srv_reply_error(r, 507, "insufficient_storage", NULL,
+                        "the registry holds at most %d models, and the models served and the "
+                        "queued or running jobs already make %d",
+                        SRV_MODELS_MAX, promised);
         goto out;
     }
     char id[32];

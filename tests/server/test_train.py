@@ -34,6 +34,7 @@ is checked against api/openapi.yaml (Test99Contract lists mismatches).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,7 +194,7 @@ class Test00Contract(unittest.TestCase):
         self.assertEqual(set(paths["/train"]), {"post", "get"})
         self.assertEqual(set(paths[ITEM]), {"get", "delete"})
         self.assertEqual(set(paths["/train"]["post"]["responses"]),
-                         {"202", "400", "405", "409", "413", "415", "422", "500", "503"})
+                         {"202", "400", "405", "409", "413", "415", "422", "500", "503", "507"})
         self.assertEqual(set(paths[ITEM]["delete"]["responses"]), {"204", "404", "405", "409"})
         self.assertEqual(set(paths[ITEM]["get"]["responses"]), {"200", "404", "405"})
         self.assertIn("Location", paths["/train"]["post"]["responses"]["202"]["headers"])
@@ -700,6 +701,38 @@ class Test05Resume(Base):
         for k in ("status", "loss", "eval", "model", "loss_history", "request", "created_at", "finished_at"):
             self.assertEqual(again[k], got[k], k)
         sb.stop()
+
+
+# ==========================================================================
+# the registry's capacity
+
+
+class Test06Capacity(Base):
+    def test_a_job_the_registry_could_not_hold_is_refused_at_once(self):
+        w = _workdir()
+        data = _data_dir("data-full")
+        models = w.mkdir("data-full", "models")
+        served = 1 + 253  # --models-dir's tiny, then 253 copies of it under the data dir
+        for i in range(253):
+            shutil.copy(w.sub("models", "tiny.safetensors"), os.path.join(models, "copy-%03d.safetensors" % i))
+        srv = _server("full", data)
+        OTHERS.append(srv)
+        srv.start()
+        obj = self.assertAnswer(srv.get("/models"), 200, "GET", "/models")
+        self.assertEqual(len(obj["models"]), served)
+        a = self.submit(body(LONG, fresh("full")), srv=srv)
+        b = self.submit(body(LONG, fresh("full")), srv=srv)  # 256 once both publish
+        try:
+            r = srv.post("/train", body(LONG, fresh("full")))
+            err = self.assertError(r, 507, "insufficient_storage", "POST", "/train")
+            self.assertIn("256", err["message"])
+            self.delete(b, srv=srv)  # a cancelled job promises no model
+            c = self.submit(body(LONG, fresh("full")), srv=srv)
+            self.delete(c, srv=srv)
+        finally:
+            for jid in (a, b):
+                srv.request("DELETE", "/train/" + jid)
+        self.assertEqual(srv.get("/healthz").status, 200, "still serving")
 
 
 class Test99Contract(H.ContractTest):
