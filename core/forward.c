@@ -194,15 +194,9 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
 static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph,
                              tfm_attn_kernel kern, double dt, int ctx, double keys)
 {
-    int b = tfm_ctx_bucket(ctx);
     int k = kern == TFM_ATTN_TILED ? TFM_ATTN_KIND_TILED : TFM_ATTN_KIND_NAIVE;
     double f = 4.0 * c->dim * keys; /* QK^T and PV, 2 flops a multiply-add, all heads */
-    p->attn_seconds[ph][b] += dt;
-    p->attn_flops[ph][b] += f;
-    p->attn_calls[ph][b] += 1;
-    p->attn_kind_seconds[ph][k][b] += dt;
-    p->attn_kind_flops[ph][k][b] += f;
-    p->attn_kind_calls[ph][k][b] += 1;
+    tfm__prof_attention(p, ph, k, ctx, dt, f, 1);
     p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
     p->flops[ph][TFM_CLASS_CONTRACTION] += f;
     p->flops[ph][TFM_CLASS_NORMALIZATION] += 5.0 * c->n_heads * keys;
@@ -213,9 +207,7 @@ static void record_attention(tfm_profile *p, const tfm_config *c, tfm_phase ph,
  * `threads` threads (the largest, when a decode batch mixes kernels). */
 static void record_attn_bytes(tfm_profile *p, tfm_phase ph, size_t bytes, int threads)
 {
-    double b = (double)bytes * threads;
-    if (b > p->attn_peak_bytes[ph])
-        p->attn_peak_bytes[ph] = b;
+    tfm__prof_attn_peak(p, ph, (double)bytes * threads);
 }
 
 /* Runs the layers over ws->x (R rows).  Prefill: st, p0 set, R consecutive

@@ -180,6 +180,29 @@ static inline double tfm__prof_start(const tfm_profile *p)
     return p && p->enabled ? tfm_now() : 0.0;
 }
 
+/* Books attention-core work (scores, softmax, values) of one kind over
+ * context ctx: its seconds and FLOPs, and `calls` calls (one per sequence
+ * and layer), in the context's bucket.  The attn_* counters only: the
+ * caller books the op classes. */
+static inline void tfm__prof_attention(tfm_profile *p, tfm_phase ph, tfm_attn_kind k, int ctx,
+                                       double dt, double flops, uint64_t calls)
+{
+    int b = tfm_ctx_bucket(ctx);
+    p->attn_seconds[ph][b] += dt;
+    p->attn_flops[ph][b] += flops;
+    p->attn_calls[ph][b] += calls;
+    p->attn_kind_seconds[ph][k][b] += dt;
+    p->attn_kind_flops[ph][k][b] += flops;
+    p->attn_kind_calls[ph][k][b] += calls;
+}
+
+/* Books the attention scratch one call held at once (a peak). */
+static inline void tfm__prof_attn_peak(tfm_profile *p, tfm_phase ph, double bytes)
+{
+    if (bytes > p->attn_peak_bytes[ph])
+        p->attn_peak_bytes[ph] = bytes;
+}
+
 /* ---- atomic file writes (checkpoint.c) -------------------------------------
  * A temporary file in the target's directory, fsync, rename over the path,
  * fsync of the directory.  The first error sticks (like ferror): later

@@ -248,13 +248,7 @@ static void book_attention(tfm_profile *p, int n, double dt, double flops)
 {
     if (!p || !p->enabled)
         return;
-    int b = tfm_ctx_bucket(n > 0 ? n : 1);
-    p->attn_seconds[TFM_PHASE_PREFILL][b] += dt;
-    p->attn_flops[TFM_PHASE_PREFILL][b] += flops;
-    p->attn_calls[TFM_PHASE_PREFILL][b] += 1;
-    p->attn_kind_seconds[TFM_PHASE_PREFILL][TFM_ATTN_KIND_EXACT][b] += dt;
-    p->attn_kind_flops[TFM_PHASE_PREFILL][TFM_ATTN_KIND_EXACT][b] += flops;
-    p->attn_kind_calls[TFM_PHASE_PREFILL][TFM_ATTN_KIND_EXACT][b] += 1;
+    tfm__prof_attention(p, TFM_PHASE_PREFILL, TFM_ATTN_KIND_EXACT, n > 0 ? n : 1, dt, flops, 1);
 }
 
 /* The tiled attention over all queries; returns the contraction FLOPs. */

@@ -109,75 +109,69 @@ static int row_chunks(const tfm_trainer *t, int n)
     return tfm__pool_chunks(t->pool, n, 4);
 }
 
-/* Y (N, n) = X (N, d) W^T, or += when acc. */
+/* The three products of a linear layer y = x W^T, x (N, d), W (n, d):
+ *   forward  y (N, n)  (+)= x W^T          (out y,  a x,  b W)
+ *   input    dx (N, d) (+)= dy W           (out dx, a dy, b W)
+ *   weight   dW (n, d) (+)= dy^T x         (out dW, a dy, b x; dW's rows split)
+ * each one sgemm per chunk of rows, += when acc. */
 typedef struct {
-    float *y;
-    const float *x, *w;
+    float *out;
+    const float *a, *b;
     int N, d, n, acc;
-} fwd_mm;
+} mm_args;
 
-static void fwd_mm_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+static void mm_fwd_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
 {
-    const fwd_mm *a = args;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, a->n, a->d, 1.0f,
-                a->x + (size_t)r0 * a->d, a->d, a->w, a->d, a->acc ? 1.0f : 0.0f,
-                a->y + (size_t)r0 * a->n, a->n);
+    const mm_args *m = args;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, m->n, m->d, 1.0f,
+                m->a + (size_t)r0 * m->d, m->d, m->b, m->d, m->acc ? 1.0f : 0.0f,
+                m->out + (size_t)r0 * m->n, m->n);
+}
+
+static void mm_dx_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const mm_args *m = args;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, m->d, m->n, 1.0f,
+                m->a + (size_t)r0 * m->n, m->n, m->b, m->d, m->acc ? 1.0f : 0.0f,
+                m->out + (size_t)r0 * m->d, m->d);
+}
+
+static void mm_dw_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
+{
+    const mm_args *m = args;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, m->d, m->N, 1.0f, m->a + r0,
+                m->n, m->b, m->d, m->acc ? 1.0f : 0.0f, m->out + (size_t)r0 * m->d, m->d);
+}
+
+/* One product over `rows` rows in chunks of about `per_chunk`, booked as
+ * contraction of component comp. */
+static void run_mm(tfm_trainer *t, tfm_component comp, rows_fn fn, const mm_args *m, int rows,
+                   int per_chunk)
+{
+    double t0 = tfm__prof_start(&t->prof);
+    run_rows(t, fn, m, rows, tfm__pool_chunks(t->pool, (rows + per_chunk - 1) / per_chunk, 2));
+    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * m->N * m->d * m->n);
 }
 
 static void matmul_fwd(tfm_trainer *t, tfm_component comp, float *y, const float *x,
                        const float *w, int N, int d, int n, int acc)
 {
-    double t0 = tfm__prof_start(&t->prof);
-    fwd_mm a = {y, x, w, N, d, n, acc};
-    run_rows(t, fwd_mm_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
-    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
-}
-
-/* dX (N, d) (+)= dY (N, n) W (n, d) */
-typedef struct {
-    float *dx;
-    const float *dy, *w;
-    int N, d, n, acc;
-} bwd_dx;
-
-static void bwd_dx_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
-{
-    const bwd_dx *a = args;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, a->d, a->n, 1.0f,
-                a->dy + (size_t)r0 * a->n, a->n, a->w, a->d, a->acc ? 1.0f : 0.0f,
-                a->dx + (size_t)r0 * a->d, a->d);
+    mm_args m = {y, x, w, N, d, n, acc};
+    run_mm(t, comp, mm_fwd_rows, &m, N, 32);
 }
 
 static void matmul_bwd_dx(tfm_trainer *t, tfm_component comp, float *dx, const float *dy,
                           const float *w, int N, int d, int n, int acc)
 {
-    double t0 = tfm__prof_start(&t->prof);
-    bwd_dx a = {dx, dy, w, N, d, n, acc};
-    run_rows(t, bwd_dx_rows, &a, N, tfm__pool_chunks(t->pool, (N + 31) / 32, 2));
-    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
-}
-
-/* dW (n, d) (+)= dY^T (n, N) X (N, d), dW's rows split */
-typedef struct {
-    float *dw;
-    const float *dy, *x;
-    int N, d, n, acc;
-} bwd_dw;
-
-static void bwd_dw_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
-{
-    const bwd_dw *a = args;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, a->d, a->N, 1.0f, a->dy + r0,
-                a->n, a->x, a->d, a->acc ? 1.0f : 0.0f, a->dw + (size_t)r0 * a->d, a->d);
+    mm_args m = {dx, dy, w, N, d, n, acc};
+    run_mm(t, comp, mm_dx_rows, &m, N, 32);
 }
 
 static void matmul_bwd_dw(tfm_trainer *t, tfm_component comp, float *dw, const float *dy,
                           const float *x, int N, int d, int n, int acc)
 {
-    double t0 = tfm__prof_start(&t->prof);
-    bwd_dw a = {dw, dy, x, N, d, n, acc};
-    run_rows(t, bwd_dw_rows, &a, n, tfm__pool_chunks(t->pool, (n + 15) / 16, 2));
-    tfm__prof_op(&t->prof, t->phase, TFM_CLASS_CONTRACTION, comp, t0, 2.0 * N * d * n);
+    mm_args m = {dw, dy, x, N, d, n, acc};
+    run_mm(t, comp, mm_dw_rows, &m, n, 16);
 }
 
 /* ---- RMSNorm -------------------------------------------------------------- */
@@ -340,18 +334,10 @@ static void record_train_attention(tfm_trainer *t, double t0, int B, int T, int 
     const tfm_config *c = &t->m->cfg;
     double dt = tfm_now() - t0, tt = (double)T * T;
     double f = (backward ? 8.0 : 4.0) * c->dim * tt * B; /* 4 or 2 products */
-    int ph = t->phase, b = tfm_ctx_bucket(T), k = TFM_ATTN_KIND_NAIVE;
-    p->attn_seconds[ph][b] += dt;
-    p->attn_flops[ph][b] += f;
-    p->attn_kind_seconds[ph][k][b] += dt;
-    p->attn_kind_flops[ph][k][b] += f;
-    if (!backward) {
-        p->attn_calls[ph][b] += (uint64_t)B;
-        p->attn_kind_calls[ph][k][b] += (uint64_t)B;
-        double held = (double)B * c->n_heads * tt * sizeof(float);
-        if (held > p->attn_peak_bytes[ph])
-            p->attn_peak_bytes[ph] = held;
-    }
+    int ph = t->phase;
+    tfm__prof_attention(p, ph, TFM_ATTN_KIND_NAIVE, T, dt, f, backward ? 0 : (uint64_t)B);
+    if (!backward) /* the stored softmax */
+        tfm__prof_attn_peak(p, ph, (double)B * c->n_heads * tt * sizeof(float));
     p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
     p->flops[ph][TFM_CLASS_CONTRACTION] += f;
     p->flops[ph][TFM_CLASS_NORMALIZATION] +=
