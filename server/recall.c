@@ -275,6 +275,19 @@ static int index_in(json_t *v, int n)
     return (int)json_integer_value(v);
 }
 
+/* pairs[i] when it is a two-element array [key, value]; otherwise replies
+ * 422 naming it and returns NULL.  field receives "pairs[i]". */
+static json_t *pair_at(srv_req *r, json_t *pairs, size_t i, char *field, size_t n)
+{
+    json_t *p = json_array_get(pairs, i);
+    snprintf(field, n, "pairs[%zu]", i);
+    if (json_is_array(p) && json_array_size(p) == 2)
+        return p;
+    srv_reply_error(r, 422, "invalid_argument", field,
+                    "each pair must be a two-element array [key, value]");
+    return NULL;
+}
+
 /* Engine "model": the pairs and queries in the model's symbols.  Replies
  * and returns 0 on a bad one. */
 static int model_store(srv_req *r, recall_task *t, int single)
@@ -300,14 +313,10 @@ static int model_store(srv_req *r, recall_task *t, int single)
     for (int k = 0; k < p->n_keys; k++)
         latest[k] = -1;
     for (int i = 0; i < np; i++) {
-        json_t *pair = json_array_get(t->pairs, (size_t)i);
         char field[32];
-        snprintf(field, sizeof field, "pairs[%d]", i);
-        if (!json_is_array(pair) || json_array_size(pair) != 2) {
-            srv_reply_error(r, 422, "invalid_argument", field,
-                            "each pair must be a two-element array [key, value]");
+        json_t *pair = pair_at(r, t->pairs, (size_t)i, field, sizeof field);
+        if (!pair)
             goto out;
-        }
         int k = index_in(json_array_get(pair, 0), p->n_keys);
         int v = index_in(json_array_get(pair, 1), p->n_values);
         if (k < 0 || v < 0) {
@@ -468,14 +477,10 @@ void srv_route_recall(srv_req *r)
     }
     int next_key = 0, next_value = 0;
     for (size_t i = 0; i < np; i++) {
-        json_t *p = json_array_get(t->pairs, i);
         char field[32];
-        snprintf(field, sizeof field, "pairs[%zu]", i);
-        if (!json_is_array(p) || json_array_size(p) != 2) {
-            srv_reply_error(r, 422, "invalid_argument", field,
-                            "each pair must be a two-element array [key, value]");
+        json_t *p = pair_at(r, t->pairs, i, field, sizeof field);
+        if (!p)
             goto out;
-        }
         for (int side = 0; side < 2; side++) {
             const char *why = symbol_problem(json_array_get(p, (size_t)side));
             if (why) {

@@ -431,11 +431,9 @@ static int bench_one(const bench_cfg *bc, int threads, int steps)
     }
     double med = attn_median(ms, steps);
     /* where the timed steps went (the trainer's op accounting) */
-    double secs = 0.0, flops = 0.0, attn = 0.0;
-    for (int k = 0; k < TFM_CLASS_COUNT; k++) {
-        secs += prof->seconds[TFM_PHASE_TRAIN][k];
+    double secs = tfm_profile_total_seconds(prof, TFM_PHASE_TRAIN), flops = 0.0, attn = 0.0;
+    for (int k = 0; k < TFM_CLASS_COUNT; k++)
         flops += prof->flops[TFM_PHASE_TRAIN][k];
-    }
     for (int b = 0; b < TFM_CTX_BUCKETS; b++)
         attn += prof->attn_seconds[TFM_PHASE_TRAIN][b];
     printf("{\"bench\": \"train_step\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, "
