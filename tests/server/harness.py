@@ -1077,6 +1077,29 @@ class ContractTest(unittest.TestCase):
             self.fail("answers that do not match api/openapi.yaml:\n" + violations_report())
 
 
+class ShutdownTest(unittest.TestCase):
+    """Put last in a test file (class Test99...(H.ShutdownTest) with
+    `servers`, the file's LazyServers, and `names`, theirs for the
+    message): none died during the run, and each exits 0 on SIGTERM."""
+    servers = ()
+    names = ""
+
+    def test_no_crash_during_the_run(self):
+        for lazy in self.servers:
+            lazy.check_died()
+        self.assertEqual([lazy.deaths for lazy in self.servers], [0] * len(self.servers),
+                         "attnd died during the run (%s; see the output above)" % self.names)
+
+    def test_sigterm_exits_zero(self):
+        for lazy in self.servers:
+            if lazy.server is None:
+                continue
+            srv = lazy.server
+            rc, took, killed = lazy.stop(timeout=10)
+            self.assertFalse(killed, "%s ignored SIGTERM\n%s" % (srv.name, srv.output_tail()))
+            self.assertEqual(rc, 0, "%s exited %s on SIGTERM\n%s" % (srv.name, rc, srv.output_tail()))
+
+
 class _Result(unittest.TextTestResult):
     def startTest(self, test):
         self._t0 = time.monotonic()

@@ -917,21 +917,9 @@ class Test98Contract(H.ContractTest):
     pass
 
 
-class Test99Shutdown(unittest.TestCase):
-    def test_no_crash_during_the_run(self):
-        for lazy in SERVERS:
-            lazy.check_died()
-        self.assertEqual([lazy.deaths for lazy in SERVERS], [0, 0, 0],
-                         "attnd died during the run (main, small, busy; see the output above)")
-
-    def test_sigterm_exits_zero(self):
-        for lazy in SERVERS:
-            if lazy.server is None:
-                continue
-            srv = lazy.server
-            rc, took, killed = lazy.stop(timeout=10)
-            self.assertFalse(killed, "%s ignored SIGTERM\n%s" % (srv.name, srv.output_tail()))
-            self.assertEqual(rc, 0, "%s exited %s on SIGTERM\n%s" % (srv.name, rc, srv.output_tail()))
+class Test99Shutdown(H.ShutdownTest):
+    servers = SERVERS
+    names = "main, small, busy"
 
 
 if __name__ == "__main__":
