@@ -61,6 +61,7 @@ struct tfm_trainer {
     float *dx, *dxn, *dqkv, *dao, *dhg, *dh13, *dlog;
     float *gfused; /* (max(d + 2 kv, 2 hidden), d): a fused weight's gradient */
     float *dP; /* (n_threads, T, T) */
+    float *rope_nsin; /* (max_T, head_size / 2): -rope_sin, the inverse rotation */
     float *grads, *mom1, *mom2;
     double red[RED_CHUNKS]; /* per-chunk partial sums */
     float *red_vec;         /* (RED_CHUNKS, dim) partial norm-weight gradients */
@@ -255,7 +256,8 @@ static void rmsnorm_bwd(tfm_trainer *t, tfm_component comp, float *dx, float *dw
 
 typedef struct {
     float *v; /* the first head of row 0 */
-    int stride, n_heads, T, inverse;
+    const float *sin; /* the model's sines, or their negatives (inverse) */
+    int stride, n_heads, T;
 } rope_args;
 
 static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chunk)
@@ -263,27 +265,18 @@ static void rope_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
     const rope_args *a = args;
     int hs = t->m->cfg.dim / t->m->cfg.n_heads, half = hs / 2;
     for (int r = r0; r < r1; r++) {
-        int pos = r % a->T;
-        const float *cs = t->m->rope_cos + (size_t)pos * half;
-        const float *sn = t->m->rope_sin + (size_t)pos * half;
-        float *row = a->v + (size_t)r * a->stride;
-        for (int h = 0; h < a->n_heads; h++) {
-            float *p = row + (size_t)h * hs;
-            for (int i = 0; i < half; i++) {
-                float s = a->inverse ? -sn[i] : sn[i];
-                float x0 = p[2 * i], x1 = p[2 * i + 1];
-                p[2 * i] = x0 * cs[i] - x1 * s;
-                p[2 * i + 1] = x0 * s + x1 * cs[i];
-            }
-        }
+        size_t pos = (size_t)(r % a->T);
+        tfm__rope(a->v + (size_t)r * a->stride, a->n_heads, hs, t->m->rope_cos + pos * half,
+                  a->sin + pos * half);
     }
 }
 
-/* The backward of a rotation is the inverse rotation. */
+/* The backward of a rotation is the inverse rotation: the same cosines,
+ * negated sines. */
 static void rope(tfm_trainer *t, float *v, int stride, int n_heads, int N, int T, int inverse)
 {
     double t0 = tfm__prof_start(&t->prof);
-    rope_args a = {v, stride, n_heads, T, inverse};
+    rope_args a = {v, inverse ? t->rope_nsin : t->m->rope_sin, stride, n_heads, T};
     run_rows(t, rope_rows, &a, N, row_chunks(t, N));
     tfm__prof_op(&t->prof, t->phase, TFM_CLASS_ELEMENTWISE, TFM_COMP_ATTENTION, t0,
                  3.0 * N * n_heads * (t->m->cfg.dim / t->m->cfg.n_heads));
@@ -533,7 +526,7 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
          (t->probs = tfm__alloc(N * V * sizeof(float))) && (t->tok = calloc(N, sizeof(int))) &&
          (t->tgt = calloc(N, sizeof(int)));
     if (ok && training) {
-        size_t P = m->n_floats;
+        size_t P = m->n_floats, rope_n = (size_t)max_seq * (d / (size_t)c->n_heads / 2);
         ok = (t->dx = tfm__alloc(N * d * sizeof(float))) &&
              (t->dxn = tfm__alloc(N * d * sizeof(float))) &&
              (t->dqkv = tfm__alloc(N * E * sizeof(float))) &&
@@ -543,10 +536,13 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
              (t->gfused = tfm__alloc((E > 2 * H ? E : 2 * H) * d * sizeof(float))) &&
              (t->dlog = tfm__alloc(N * V * sizeof(float))) &&
              (t->dP = tfm__alloc((size_t)n_threads * TT * sizeof(float))) &&
+             (t->rope_nsin = tfm__alloc(rope_n * sizeof(float))) &&
              (t->red_vec = tfm__alloc(RED_CHUNKS * d * sizeof(float))) &&
              (t->grads = tfm__alloc(P * sizeof(float))) &&
              (t->mom1 = tfm__alloc(P * sizeof(float))) && (t->mom2 = tfm__alloc(P * sizeof(float)));
         if (ok) {
+            for (size_t i = 0; i < rope_n; i++)
+                t->rope_nsin[i] = -m->rope_sin[i];
             memset(t->grads, 0, P * sizeof(float));
             memset(t->mom1, 0, P * sizeof(float));
             memset(t->mom2, 0, P * sizeof(float));
@@ -590,6 +586,7 @@ void tfm_trainer_destroy(tfm_trainer *t)
     }
     float *p[] = {t->x_f,  t->xnf,  t->rsf, t->probs, t->dx,    t->dxn,      t->dqkv,
                   t->dao,  t->dhg,  t->dh13, t->dlog, t->dP,    t->red_vec,  t->gfused,
+                  t->rope_nsin,
                   t->grads, t->mom1, t->mom2};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         tfm__free(p[i]);
