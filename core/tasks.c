@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "tfm/sampler.h"
 #include "tfm/tokenizer.h"
 #include "tfm/train.h"
 
@@ -142,15 +143,6 @@ void tfm_mqar_batch(const tfm_mqar *p, uint64_t seed, int step, int B, int *inpu
                           inputs + (size_t)b * p->seq_len, targets + (size_t)b * p->seq_len);
 }
 
-static int argmax(const float *p, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (p[i] > p[best])
-            best = i;
-    return best;
-}
-
 tfm_status tfm_mqar_evaluate(tfm_trainer *t, const tfm_mqar *p, uint64_t seed,
                              int n_sequences, tfm_mqar_eval *out)
 {
@@ -183,7 +175,7 @@ tfm_status tfm_mqar_evaluate(tfm_trainer *t, const tfm_mqar *p, uint64_t seed,
         for (int i = 0; i < B * T; i++) {
             if (tg[i] < 0)
                 continue;
-            int ok = argmax(probs + (size_t)i * V, V) == tg[i];
+            int ok = tfm_argmax(probs + (size_t)i * V, V) == tg[i];
             right += ok, n++;
             if (tg[i] == nul)
                 right_a += ok, n_a++;
@@ -305,7 +297,7 @@ tfm_status tfm_mqar_answer(const tfm_model *m, const tfm_mqar *p, const int *key
         const float *pr = tfm_trainer_probs(t);
         for (int b = 0; b < B; b++) {
             const float *row = pr + ((size_t)b * T + T - 1) * V;
-            int best = argmax(row, V);
+            int best = tfm_argmax(row, V);
             answers[done + b] =
                 best >= p->n_keys && best < nul ? best - p->n_keys : -1;
             probs[done + b] = row[best];
