@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef enum { K_STR, K_INT, K_SIZE, K_MODEL, K_BOOL } kind;
+typedef enum { K_STR, K_INT, K_SIZE, K_MODEL, K_BOOL, K_KEY } kind;
 
 typedef struct {
     const char *flag, *env, *arg, *help;
@@ -46,6 +46,21 @@ static const opt opts[] = {
     {"--train-workers", "ATTND_TRAIN_WORKERS", "N", "training jobs run at once, the rest queue (1)", K_INT, F(train_workers), 0, 1, 64},
     {"--train-threads", "ATTND_TRAIN_THREADS", "N", "compute threads of each training job (1)", K_INT, F(train_threads), 0, 1, 256},
     {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
+    {"--api-key", "ATTND_API_KEY", "KEY", "require Authorization: Bearer KEY on every route but\n"
+     "                          /healthz and /readyz (repeatable; ATTND_API_KEY takes a comma list)", K_KEY, 0, 0, 0, 0},
+    {"--api-key-file", "ATTND_API_KEY_FILE", "PATH", "API keys, one a line (# comments), re-read on SIGHUP", K_STR, F(api_key_file), CAP(api_key_file), 0, 0},
+    {"--metrics-public", "ATTND_METRICS_PUBLIC", NULL, "serve /metrics without a key (for a scraper)", K_BOOL, F(metrics_public), 0, 0, 1},
+    {"--header-timeout-seconds", "ATTND_HEADER_TIMEOUT_SECONDS", "N", "a request's headers and body must arrive within N s (10)", K_INT, F(header_timeout_s), 0, 1, 3600},
+    {"--idle-timeout-seconds", "ATTND_IDLE_TIMEOUT_SECONDS", "N", "close a connection idle for N s (30)", K_INT, F(idle_timeout_s), 0, 1, 86400},
+    {"--max-connections", "ATTND_MAX_CONNECTIONS", "N", "open connections before new ones get 503 (1024)", K_INT, F(max_connections), 0, 1, 100000},
+    {"--max-connections-per-ip", "ATTND_MAX_CONNECTIONS_PER_IP", "N", "open connections of one client address (128)", K_INT, F(max_conn_per_ip), 0, 1, 100000},
+    {"--request-timeout-seconds", "ATTND_REQUEST_TIMEOUT_SECONDS", "N", "longest a /generate or /recall may take; caps timeout_ms (600)", K_INT, F(request_timeout_s), 0, 1, 86400},
+    {"--max-inflight-per-client", "ATTND_MAX_INFLIGHT_PER_CLIENT", "N", "/generate and /recall requests one client (API key, else\n"
+     "                          address) may have in progress before 429 (32)", K_INT, F(max_inflight_per_client), 0, 1, 100000},
+    {"--max-json-depth", "ATTND_MAX_JSON_DEPTH", "N", "deepest nesting of a request body's arrays and objects (32)", K_INT, F(max_json_depth), 0, 2, 1000},
+    {"--max-header-bytes", "ATTND_MAX_HEADER_BYTES", "N", "request line and headers, else 414 or 431 (16384)", K_SIZE, F(max_header_bytes), 0, 1024, 1L << 20},
+    {"--train-queue-depth", "ATTND_TRAIN_QUEUE_DEPTH", "N", "training jobs waiting before POST /train gets 503 (64)", K_INT, F(train_queue_depth), 0, 1, 10000},
+    {"--train-keep", "ATTND_TRAIN_KEEP", "N", "finished training jobs kept; older ones are removed (100)", K_INT, F(train_keep), 0, 0, 100000},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
 
@@ -93,6 +108,17 @@ static int set(srv_config *cfg, const opt *o, const char *v, const char *from)
         else
             *(size_t *)(base + o->off) = (size_t)l;
         return 1;
+    case K_KEY:
+        if (cfg->n_api_keys >= SRV_MAX_API_KEYS) {
+            fprintf(stderr, "attnd: %s: at most %d keys\n", from, SRV_MAX_API_KEYS);
+            return 0;
+        }
+        if (!*v) {
+            fprintf(stderr, "attnd: %s: an empty key\n", from);
+            return 0;
+        }
+        cfg->api_keys[cfg->n_api_keys++] = v;
+        return 1;
     case K_MODEL:
         if (cfg->n_models >= SRV_MAX_MODELS) {
             fprintf(stderr, "attnd: %s: at most %d models\n", from, SRV_MAX_MODELS);
@@ -121,17 +147,27 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     snprintf(cfg->attention, sizeof cfg->attention, "auto");
     cfg->train_workers = 1;
     cfg->train_threads = 1;
+    cfg->header_timeout_s = 10;
+    cfg->idle_timeout_s = 30;
+    cfg->max_connections = 1024;
+    cfg->max_conn_per_ip = 128;
+    cfg->request_timeout_s = 600;
+    cfg->max_inflight_per_client = 32;
+    cfg->max_json_depth = 32;
+    cfg->max_header_bytes = 16384;
+    cfg->train_queue_depth = 64;
+    cfg->train_keep = 100;
 
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);
         if (!v || !*v)
             continue;
-        if (opts[i].k == K_MODEL) {
-            free(cfg->env_models);
-            cfg->env_models = strdup(v);
-            if (!cfg->env_models)
+        if (opts[i].k == K_MODEL || opts[i].k == K_KEY) {
+            char **copy = opts[i].k == K_MODEL ? &cfg->env_models : &cfg->env_api_keys;
+            free(*copy);
+            if (!(*copy = strdup(v)))
                 return 2;
-            for (char *save = NULL, *tok = strtok_r(cfg->env_models, ",", &save); tok;
+            for (char *save = NULL, *tok = strtok_r(*copy, ",", &save); tok;
                  tok = strtok_r(NULL, ",", &save))
                 if (!set(cfg, &opts[i], tok, opts[i].env))
                     return 2;
@@ -140,6 +176,7 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
         }
     }
     int env_models = cfg->n_models, cli_models = 0;
+    int env_keys = cfg->n_api_keys, cli_keys = 0;
     for (int a = 1; a < argc; a++) {
         if (!strcmp(argv[a], "-h") || !strcmp(argv[a], "--help")) {
             usage(stdout);
@@ -171,6 +208,8 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
         }
         if (o->k == K_MODEL && cli_models++ == 0)
             cfg->n_models -= env_models; /* flags replace the environment's list */
+        if (o->k == K_KEY && cli_keys++ == 0)
+            cfg->n_api_keys -= env_keys;
         if (!set(cfg, o, val, o->flag)) {
             usage(stderr);
             return 2;
@@ -190,4 +229,6 @@ void srv_config_deinit(srv_config *cfg)
 {
     free(cfg->env_models);
     cfg->env_models = NULL;
+    free(cfg->env_api_keys);
+    cfg->env_api_keys = NULL;
 }

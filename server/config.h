@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #define SRV_MAX_MODELS 32
+#define SRV_MAX_API_KEYS 64
 
 typedef struct srv_config {
     char host[256];        /* --host, ATTND_HOST: 127.0.0.1 */
@@ -29,6 +30,23 @@ typedef struct srv_config {
     int train_threads;     /* --train-threads, ATTND_TRAIN_THREADS: 1 (per job) */
     int quiet;             /* --quiet, ATTND_QUIET: no per-request log lines */
     char *env_models;      /* owned copy of ATTND_MODEL, split in place */
+
+    /* ---- trust on a network (auth.c, http.c, the limits) ---- */
+    const char *api_keys[SRV_MAX_API_KEYS]; /* --api-key (repeatable), ATTND_API_KEY (comma list) */
+    int n_api_keys;
+    char *env_api_keys;    /* owned copy of ATTND_API_KEY, split in place */
+    char api_key_file[1024]; /* --api-key-file, ATTND_API_KEY_FILE: a key a line, re-read on SIGHUP */
+    int metrics_public;    /* --metrics-public, ATTND_METRICS_PUBLIC: /metrics without a key */
+    int header_timeout_s;  /* --header-timeout-seconds: 10 (a request's headers and body) */
+    int idle_timeout_s;    /* --idle-timeout-seconds: 30 (a connection with nothing to do) */
+    int max_connections;   /* --max-connections: 1024 */
+    int max_conn_per_ip;   /* --max-connections-per-ip: 128 */
+    int request_timeout_s; /* --request-timeout-seconds: 600 (caps a request's timeout_ms) */
+    int max_inflight_per_client; /* --max-inflight-per-client: 32 (/generate and /recall) */
+    int max_json_depth;    /* --max-json-depth: 32 */
+    size_t max_header_bytes; /* --max-header-bytes: 16384 (request line and headers) */
+    int train_queue_depth; /* --train-queue-depth: 64 (queued jobs before 503) */
+    int train_keep;        /* --train-keep: 100 (finished jobs kept, oldest removed) */
 } srv_config;
 
 /* Fills cfg from the environment and argv.  Returns 0 to run, 1 when

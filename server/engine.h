@@ -72,6 +72,8 @@ struct srv_job {
     int ignore_eos;    /* keep generating past EOS (benchmarks) */
     int attention;     /* tfm_attn_kernel for this prompt's prefill; AUTO:
                         * the server's --attention */
+    uint64_t client;   /* who asked (srv_req.client: API key, else address),
+                        * for fair admission among clients */
     srv_job_notify_fn notify;
     void *notify_ctx;
     /* the HTTP side, under mu: the connection waiting for this job (NULL

@@ -16,6 +16,7 @@
 #define SRV_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "app.h"
 #include "text.h"
@@ -33,6 +34,9 @@ struct srv_req {
     int status;            /* status of the reply queued */
     int responded;
     srv_job *job;          /* referenced while attached */
+    uint64_t client;       /* a hash of the API key used, else of the peer's
+                            * address: the unit of --max-inflight-per-client */
+    int inflight;          /* counted against the client's in-flight cap */
 };
 
 /* Starts the daemon (its own epoll thread) on cfg->host:cfg->port.

@@ -630,8 +630,11 @@ class StartupError(AssertionError):
 class Server:
     """One attnd process we started. Never touches any other process."""
 
-    def __init__(self, args, env=None, name="attnd", wait_ready=True, workdir=None):
+    def __init__(self, args, env=None, name="attnd", wait_ready=True, workdir=None, api_key=None):
         self.args = list(args)
+        # sent as "Authorization: Bearer <api_key>" by request() unless the
+        # caller's headers carry an Authorization of their own
+        self.api_key = api_key
         self.env = env
         self.name = name
         self.want_ready = wait_ready
@@ -804,6 +807,8 @@ class Server:
     # ---- HTTP
 
     def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT, conn=None):
+        if self.api_key is not None and not any(k.lower() == "authorization" for k in (headers or {})):
+            headers = dict(headers or {}, Authorization="Bearer " + self.api_key)
         return http_request(self.port, method, path, body, headers, timeout, conn)
 
     def get(self, path, **kw):
