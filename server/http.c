@@ -117,8 +117,35 @@ void srv_reply_error(srv_req *r, int status, const char *code, const char *field
     srv_buf_free(&b);
 }
 
+void srv_reply_err(srv_req *r, const srv_error *e)
+{
+    srv_reply_error(r, e->status, e->code, e->field[0] ? e->field : NULL, "%s", e->message);
+}
+
+/* Arrays: the largest any route takes (a /recall's queries or pairs, a
+ * stop list); strings: a prompt or key is far below 256 KiB, and only a
+ * training job's inline text may fill the whole body. */
+#define SRV_JSON_MAX_ARRAY 65536
+#define SRV_JSON_MAX_STRING ((size_t)256 << 10)
+
+void srv_req_json_limits(const srv_req *r, srv_json_limits *lim)
+{
+    lim->max_depth = r->app->cfg.max_json_depth;
+    lim->max_array = SRV_JSON_MAX_ARRAY;
+    lim->max_string = r->route >= 0 && routes[r->route].handler == srv_route_train
+                          ? r->app->cfg.max_body_bytes
+                          : SRV_JSON_MAX_STRING;
+}
+
 json_t *srv_req_json_body(srv_req *r)
 {
+    srv_json_limits lim;
+    srv_error e;
+    srv_req_json_limits(r, &lim);
+    if (srv_json_guard(r->body.p ? r->body.p : "", r->body.len, &lim, &e)) {
+        srv_reply_err(r, &e);
+        return NULL;
+    }
     json_error_t err;
     json_t *body = json_loadb(r->body.p ? r->body.p : "", r->body.len,
                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);

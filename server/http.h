@@ -19,6 +19,8 @@
 #include <stdint.h>
 
 #include "app.h"
+#include "error.h"
+#include "json_guard.h"
 #include "text.h"
 
 struct srv_req {
@@ -60,6 +62,12 @@ void srv_reply_json(srv_req *r, int status, const char *json);
 void srv_reply_json_location(srv_req *r, int status, const char *json, const char *location);
 void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The reply for an error described as data (error.h). */
+void srv_reply_err(srv_req *r, const srv_error *e);
+/* The limits srv_req_json_body applies to a body before parsing it: the
+ * route's (a training job's inline text may fill the whole body; a
+ * /generate or /recall string may not). */
+void srv_req_json_limits(const srv_req *r, srv_json_limits *lim);
 /* The request body as JSON (duplicate keys refused, any top-level value),
  * or NULL after replying 400 invalid_json with the parser's position.  The
  * caller owns the result (json_decref).  /generate parses its own: it reads
