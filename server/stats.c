@@ -171,6 +171,29 @@ int srv_stats_init(srv_stats *s)
     s->train_loss = srv_metrics_gauge(r, "attnd_train_loss",
                                       "Training loss (nats) of the last step, per running job.",
                                       1, job_only);
+    static const char *const reason_only[] = {"reason"};
+    static const char *const auth_reasons[] = {"missing", "invalid"};
+    static const char *const conn_reasons[] = {"max_connections", "max_connections_per_ip"};
+    srv_metric *auth = srv_metrics_counter(
+        r, "attnd_auth_failures_total",
+        "Requests refused with 401: no Authorization: Bearer key, or a key not configured.", 1,
+        reason_only);
+    srv_metric *cr = srv_metrics_counter(
+        r, "attnd_connections_refused_total",
+        "Connections refused (503, then closed) past --max-connections or "
+        "--max-connections-per-ip.",
+        1, reason_only);
+    for (int i = 0; i < 2; i++) {
+        s->auth_failures[i] = srv_metric_series(auth, &auth_reasons[i]);
+        s->conn_refused[i] = srv_metric_series(cr, &conn_reasons[i]);
+    }
+    s->conn_header_timeouts = one(srv_metrics_counter(
+        r, "attnd_connections_header_timeouts_total",
+        "Connections closed because a request's headers and body did not arrive within "
+        "--header-timeout-seconds of its first byte.",
+        0, NULL));
+    s->conn_open = one(srv_metrics_gauge(r, "attnd_connections_open",
+                                         "Client connections open now.", 0, NULL));
     s->seen.enabled = 1;
     return s->requests && s->duration && s->ttft && s->op_seconds[0][0] && s->train_loss &&
                    s->train_step_seconds

@@ -38,6 +38,15 @@ typedef struct srv_stats {
     srv_series *train_jobs[SRV_TRAIN_STATES];
     srv_series *train_steps, *train_tokens, *train_step_seconds;
     srv_metric *train_loss; /* {job_id} */
+    /* hostile clients (auth.c, conn.c): requests refused for their key
+     * (reason missing, invalid), connections refused past a limit (reason
+     * max_connections, max_connections_per_ip) or dropped for a request
+     * that did not arrive within --header-timeout-seconds, and the open
+     * connections */
+    srv_series *auth_failures[2];
+    srv_series *conn_refused[2];
+    srv_series *conn_header_timeouts;
+    srv_series *conn_open;
     pthread_mutex_t mu; /* guards seen and others */
     tfm_profile seen;   /* what the counters hold so far */
     tfm_profile others; /* /recall's and training's op accounting, summed */
