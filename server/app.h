@@ -26,6 +26,8 @@
 
 struct MHD_Daemon;
 typedef struct srv_req srv_req;
+struct srv_auth;
+struct srv_conns;
 
 typedef struct srv_app {
     srv_config cfg;
@@ -36,7 +38,7 @@ typedef struct srv_app {
     uv_timer_t watch_timer;   /* client disconnects, draining */
     uv_timer_t grace_timer;   /* shutdown deadline */
     uv_async_t inbox_async;   /* engine -> loop: jobs with news */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_work_t load_work;
 
     pthread_mutex_t inbox_mu; /* guards inbox (any thread) */
@@ -48,6 +50,8 @@ typedef struct srv_app {
     srv_engine *engine;
     srv_stats stats;          /* thread-safe */
     struct srv_trainer *trainer; /* training jobs (train.h); thread-safe */
+    struct srv_auth *auth;    /* API keys (auth.h); thread-safe */
+    struct srv_conns *conns;  /* open connections, limits, deadlines (conn.h) */
 
     pthread_mutex_t wait_mu;  /* guards waiting (loop and HTTP threads) */
     srv_job **waiting;        /* jobs with a connection attached */

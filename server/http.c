@@ -20,6 +20,8 @@
  * job too.
  */
 #include "http.h"
+#include "auth.h"
+#include "conn.h"
 #include "train.h"
 
 #include <errno.h>
@@ -73,8 +75,12 @@ static void reply(srv_req *r, int status, const char *ctype, const char *body, s
         MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
     if (status == 405 && r->route >= 0)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, routes[r->route].method);
-    if (status == 503)
+    if (status == 503 || status == 429)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 401)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"attnd\"");
+    if (r->close_after)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -378,10 +384,71 @@ static int is_json(const char *ctype)
     return c == 0 || c == ';' || c == ' ';
 }
 
+/* The connection's guard entry (conn.h), or NULL. */
+static srv_conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* A request target longer than this gets 414 (at most --max-header-bytes). */
+#define SRV_MAX_URI 8192
+
+/* Limits on the connection and the request's head, then the API key:
+ * what is checked before the route is even looked at.  0 to go on. */
+static int guard_checks(srv_req *r, srv_conn *c)
+{
+    srv_app *app = r->app;
+    int refused = srv_conn_refused(c);
+    if (refused) {
+        r->close_after = 1;
+        srv_reply_error(r, 503, "overloaded", NULL, "too many connections%s; try again later",
+                        refused == SRV_CONN_MAX_PER_IP ? " from this address" : "");
+        return -1;
+    }
+    size_t max_uri = app->cfg.max_header_bytes < SRV_MAX_URI ? app->cfg.max_header_bytes : SRV_MAX_URI;
+    if (r->uri_len > max_uri) {
+        r->close_after = 1;
+        srv_reply_error(r, 414, "uri_too_long", NULL, "the request target is %zu bytes; the limit is %zu",
+                        r->uri_len, max_uri);
+        return -1;
+    }
+    const union MHD_ConnectionInfo *hi =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (hi && hi->header_size > app->cfg.max_header_bytes) {
+        r->close_after = 1;
+        srv_reply_error(r, 431, "request_header_fields_too_large", NULL,
+                        "the request line and headers are %zu bytes; the limit is %zu",
+                        hi->header_size, app->cfg.max_header_bytes);
+        return -1;
+    }
+    r->client = srv_conn_peer(c);
+    int open = !strcmp(r->method, "GET") &&
+               (!strcmp(r->path, "/healthz") || !strcmp(r->path, "/readyz") ||
+                (app->cfg.metrics_public && !strcmp(r->path, "/metrics")));
+    if (open || !srv_auth_enabled(app->auth))
+        return 0;
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_AUTHORIZATION);
+    int why = srv_auth_check(app->auth, h, &r->client);
+    if (why == SRV_AUTH_OK)
+        return 0;
+    /* the key is never logged: the log line shows method, path and 401 */
+    srv_counter_add(app->stats.auth_failures[why == SRV_AUTH_MISSING ? 0 : 1], 1);
+    srv_reply_error(r, 401, "unauthorized", NULL,
+                    why == SRV_AUTH_MISSING ? "this route needs an API key: Authorization: Bearer <key>"
+                                            : "the API key is not valid");
+    return -1;
+}
+
 /* First call: route, method and headers, before any body is read. */
 static void first_checks(srv_req *r)
 {
     srv_app *app = r->app;
+    srv_conn *c = conn_of(r->conn);
+    if (guard_checks(r, c))
+        return;
     if (r->route < 0) {
         srv_reply_error(r, 404, "not_found", NULL, "no route %s %s", r->method, r->path);
         return;
@@ -411,11 +478,45 @@ static void first_checks(srv_req *r)
         char *end;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
-        if (errno || end == cl || n > app->cfg.max_body_bytes)
+        if (errno || end == cl || n > app->cfg.max_body_bytes) {
             srv_reply_error(r, 413, "payload_too_large", NULL,
                             "the body is %s bytes; the limit is %zu", cl,
                             app->cfg.max_body_bytes);
+            return;
+        }
     }
+    /* requests that hold the engine or the worker: a cap per client, so one
+     * client cannot queue everything (the engine also admits fairly) */
+    if ((rt->handler == srv_route_generate || rt->handler == srv_route_recall) &&
+        srv_conn_inflight_acquire(app->conns, c, r->client)) {
+        srv_reply_error(r, 429, "too_many_requests", NULL,
+                        "this client has %d requests in progress already (the limit)",
+                        app->cfg.max_inflight_per_client);
+        return;
+    }
+}
+
+/* A request's state, from the moment its request line is in. */
+static srv_req *req_new(srv_app *app, const char *uri)
+{
+    srv_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->app = app;
+    r->t0 = tfm_now();
+    r->uri_len = uri ? strlen(uri) : 0;
+    atomic_fetch_add(&app->active, 1);
+    return r;
+}
+
+/* libmicrohttpd has the request line (before the headers): the request's
+ * header deadline runs from here, if its first bytes were not seen
+ * earlier.  What it returns is the request's *con_cls. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    srv_app *app = cls;
+    srv_conn_request_begin(app->conns, conn_of(conn));
+    return req_new(app, uri);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -425,19 +526,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     srv_app *app = cls;
     srv_req *r = *con_cls;
     (void)version;
-    if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r)
-            return MHD_NO;
-        r->app = app;
+    if (!r && !(*con_cls = r = req_new(app, NULL)))
+        return MHD_NO;
+    if (!r->routed) {
+        r->routed = 1;
         r->conn = conn;
-        r->t0 = tfm_now();
         snprintf(r->method, sizeof r->method, "%s", method);
         snprintf(r->path, sizeof r->path, "%s", url);
         r->route = find_route(url);
         r->label = r->route >= 0 ? routes[r->route].path : "other";
-        *con_cls = r;
-        atomic_fetch_add(&app->active, 1);
         first_checks(r);
         return MHD_YES;
     }
@@ -457,6 +554,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_size = 0;
         return MHD_YES;
     }
+    srv_conn_request_received(app->conns, conn_of(conn)); /* the body is in */
     if (r->responded)
         return MHD_YES;
     if (r->job) { /* resumed: the job has news, or its client is gone */
@@ -480,7 +578,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     srv_app *app = cls;
     srv_req *r = *con_cls;
-    (void)conn;
+    srv_conn *c = conn_of(conn);
+    int timed_out = srv_conn_timed_out(app->conns, c);
+    srv_conn_request_done(app->conns, c);
     if (!r)
         return;
     double dt = tfm_now() - r->t0;
@@ -496,11 +596,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         srv_job_unref(j);
         srv_gauge_add(app->stats.in_flight, -1);
     }
-    int status = r->status ? r->status : 499; /* nginx's "client closed request" */
-    srv_stats_request(&app->stats, r->label, status, dt);
+    /* 499: nginx's "client closed request"; 408: the guard closed it */
+    int status = r->status ? r->status : timed_out ? 408 : 499;
+    if (!r->routed) { /* the request line came, the headers never did */
+        snprintf(r->method, sizeof r->method, "-");
+        r->label = "other";
+    }
+    srv_stats_request(&app->stats, r->label ? r->label : "other", status, dt);
     if (!app->cfg.quiet) {
-        printf("%s %s %d %.1fms%s\n", r->method, r->path, status, dt * 1e3,
-               why == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (client gone)");
+        printf("%s %s %d %.1fms%s\n", r->method, r->routed ? r->path : "-", status, dt * 1e3,
+               timed_out ? " (header timeout)"
+               : why == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (client gone)");
         fflush(stdout);
     }
     srv_buf_free(&r->body);
@@ -509,22 +615,29 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&app->active, 1);
 }
 
-/* TCP_NODELAY on every connection: a reply may leave in two writes
- * (headers, body), and Nagle would hold the second for ~40 ms on a
- * keep-alive connection (PEERS.md measured exactly that on llama-server). */
+/* Every connection enters the guard (conn.h) and gets TCP_NODELAY: a
+ * reply may leave in two writes (headers, body), and Nagle would hold the
+ * second for ~40 ms on a keep-alive connection (PEERS.md measured exactly
+ * that on llama-server).  libmicrohttpd reports CLOSED before it closes
+ * the socket, which is what lets the guard shut sockets down safely. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                           enum MHD_ConnectionNotificationCode code)
 {
-    (void)cls;
-    (void)socket_ctx;
-    if (code != MHD_CONNECTION_NOTIFY_STARTED)
+    srv_app *app = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        srv_conn_close(app->conns, *socket_ctx);
+        *socket_ctx = NULL;
         return;
+    }
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci) {
-        int one = 1;
-        setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci)
+        return;
+    int one = 1;
+    setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    *socket_ctx = srv_conn_open(app->conns, ci->connect_fd, ai ? ai->client_addr : NULL);
 }
 
 /* ---- the daemon ---------------------------------------------------------------- */
@@ -545,9 +658,15 @@ int srv_http_start(srv_app *app)
             MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_request, app, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, app, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, app, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned)1, MHD_OPTION_END);
+        on_connection, app, MHD_OPTION_URI_LOG_CALLBACK, on_uri, app,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)app->cfg.idle_timeout_s,
+        /* the hard stops, a little above the guard's soft limits (conn.h) */
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)app->cfg.max_connections + SRV_CONN_HEADROOM,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)app->cfg.max_conn_per_ip + SRV_CONN_HEADROOM,
+        /* room for the head at the limit, so that the guard, not
+         * libmicrohttpd, answers 414 and 431 (as JSON) */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(2 * app->cfg.max_header_bytes + 16384),
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!app->mhd) {
         fprintf(stderr, "attnd: cannot listen on %s:%d: %s\n", app->cfg.host, app->cfg.port,
                 strerror(errno));

@@ -38,7 +38,9 @@ struct srv_req {
     srv_job *job;          /* referenced while attached */
     uint64_t client;       /* a hash of the API key used, else of the peer's
                             * address: the unit of --max-inflight-per-client */
-    int inflight;          /* counted against the client's in-flight cap */
+    size_t uri_len;        /* the request target as sent, query included */
+    int routed;            /* the first callback has run */
+    int close_after;       /* reply with Connection: close */
 };
 
 /* Starts the daemon (its own epoll thread) on cfg->host:cfg->port.

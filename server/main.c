@@ -11,12 +11,16 @@
  * whatever is left is cancelled and the process exits 0.  A second signal
  * cuts the grace short.
  */
+#include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include "auth.h"
+#include "conn.h"
 #include "http.h"
 #include "train.h"
 
@@ -241,10 +245,12 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     srv_app *app = h->data;
     if (atomic_load(&app->draining)) {
-        fprintf(stderr, "attnd: second signal, stopping now\n");
-        srv_http_cancel_all(app);
-        close_all(app);
-        return;
+        /* Every file attnd writes is replaced whole (temp file, fsync,
+         * rename), so stopping mid-write leaves the old one: nothing on
+         * disk is torn, and a running job resumes from its checkpoint. */
+        fprintf(stderr, "attnd: second signal, exiting now\n");
+        fflush(stdout);
+        _exit(app->exit_code);
     }
     fprintf(stderr, "attnd: %s, draining (grace %d s)\n", signum == SIGINT ? "SIGINT" : "SIGTERM",
             app->cfg.grace_seconds);
@@ -255,12 +261,54 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_timer_start(&app->grace_timer, on_grace, (uint64_t)app->cfg.grace_seconds * 1000, 0);
 }
 
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    srv_app *app = h->data;
+    (void)signum;
+    if (!app->cfg.api_key_file[0])
+        fprintf(stderr, "attnd: SIGHUP: no --api-key-file to re-read\n");
+    srv_auth_reload(app->auth);
+}
+
 static void on_watch(uv_timer_t *t)
 {
     srv_app *app = t->data;
+    static unsigned ticks;
     srv_http_watch(app);
+    if (ticks++ % 2 == 0) /* every 200 ms: deadlines are seconds */
+        srv_conns_sweep(app->conns);
     if (atomic_load(&app->draining) && atomic_load(&app->active) == 0)
         close_all(app);
+}
+
+static int is_loopback(const char *host)
+{
+    struct in_addr a;
+    return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
+/* Every connection is a descriptor: take the hard limit of open files, and
+ * lower --max-connections if even that cannot hold them with room for the
+ * models, the data dir and libmicrohttpd's headroom. */
+static void raise_fd_limit(srv_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long spare = 256 + SRV_CONN_HEADROOM;
+    if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < cfg->max_connections + spare) {
+        int n = (long)rl.rlim_cur > spare + 16 ? (int)((long)rl.rlim_cur - spare) : 16;
+        fprintf(stderr, "attnd: open files are limited to %ld: --max-connections %d lowered to %d\n",
+                (long)rl.rlim_cur, cfg->max_connections, n);
+        cfg->max_connections = n;
+        if (cfg->max_conn_per_ip > n)
+            cfg->max_conn_per_ip = n;
+    }
 }
 
 int main(int argc, char **argv)
@@ -271,13 +319,21 @@ int main(int argc, char **argv)
     if (rc)
         return rc == 1 ? 0 : 2;
     signal(SIGPIPE, SIG_IGN);
+    if (!(app.auth = srv_auth_create(&app.cfg)))
+        return 2;
+    if (!srv_auth_enabled(app.auth) && !is_loopback(app.cfg.host))
+        fprintf(stderr, "attnd: WARNING: listening on %s without an API key: anyone who can "
+                        "reach the port can generate, train and delete (--api-key or "
+                        "--api-key-file)\n",
+                app.cfg.host);
+    raise_fd_limit(&app.cfg);
     /* one libuv worker: model loading, then /recall's attention, one at a
      * time beside the engine thread rather than four threads on two cores */
     setenv("UV_THREADPOOL_SIZE", "1", 0);
     pthread_mutex_init(&app.inbox_mu, NULL);
     pthread_mutex_init(&app.wait_mu, NULL);
     srv_models_init(&app.models, &app.cfg);
-    if (srv_stats_init(&app.stats) != 0) {
+    if (srv_stats_init(&app.stats) != 0 || !(app.conns = srv_conns_create(&app.cfg, &app.stats))) {
         fprintf(stderr, "attnd: out of memory\n");
         return 1;
     }
@@ -297,6 +353,9 @@ int main(int argc, char **argv)
     app.sigint.data = app.sigterm.data = &app;
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    uv_signal_init(app.loop, &app.sighup);
+    app.sighup.data = &app;
+    uv_signal_start(&app.sighup, on_sighup, SIGHUP);
     uv_timer_init(app.loop, &app.watch_timer);
     uv_timer_init(app.loop, &app.grace_timer);
     app.watch_timer.data = app.grace_timer.data = &app;
@@ -327,6 +386,8 @@ int main(int argc, char **argv)
     uv_loop_close(app.loop);
     srv_models_deinit(&app.models);
     srv_stats_deinit(&app.stats);
+    srv_conns_destroy(app.conns);
+    srv_auth_destroy(app.auth);
     free(app.inbox);
     free(app.waiting);
     pthread_mutex_destroy(&app.inbox_mu);

@@ -170,6 +170,13 @@ def response_schema(method, path, status, media="application/json"):
         else:
             resp = op["responses"].get(str(status))
     if resp is None:
+        # what any route may answer, before its own handler runs: a head
+        # too large, a connection past the limits (openapi.yaml's
+        # components/responses)
+        common = {414: "UriTooLong", 431: "HeaderFieldsTooLarge", 503: "TooManyConnections"}
+        if status in common:
+            resp = doc["components"]["responses"][common[status]]
+    if resp is None:
         raise AssertionError("openapi.yaml documents no %d answer for %s %s" % (status, method.upper(), path))
     resp = resolve_ref(resp)
     content = resp.get("content", {})
