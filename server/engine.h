@@ -4,8 +4,8 @@
  *
  * A request becomes a job.  The HTTP side (the libuv loop thread) fills in
  * the job's parameters and submits it; the engine admits it into a free
- * slot of its model when one is free (else it waits in a bounded FIFO
- * queue; a full queue is refused at once), tokenises and prefills its
+ * slot of its model when one is free (else it waits in a bounded queue; a
+ * full queue is refused at once), tokenises and prefills its
  * prompt in chunks (sgemm), and from then on advances it by one token per
  * step together with every other running sequence of the model (one batched
  * decode).  A sequence leaves the batch the moment it finishes or is
@@ -17,6 +17,12 @@
  * server posts the job to the loop's inbox); the loop reads the output
  * under the same mutex.  Cancelling is an atomic flag the engine polls
  * between steps.
+ *
+ * Admission is fair among clients: a freed slot goes to the waiting job
+ * whose client has the fewest sequences running on that model, the oldest
+ * among equals.  A job may carry a deadline: past it, between steps, a job
+ * without a token yet is answered 504 "timeout" and one with tokens ends
+ * with finish_reason "timeout" (engine.c says how).
  */
 #ifndef SRV_ENGINE_H
 #define SRV_ENGINE_H
@@ -40,6 +46,7 @@ typedef enum srv_finish {
     SRV_FINISH_EOS,
     SRV_FINISH_STOP,
     SRV_FINISH_CANCELLED,
+    SRV_FINISH_TIMEOUT, /* the deadline passed after the first token */
     SRV_FINISH_ERROR,
 } srv_finish;
 
@@ -74,6 +81,8 @@ struct srv_job {
                         * the server's --attention */
     uint64_t client;   /* who asked (srv_req.client: API key, else address),
                         * for fair admission among clients */
+    int timeout_ms;    /* the request's, clamped to --request-timeout-seconds */
+    double deadline;   /* tfm_now() past which the job times out; 0: none */
     srv_job_notify_fn notify;
     void *notify_ctx;
     /* the HTTP side, under mu: the connection waiting for this job (NULL

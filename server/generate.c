@@ -1,299 +1,17 @@
 /*
- * generate.c — POST /generate: validate the body, hand a job to the engine.
+ * generate.c — POST /generate: validate the body (srv_generate_parse,
+ * generate_parse.c), hand a job to the engine, park until it reports.
  *
- * Every field is checked here, on the loop thread, before anything is
- * queued, so a bad request costs no engine time and names its field
- * (422).  What can only be known after tokenising (a prompt longer than the
- * context) is checked by the engine and comes back as the same error shape.
- * Unknown fields are refused: a typo like "max_token" should not silently
- * fall back to a default, as it does in some servers.
+ * The deadline of timeout_ms runs from the request's arrival (r->t0), so
+ * that time spent receiving the body counts; the engine enforces it
+ * between steps (engine.h).
  */
-#include <jansson.h>
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
-#include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "http.h"
-
-#define MAX_TOKENS_LIMIT 4096
-
-static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_tokens",
-                                    "temperature", "top_k", "top_p", "seed", "stop", "stream",
-                                    "ignore_eos", "attention"};
+#include "validate.h"
 
 static void on_job(srv_job *j, void *ctx);
-
-/* Set while the body was parsed with integers as reals (see generate). */
-typedef struct parse_ctx {
-    int reals;
-    const char *raw;
-    size_t raw_len;
-} parse_ctx;
-static _Thread_local parse_ctx pc;
-
-/* The raw text of a top-level member's value in an object that jansson has
- * already accepted: what seeds need, since jansson keeps integers as int64
- * and a seed may be any unsigned 64-bit value.  0 when not found (a key
- * written with escapes is not matched). */
-static int raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen)
-{
-    size_t klen = strlen(key);
-    int depth = 0;
-    for (size_t i = 0; i < n;) {
-        char c = p[i];
-        if (c == '"') {
-            size_t start = ++i;
-            while (i < n && p[i] != '"')
-                i += p[i] == '\\' ? 2 : 1;
-            size_t end = i++;
-            size_t k = i;
-            while (k < n && isspace((unsigned char)p[k]))
-                k++;
-            if (depth == 1 && k < n && p[k] == ':' && end - start == klen &&
-                !memcmp(p + start, key, klen)) {
-                k++;
-                while (k < n && isspace((unsigned char)p[k]))
-                    k++;
-                size_t v = k;
-                while (k < n && !strchr(",}] \t\r\n", p[k]))
-                    k++;
-                *val = p + v;
-                *vlen = k - v;
-                return 1;
-            }
-            continue;
-        }
-        if (c == '{' || c == '[')
-            depth++;
-        else if (c == '}' || c == ']')
-            depth--;
-        i++;
-    }
-    return 0;
-}
-
-static int parse_seed(srv_req *r, uint64_t *out)
-{
-    const char *v;
-    size_t n;
-    char lit[32];
-    if (!raw_member(pc.raw, pc.raw_len, "seed", &v, &n) || n == 0 || n >= sizeof lit)
-        goto bad;
-    for (size_t i = 0; i < n; i++)
-        if (v[i] < '0' || v[i] > '9')
-            goto bad;
-    memcpy(lit, v, n);
-    lit[n] = 0;
-    errno = 0;
-    unsigned long long s = strtoull(lit, NULL, 10);
-    if (errno)
-        goto bad;
-    *out = s;
-    return 1;
-bad:
-    srv_reply_error(r, 422, "invalid_argument", "seed",
-                    "seed must be an integer between 0 and 18446744073709551615");
-    return 0;
-}
-
-/* A number field in [lo, hi]; 1 when absent (out keeps its default). */
-static int number(srv_req *r, json_t *body, const char *key, double lo, double hi, int lo_open,
-                  double *out)
-{
-    json_t *v = json_object_get(body, key);
-    if (!v)
-        return 1;
-    if (!json_is_number(v)) {
-        srv_reply_error(r, 422, "invalid_argument", key, "%s must be a number", key);
-        return 0;
-    }
-    double d = json_number_value(v);
-    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo)) {
-        srv_reply_error(r, 422, "invalid_argument", key, "%s must be %s %g and <= %g", key,
-                        lo_open ? ">" : ">=", lo, hi);
-        return 0;
-    }
-    *out = d;
-    return 1;
-}
-
-/* An integer field in [lo, hi]; 1 when absent. */
-static int integer(srv_req *r, json_t *body, const char *key, json_int_t lo, json_int_t hi,
-                   json_int_t *out)
-{
-    json_t *v = json_object_get(body, key);
-    if (!v)
-        return 1;
-    /* a body with an integer beyond int64 was parsed with integers as
-     * reals: then an integral real counts as an integer */
-    if (pc.reals && json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
-        json_real_value(v) >= (double)lo && json_real_value(v) <= (double)hi) {
-        *out = (json_int_t)json_real_value(v);
-        return 1;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        srv_reply_error(r, 422, "invalid_argument", key,
-                        "%s must be an integer between %lld and %lld", key, (long long)lo,
-                        (long long)hi);
-        return 0;
-    }
-    *out = json_integer_value(v);
-    return 1;
-}
-
-static int parse_stop(srv_req *r, json_t *v, srv_job *j)
-{
-    json_t *one[1] = {v};
-    json_t **items = one;
-    size_t n = 1;
-    if (json_is_array(v)) {
-        n = json_array_size(v);
-        if (n > SRV_MAX_STOP) {
-            srv_reply_error(r, 422, "invalid_argument", "stop", "stop takes at most %d strings",
-                            SRV_MAX_STOP);
-            return 0;
-        }
-        items = NULL;
-    } else if (!json_is_string(v)) {
-        srv_reply_error(r, 422, "invalid_argument", "stop",
-                        "stop must be a string or an array of strings");
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *s = items ? items[i] : json_array_get(v, i);
-        if (!json_is_string(s) || json_string_length(s) == 0 ||
-            json_string_length(s) > SRV_MAX_STOP_BYTES) {
-            srv_reply_error(r, 422, "invalid_argument", "stop",
-                            "each stop string must be a non-empty string of at most %d bytes",
-                            SRV_MAX_STOP_BYTES);
-            return 0;
-        }
-        size_t len = json_string_length(s);
-        j->stop[j->n_stop] = malloc(len + 1);
-        if (!j->stop[j->n_stop]) {
-            srv_reply_error(r, 500, "internal", NULL, "out of memory");
-            return 0;
-        }
-        memcpy(j->stop[j->n_stop], json_string_value(s), len + 1);
-        j->stop_len[j->n_stop++] = len;
-    }
-    return 1;
-}
-
-static int fill_job(srv_req *r, json_t *body, srv_job *j)
-{
-    srv_app *app = r->app;
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++)
-            ok = !strcmp(key, known[i]);
-        if (!ok) {
-            srv_reply_error(r, 422, "invalid_argument", key, "unknown field \"%s\"", key);
-            return 0;
-        }
-    }
-    json_t *prompt = json_object_get(body, "prompt");
-    if (!prompt || !json_is_string(prompt)) {
-        srv_reply_error(r, 422, "invalid_argument", "prompt",
-                        prompt ? "prompt must be a string" : "prompt is required");
-        return 0;
-    }
-    j->prompt_len = json_string_length(prompt);
-    j->prompt = malloc(j->prompt_len + 1);
-    if (!j->prompt) {
-        srv_reply_error(r, 500, "internal", NULL, "out of memory");
-        return 0;
-    }
-    memcpy(j->prompt, json_string_value(prompt), j->prompt_len + 1);
-
-    json_t *model = json_object_get(body, "model");
-    if (model && !json_is_string(model)) {
-        srv_reply_error(r, 422, "invalid_argument", "model", "model must be a string");
-        return 0;
-    }
-    j->model = model ? srv_models_find(&app->models, json_string_value(model))
-                     : srv_models_default(&app->models);
-    if (!j->model) {
-        if (model)
-            srv_reply_error(r, 404, "model_not_found", "model", "no model named \"%s\"",
-                            json_string_value(model));
-        else
-            srv_reply_error(r, 503, "not_ready", NULL, "no text model is loaded");
-        return 0;
-    }
-    if (strcmp(j->model->kind, "text")) {
-        srv_reply_error(r, 422, "invalid_argument", "model",
-                        "model \"%s\" is a %s model; /generate needs a text model", j->model->name,
-                        j->model->kind);
-        return 0;
-    }
-
-    json_int_t mt = 128, mnt = 0, top_k = 0;
-    if (!integer(r, body, "max_tokens", 1, MAX_TOKENS_LIMIT, &mt) ||
-        !integer(r, body, "max_new_tokens", 1, MAX_TOKENS_LIMIT, &mnt))
-        return 0;
-    if (json_object_get(body, "max_new_tokens")) {
-        if (json_object_get(body, "max_tokens") && mt != mnt) {
-            srv_reply_error(r, 422, "invalid_argument", "max_new_tokens",
-                            "max_tokens and its alias max_new_tokens disagree");
-            return 0;
-        }
-        mt = mnt;
-    }
-    j->max_tokens = (int)mt;
-    double temperature = 1.0, top_p = 1.0;
-    if (!number(r, body, "temperature", 0, 100, 0, &temperature) ||
-        !number(r, body, "top_p", 0, 1, 1, &top_p) ||
-        !integer(r, body, "top_k", 0, 1 << 30, &top_k))
-        return 0;
-    j->sampling.temperature = (float)temperature;
-    j->sampling.top_p = (float)top_p;
-    j->sampling.top_k = (int)top_k;
-    if (json_object_get(body, "seed")) {
-        if (!parse_seed(r, &j->sampling.seed))
-            return 0;
-    } else {
-        /* no seed: a fresh one per request, from the clock and a counter */
-        static uint64_t counter;
-        j->sampling.seed = (uint64_t)(tfm_now() * 1e9) ^ (++counter * 0x9E3779B97F4A7C15ull);
-    }
-    json_t *stop = json_object_get(body, "stop");
-    if (stop && !json_is_null(stop) && !parse_stop(r, stop, j))
-        return 0;
-    json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream)) {
-        srv_reply_error(r, 422, "invalid_argument", "stream", "stream must be true or false");
-        return 0;
-    }
-    j->stream = stream && json_is_true(stream);
-    json_t *ignore_eos = json_object_get(body, "ignore_eos");
-    if (ignore_eos && !json_is_boolean(ignore_eos)) {
-        srv_reply_error(r, 422, "invalid_argument", "ignore_eos", "ignore_eos must be true or false");
-        return 0;
-    }
-    j->ignore_eos = ignore_eos && json_is_true(ignore_eos);
-    json_t *attention = json_object_get(body, "attention");
-    if (attention) {
-        const char *k = json_is_string(attention) ? json_string_value(attention) : "";
-        if (!strcmp(k, "naive"))
-            j->attention = TFM_ATTN_NAIVE;
-        else if (!strcmp(k, "tiled"))
-            j->attention = TFM_ATTN_TILED;
-        else if (strcmp(k, "auto")) {
-            srv_reply_error(r, 422, "invalid_argument", "attention",
-                            "attention must be \"naive\", \"tiled\" or \"auto\"");
-            return 0;
-        }
-    }
-    return 1;
-}
 
 void srv_route_generate(srv_req *r)
 {
@@ -302,40 +20,24 @@ void srv_route_generate(srv_req *r)
         srv_reply_error(r, 503, "not_ready", NULL, "models are loading");
         return;
     }
-    json_error_t err;
-    const char *raw = r->body.p ? r->body.p : "";
-    size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
-    pc = (parse_ctx){0, raw, r->body.len};
-    json_t *body = json_loadb(raw, r->body.len, flags, &err);
-    if (!body && json_error_code(&err) == json_error_numeric_overflow) {
-        /* valid JSON with an integer beyond int64: parse again with
-         * integers as reals, so that the field gets its 422 (or, for a
-         * seed, its exact value from the raw text) */
-        pc.reals = 1;
-        body = json_loadb(raw, r->body.len, flags | JSON_DECODE_INT_AS_REAL, &err);
-    }
-    if (!body) {
-        srv_reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                        err.line, err.column, err.text);
-        return;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        srv_reply_error(r, 422, "invalid_argument", NULL, "the body must be a JSON object");
-        return;
-    }
     srv_job *j = srv_job_create();
     if (!j) {
-        json_decref(body);
         srv_reply_error(r, 500, "internal", NULL, "out of memory");
         return;
     }
-    int ok = fill_job(r, body, j);
-    json_decref(body);
-    if (!ok) {
+    srv_json_limits lim;
+    srv_error e;
+    srv_req_json_limits(r, &lim);
+    /* a prompt may fill the body: one too long for the model's context is
+     * the engine's 422 (field prompt), after tokenising, not a 413 */
+    lim.max_string = app->cfg.max_body_bytes;
+    if (srv_generate_parse(r->body.p, r->body.len, &lim, &app->models, &app->cfg, j, &e)) {
         srv_job_unref(j);
+        srv_reply_err(r, &e);
         return;
     }
+    j->client = r->client;
+    j->deadline = r->t0 + j->timeout_ms * 1e-3;
     j->notify = on_job;
     j->notify_ctx = app;
     if (srv_engine_submit(app->engine, j) != 0) {

@@ -1,0 +1,80 @@
+/*
+ * validate.h — the request validators of POST /generate and POST /recall
+ * as pure functions: raw body bytes in, a parsed request or an srv_error
+ * out.  No connection, no libmicrohttpd, no libuv: the route handlers
+ * (generate.c, recall.c) are thin wrappers that turn the error into the
+ * reply (srv_reply_err), and the fuzz targets call the very same
+ * functions on arbitrary bytes.
+ *
+ * Each validator first runs srv_json_guard on the raw bytes (depth, array
+ * and string limits; 400 or 413), then parses with jansson (duplicate keys
+ * refused; 400 invalid_json with the parser's position), then checks every
+ * field (422 naming it; 404 model_not_found; 503 not_ready when there is
+ * no model to serve).  The messages are the server's own, word for word.
+ *
+ * Linking: generate_parse.c and recall_parse.c need engine.c (srv_job),
+ * models.c (the registry), text.c, error.c, json_guard.c, the tfm core and
+ * jansson; no engine thread is started.  A harness builds a registry with
+ * srv_models_init(&reg, &cfg) (cfg from srv_config_parse with argv
+ * {"attnd"}, or zeroed with the limits set) and, for one model,
+ * srv_models_add(&reg, "tiny.safetensors", err, sizeof err).
+ *
+ * Thread-safety: both may run on any thread at once; the registry is read
+ * lock-free (models.h).
+ */
+#ifndef SRV_VALIDATE_H
+#define SRV_VALIDATE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "engine.h"
+#include "error.h"
+#include "json_guard.h"
+#include "models.h"
+
+/* POST /generate: fills j (from srv_job_create: its defaults are the
+ * request's defaults) with the prompt, model, sampling, stop strings,
+ * stream, ignore_eos, attention and timeout_ms (clamped to
+ * cfg->request_timeout_s; absent: the cap).  Seeds are read from the raw
+ * literal (any unsigned 64-bit value).  Returns 0, or -1 with e filled; j
+ * may hold partial allocations either way, which srv_job_unref frees.  A
+ * prompt longer than the model's context is found later, by the engine.
+ * The route passes srv_req_json_limits's limits with max_string raised to
+ * --max-body-bytes: a prompt may fill the body (a long one is the engine's
+ * 422, field prompt, not a 413). */
+int srv_generate_parse(const char *body, size_t len, const srv_json_limits *lim,
+                       const srv_models *models, const srv_config *cfg, srv_job *j,
+                       srv_error *e);
+
+/* A validated /recall: the symbols interned (engine "exact") or mapped to
+ * the model's integers (engine "model"). */
+typedef struct srv_recall_task {
+    json_t *body;     /* the parsed request, owned; pair and query values borrowed */
+    json_t *pairs;    /* borrowed from body */
+    json_t *queries;  /* owned: the body's array, or an array of the one query */
+    int explain;
+    int timeout_ms;   /* clamped to the cap */
+    uint32_t *keys, *values, *qids; /* engine exact: interned ids, n_pairs / n_queries */
+    int n_pairs, n_queries, n_key_symbols, n_value_symbols;
+    struct srv_stats *stats; /* set by the route, for the worker; NULL in a harness */
+    /* engine "model" (NULL for exact) */
+    const srv_model *model;
+    int *mkeys, *mvalues, *mqueries; /* the store (distinct keys), the queries */
+    int n_store;
+} srv_recall_task;
+
+/* POST /recall: *out receives a new task (the caller owns it:
+ * srv_recall_task_free).  ready: whether start-up has finished loading
+ * models; engine "model" with no recall model to use is a 503 not_ready
+ * while it has not (a harness passes 1).  Returns 0, or -1 with e filled
+ * and *out NULL. */
+int srv_recall_parse(const char *body, size_t len, const srv_json_limits *lim,
+                     const srv_models *models, const srv_config *cfg, int ready,
+                     srv_recall_task **out, srv_error *e);
+/* NULL is a no-op. */
+void srv_recall_task_free(srv_recall_task *t);
+
+#endif
