@@ -13,6 +13,16 @@
  * published count is the release that makes the entry's fields visible to
  * a reader's acquire.  A lookup is a linear scan over at most
  * SRV_MODELS_MAX names, cheap beside any request that uses the model.
+ *
+ * Hostile files (datadir.h): every model and tokenizer file is opened
+ * O_NONBLOCK and checked to be a regular file before the loader reads it,
+ * so a FIFO, a directory or a dangling link is skipped, never waited on.
+ * In <data-dir>/models (attnd's own) a file that cannot be served — not a
+ * regular file, a symlink, a name with control characters, a truncated or
+ * corrupt checkpoint — is quarantined, and the leftover temporaries of a
+ * save cut short are deleted; in the models dir or a --model file (read
+ * only) it is logged and skipped.  A model whose name is taken is skipped
+ * in both (it is not broken).
  */
 #include "models.h"
 
@@ -23,6 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "datadir.h"
 #include "tfm/checkpoint.h"
 
 static int has_suffix(const char *s, const char *suf)
@@ -50,10 +61,32 @@ static void entry_destroy(srv_model *e)
     free(e);
 }
 
-/* Loads path into a new entry (not yet registered); NULL with err. */
-static srv_model *entry_load(const srv_models *reg, const char *path, char *err, size_t errlen)
+/* Whether a file the loader is about to open is a regular file (following
+ * links: a --model or a models dir may link elsewhere); 0 with err. */
+static int regular(const char *path, char *err, size_t errlen)
+{
+    char why[256];
+    int fd = srv_data_open_regular(path, 1, 0, why, sizeof why);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s", why);
+        return 0;
+    }
+    close(fd);
+    return 1;
+}
+
+/* Loads path into a new entry (not yet registered); NULL with err, and
+ * *broken set when the file itself is at fault (not a lack of memory). */
+static srv_model *entry_load(const srv_models *reg, const char *path, int *broken, char *err,
+                             size_t errlen)
 {
     char msg[512] = "";
+    *broken = 0;
+    if (!regular(path, msg, sizeof msg)) {
+        *broken = 1;
+        snprintf(err, errlen, "%s", msg);
+        return NULL;
+    }
     srv_model *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -63,6 +96,7 @@ static srv_model *entry_load(const srv_models *reg, const char *path, char *err,
     snprintf(e->source, sizeof e->source, "%s", path);
     tfm_status s = tfm_checkpoint_load(path, TFM_CKPT_AUTO, &e->model, msg, sizeof msg);
     if (s != TFM_OK) {
+        *broken = s != TFM_E_NOMEM;
         snprintf(err, errlen, "%s: %s", tfm_strerror(s), msg);
         goto fail;
     }
@@ -73,6 +107,7 @@ static srv_model *entry_load(const srv_models *reg, const char *path, char *err,
         return e;
     }
     if (s != TFM_E_NOTFOUND) {
+        *broken = 1;
         snprintf(err, errlen, "task \"recall\" with missing or bad recall.* metadata (or a "
                  "vocabulary or context that does not fit them)");
         goto fail;
@@ -88,7 +123,10 @@ static srv_model *entry_load(const srv_models *reg, const char *path, char *err,
             int dirlen = slash ? (int)(slash - path + 1) : 0;
             snprintf(tpath, sizeof tpath, "%.*stokenizer.bin", dirlen, path);
         }
-        s = tfm_tokenizer_load_llama2c(tpath, m->cfg.vocab_size, &e->tok, msg, sizeof msg);
+        if (!regular(tpath, msg, sizeof msg))
+            s = TFM_E_IO;
+        else
+            s = tfm_tokenizer_load_llama2c(tpath, m->cfg.vocab_size, &e->tok, msg, sizeof msg);
         if (s != TFM_OK) {
             snprintf(err, errlen, "tokenizer %s: %s: %s", tpath, tfm_strerror(s), msg);
             goto fail;
@@ -137,13 +175,21 @@ static void log_loaded(const srv_model *e)
                 tfm_config_n_params(&e->model->cfg), e->source);
 }
 
-/* Start-up: one file; 1 loaded, 0 skipped (message printed). */
-static int load_one(srv_models *reg, const char *path)
+/* Start-up: one file; 1 loaded, 0 skipped (message printed).  data_dir:
+ * the file is in <data_dir>/models and quarantined when broken; NULL for
+ * the read-only places. */
+static int load_one(srv_models *reg, const char *path, const char *data_dir)
 {
-    char err[1024];
-    srv_model *e = entry_load(reg, path, err, sizeof err);
+    char err[1024], shown[1200];
+    int broken;
+    srv_model *e = entry_load(reg, path, &broken, err, sizeof err);
     if (!e) {
-        fprintf(stderr, "attnd: model %s: %s\n", path, err);
+        if (data_dir && broken) {
+            srv_data_quarantine(data_dir, path, err);
+        } else {
+            srv_data_printable(path, shown, sizeof shown);
+            fprintf(stderr, "attnd: model %s: %s; skipped\n", shown, err);
+        }
         return 0;
     }
     e->startup = 1;
@@ -166,8 +212,9 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Every model file of dir in name order; .bin too unless only_safetensors. */
-static int load_dir(srv_models *reg, const char *dir, int only_safetensors)
+/* Every model file of dir in name order; .bin too unless only_safetensors.
+ * data_dir: dir is <data_dir>/models (see load_one); NULL otherwise. */
+static int load_dir(srv_models *reg, const char *dir, int only_safetensors, const char *data_dir)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -176,11 +223,35 @@ static int load_dir(srv_models *reg, const char *dir, int only_safetensors)
     int n = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
+        char path[2200], shown[2400];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (data_dir && srv_data_is_temp(de->d_name)) { /* a save cut short */
+            srv_data_printable(path, shown, sizeof shown);
+            if (unlink(path) == 0)
+                fprintf(stderr, "attnd: data: %s: removed (the temporary file of a write that "
+                        "did not finish)\n", shown);
+            continue;
+        }
         if (de->d_name[0] == '.' || !strcmp(de->d_name, "tokenizer.bin"))
             continue;
         if (!has_suffix(de->d_name, ".safetensors") &&
             (only_safetensors || !has_suffix(de->d_name, ".bin")))
             continue;
+        if (!srv_data_name_ok(de->d_name)) { /* its name would be served as is */
+            if (data_dir) {
+                srv_data_quarantine(data_dir, path, "a name with control characters");
+            } else {
+                srv_data_printable(path, shown, sizeof shown);
+                fprintf(stderr, "attnd: model %s: a name with control characters; skipped\n",
+                        shown);
+            }
+            continue;
+        }
+        struct stat sb;
+        if (data_dir && lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+            srv_data_quarantine(data_dir, path, "a symbolic link (trained models are files)");
+            continue;
+        }
         char **nn = realloc(names, (size_t)(n + 1) * sizeof *nn);
         if (!nn)
             break;
@@ -197,7 +268,7 @@ static int load_dir(srv_models *reg, const char *dir, int only_safetensors)
         qsort(names, (size_t)n, sizeof *names, cmp_str);
     int loaded = 0;
     for (int i = 0; i < n; i++) {
-        loaded += load_one(reg, names[i]);
+        loaded += load_one(reg, names[i], data_dir);
         free(names[i]);
     }
     free(names);
@@ -218,24 +289,24 @@ int srv_models_load(srv_models *reg)
     int loaded = 0;
     if (cfg->n_models > 0) {
         for (int i = 0; i < cfg->n_models; i++) {
-            if (!load_one(reg, cfg->models[i]))
+            if (!load_one(reg, cfg->models[i], NULL))
                 return -1;
             loaded++;
         }
     } else if (cfg->models_dir[0]) {
-        loaded = load_dir(reg, cfg->models_dir, 0);
+        loaded = load_dir(reg, cfg->models_dir, 0, NULL);
     } else {
         struct stat sb;
         if (stat("models", &sb) == 0 && S_ISDIR(sb.st_mode))
-            loaded = load_dir(reg, "models", 0);
+            loaded = load_dir(reg, "models", 0, NULL);
         else
-            loaded = load_dir(reg, ATTND_SHARE_DIR "/models", 0);
+            loaded = load_dir(reg, ATTND_SHARE_DIR "/models", 0, NULL);
     }
     /* trained models survive restarts: what the jobs left in the data dir */
     if (cfg->data_dir[0]) {
         char dir[1100];
         snprintf(dir, sizeof dir, "%s/models", cfg->data_dir);
-        loaded += load_dir(reg, dir, 1);
+        loaded += load_dir(reg, dir, 1, cfg->data_dir);
     }
     return loaded;
 }
@@ -248,7 +319,8 @@ int srv_models_add(srv_models *reg, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "the name \"%s\" is taken", name);
         return -2;
     }
-    srv_model *e = entry_load(reg, path, err, errlen);
+    int broken;
+    srv_model *e = entry_load(reg, path, &broken, err, errlen);
     if (!e)
         return -1;
     int rc = publish(reg, e);

@@ -194,6 +194,21 @@ int srv_stats_init(srv_stats *s)
         0, NULL));
     s->conn_open = one(srv_metrics_gauge(r, "attnd_connections_open",
                                          "Client connections open now.", 0, NULL));
+    static const char *const op_only[] = {"op"};
+    static const char *const storage_ops[SRV_STORAGE_OPS] = {"checkpoint", "record", "model"};
+    srv_metric *se = srv_metrics_counter(
+        r, "attnd_storage_errors_total",
+        "Writes under --data-dir that failed (full or read-only disk), by op: a training "
+        "checkpoint (retried at the next one), a job record (retried at the next change), a "
+        "trained model (fails the job).",
+        1, op_only);
+    for (int i = 0; i < SRV_STORAGE_OPS; i++)
+        s->storage_errors[i] = srv_metric_series(se, &storage_ops[i]);
+    s->data_quarantined = one(srv_metrics_counter(
+        r, "attnd_data_quarantined_total",
+        "Entries of --data-dir that could not be used (corrupt, truncated, not a regular file, "
+        "a symlink, a bad name) and were moved to <data-dir>/quarantine.",
+        0, NULL));
     s->seen.enabled = 1;
     return s->requests && s->duration && s->ttft && s->op_seconds[0][0] && s->train_loss &&
                    s->train_step_seconds

@@ -14,6 +14,9 @@
 /* Training job states, in the order of srv_train_state_names. */
 #define SRV_TRAIN_STATES 5
 extern const char *const srv_train_state_names[SRV_TRAIN_STATES];
+/* Storage operations whose failures are counted: a job's checkpoint, its
+ * record, a trained model (label op of attnd_storage_errors_total). */
+enum { SRV_STORAGE_CHECKPOINT = 0, SRV_STORAGE_RECORD, SRV_STORAGE_MODEL, SRV_STORAGE_OPS };
 
 typedef struct srv_stats {
     srv_registry *reg;
@@ -38,6 +41,10 @@ typedef struct srv_stats {
     srv_series *train_jobs[SRV_TRAIN_STATES];
     srv_series *train_steps, *train_tokens, *train_step_seconds;
     srv_metric *train_loss; /* {job_id} */
+    /* the data dir (train*.c, datadir.c): writes that failed (a full or
+     * read-only disk), by op (SRV_STORAGE_*), and entries quarantined */
+    srv_series *storage_errors[SRV_STORAGE_OPS];
+    srv_series *data_quarantined;
     /* hostile clients (auth.c, conn.c): requests refused for their key
      * (reason missing, invalid), connections refused past a limit (reason
      * max_connections, max_connections_per_ip) or dropped for a request

@@ -16,8 +16,26 @@
  * number and written under the job's own io_mu, so an older snapshot never
  * overwrites a newer one and no fsync happens under t->mu.
  *
- * Jobs are never freed before srv_trainer_destroy, so a job pointer found
- * under the mutex stays valid; records of finished jobs stay listed.
+ * A job pointer found under the mutex is valid until the mutex is
+ * released; a thread that keeps it longer (the worker running the job,
+ * the HTTP thread recording or cancelling it) holds a reference
+ * (train_job.h).  Finished jobs stay listed until --train-keep newer ones
+ * have finished, or a DELETE removes them (train_store.c).
+ *
+ * Limits: at most --train-queue-depth jobs wait (POST /train is 503
+ * overloaded beyond, with Retry-After); at most --train-keep finished
+ * jobs are kept.
+ *
+ * Storage faults (a full or read-only data dir) never stop the server: a
+ * checkpoint that cannot be written is retried at the next interval while
+ * the last good one stays (the note of the job says so); a record that
+ * cannot be written is retried at the next change; a model that cannot be
+ * saved fails the job with the reason.  Each failure counts in
+ * attnd_storage_errors_total{op}.  POST /train answers 507
+ * insufficient_storage when the disk is full, 500 internal when the data
+ * dir cannot take the job's record otherwise (read-only, unwritable).
+ *
+ * (The routes: train_routes.c.)
  *
  * A job's life: queued -> running -> succeeded | failed | cancelled.  A
  * DELETE of a running job marks it cancelled at once (GET shows it) and
@@ -38,29 +56,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "datadir.h"
 #include "http.h"
 #include "tfm/checkpoint.h"
 #include "train_job.h"
 
 typedef srv_train_job job;
-
-static void model_path(const srv_trainer *t, const char *name, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s/models/%s.safetensors", t->app->cfg.data_dir, name);
-}
-
-/* Under t->mu. */
-static job *find_job(srv_trainer *t, const char *id)
-{
-    for (int i = 0; i < t->n_jobs; i++)
-        if (!strcmp(t->jobs[i]->id, id))
-            return t->jobs[i];
-    return NULL;
-}
 
 /* ---- the loss history ------------------------------------------------------------- */
 
@@ -136,11 +142,30 @@ static tfm_status hook_checkpoint(void *ctx, tfm_trainer *tr, int step)
     char path[PATH_LEN];
     srv_train_job_path(j, "state", path, sizeof path);
     tfm_status st = tfm_trainer_save(tr, path, j->ckpt_err, sizeof j->ckpt_err);
-    if (st != TFM_OK)
-        return st;
+    if (st != TFM_OK) {
+        /* the previous state file is untouched (the write went to a
+         * temporary file, removed): train on, try again at the next one */
+        srv_counter_add(j->t->app->stats.storage_errors[SRV_STORAGE_CHECKPOINT], 1);
+        pthread_mutex_lock(&j->t->mu);
+        int last = j->ckpt_step;
+        snprintf(j->note, sizeof j->note, "checkpoint at step %d failed (%.200s); a restart "
+                 "resumes from step %d", step, j->ckpt_err, last);
+        pthread_mutex_unlock(&j->t->mu);
+        if (!j->ckpt_failing)
+            fprintf(stderr, "attnd: train %s: checkpoint at step %d failed: %s; the one of step %d "
+                    "stays, retrying at the next\n", j->id, step, j->ckpt_err, last);
+        j->ckpt_failing = 1;
+        j->ckpt_err[0] = 0;
+        return TFM_OK;
+    }
     pthread_mutex_lock(&j->t->mu);
     j->ckpt_step = step;
+    if (j->ckpt_failing)
+        j->note[0] = 0;
     pthread_mutex_unlock(&j->t->mu);
+    if (j->ckpt_failing)
+        fprintf(stderr, "attnd: train %s: checkpoint at step %d written\n", j->id, step);
+    j->ckpt_failing = 0;
     j->last_saved = tfm_now();
     srv_train_save_record(j->t, j);
     return TFM_OK;
@@ -156,7 +181,9 @@ static unsigned char *load_text(srv_trainer *t, job *j, size_t *len, char *err, 
         snprintf(path, sizeof path, "%s/corpora/%s", t->app->cfg.data_dir, j->p.corpus);
     else
         srv_train_job_path(j, "text", path, sizeof path);
-    unsigned char *buf = srv_train_read_file(path, SRV_TRAIN_MAX_CORPUS, len, why, sizeof why);
+    /* a corpus may be a link the operator made; a job's own text may not */
+    unsigned char *buf =
+        srv_train_read_file(path, SRV_TRAIN_MAX_CORPUS, j->p.corpus[0] != 0, len, why, sizeof why);
     if (!buf)
         snprintf(err, errlen, "%s%.100s%s%.300s", j->p.corpus[0] ? "corpus \"" : "",
                  j->p.corpus, j->p.corpus[0] ? "\": " : "", why);
@@ -178,19 +205,43 @@ static tfm_status setup(job *j, const tfm_train_spec *spec, tfm_model **m, tfm_t
     }
     char path[PATH_LEN], why[256] = "";
     srv_train_job_path(j, "state", path, sizeof path);
-    if (access(path, F_OK) == 0) {
-        if (tfm_trainer_load(*tr, path, why, sizeof why) == TFM_OK) {
-            fprintf(stderr, "attnd: train %s: resuming at step %d\n", j->id,
-                    tfm_trainer_step_count(*tr));
-            return TFM_OK;
+    struct stat sb;
+    if (lstat(path, &sb) == 0) {
+        /* never a blocking open of a FIFO, never a link out of the dir */
+        int fd = srv_data_open_regular(path, 0, 0, why, sizeof why);
+        if (fd >= 0) {
+            close(fd);
+            st = tfm_trainer_load(*tr, path, why, sizeof why);
+            if (st == TFM_OK) {
+                fprintf(stderr, "attnd: train %s: resuming at step %d\n", j->id,
+                        tfm_trainer_step_count(*tr));
+                return TFM_OK;
+            }
+            if (st == TFM_E_NOMEM) { /* the file may be fine: keep it, fail the job */
+                snprintf(err, errlen, "out of memory reading the checkpoint %.300s", path);
+                return st;
+            }
         }
-        /* a trainer half loaded is no start: a fresh one, from step 0 */
-        fprintf(stderr, "attnd: train %s: cannot resume from %s (%s); starting over\n", j->id,
-                path, why);
+        /* unusable: out of the way (the next checkpoint takes its name),
+         * and a trainer half loaded is no start: a fresh one, from step 0 */
+        char reason[400];
+        snprintf(reason, sizeof reason, "cannot resume from it (%.250s); job %s starts over from "
+                 "step 0", why, j->id);
+        srv_data_quarantine(j->t->app->cfg.data_dir, path, reason);
+        pthread_mutex_lock(&j->t->mu);
+        snprintf(j->note, sizeof j->note, "its checkpoint could not be read (%.200s); restarted "
+                 "from step 0", why);
+        pthread_mutex_unlock(&j->t->mu);
         tfm_trainer_destroy(*tr);
         *tr = NULL;
         if ((st = tfm_trainer_create(*m, c->batch_size, c->seq_len, spec->n_threads, tr)))
             return st;
+    } else if (j->ckpt_step > 0) {
+        pthread_mutex_lock(&j->t->mu);
+        snprintf(j->note, sizeof j->note, "its checkpoint of step %d is missing; restarted from "
+                 "step 0", j->ckpt_step);
+        pthread_mutex_unlock(&j->t->mu);
+        fprintf(stderr, "attnd: train %s: %s\n", j->id, j->note);
     }
     tfm_model_init_train(*m, c->seed);
     return TFM_OK;
@@ -201,7 +252,7 @@ static int publish(srv_trainer *t, job *j, const tfm_model *m, char *err, size_t
 {
     srv_app *app = t->app;
     char path[PATH_LEN], dir[PATH_LEN], why[512] = "";
-    model_path(t, j->p.name, path, sizeof path);
+    srv_train_model_path(t, j->p.name, path, sizeof path);
     snprintf(dir, sizeof dir, "%s/models", app->cfg.data_dir);
     if (srv_models_find(&app->models, j->p.name)) {
         snprintf(err, errlen, "a model named \"%s\" is served already", j->p.name);
@@ -217,8 +268,15 @@ static int publish(srv_trainer *t, job *j, const tfm_model *m, char *err, size_t
     }
     tfm_status st = tfm_checkpoint_save(m, path, TFM_CKPT_SAFETENSORS, why, sizeof why);
     if (st != TFM_OK) {
-        snprintf(err, errlen, "cannot save %.300s: %.150s", path, why[0] ? why : tfm_strerror(st));
-        return -1;
+        srv_counter_add(app->stats.storage_errors[SRV_STORAGE_MODEL], 1);
+        struct stat sb;
+        if (lstat(path, &sb) != 0) { /* nothing half-written is left: the write was a temp */
+            snprintf(err, errlen, "cannot save %.300s: %.150s", path,
+                     why[0] ? why : tfm_strerror(st));
+            return -1;
+        }
+        /* renamed into place, only the directory's fsync failed: it is whole */
+        fprintf(stderr, "attnd: train %s: %s: %s\n", j->id, path, why);
     }
     int rc = srv_models_add(&app->models, path, why, sizeof why);
     if (rc) {
@@ -266,7 +324,7 @@ static void run_job(srv_trainer *t, job *j)
     if ((st = setup(j, &spec, &m, &tr, err, sizeof err)) != TFM_OK)
         goto done;
     pthread_mutex_lock(&t->mu);
-    j->step = j->run_start_step = tfm_trainer_step_count(tr);
+    j->step = j->run_start_step = j->ckpt_step = tfm_trainer_step_count(tr);
     int k = 0; /* the history past the checkpoint is replayed */
     while (k < j->n_hist && j->hist_step[k] <= j->step)
         k++;
@@ -329,6 +387,37 @@ done:
     tfm_trainer_destroy(tr);
     tfm_model_destroy(m);
     free(text);
+    if (final)
+        srv_train_prune(t);
+}
+
+/* Under t->mu (released meanwhile): writes again the records whose last
+ * write failed (a full or read-only disk), so that a job that finished
+ * while the disk was full has its record once there is room. */
+static int retry_records(srv_trainer *t)
+{
+    int n = 0;
+    for (int i = 0; i < t->n_jobs; i++)
+        n += t->jobs[i]->rec_dirty;
+    if (!n)
+        return 0;
+    job **js = malloc((size_t)n * sizeof *js);
+    if (!js)
+        return n;
+    int k = 0;
+    for (int i = 0; i < t->n_jobs && k < n; i++)
+        if (t->jobs[i]->rec_dirty) {
+            srv_train_hold(t->jobs[i]);
+            js[k++] = t->jobs[i];
+        }
+    pthread_mutex_unlock(&t->mu);
+    for (int i = 0; i < k; i++) {
+        srv_train_save_record(t, js[i]);
+        srv_train_release(t, js[i]);
+    }
+    free(js);
+    pthread_mutex_lock(&t->mu);
+    return k;
 }
 
 static void *worker_main(void *arg)
@@ -340,8 +429,20 @@ static void *worker_main(void *arg)
         fprintf(stderr, "attnd: train: setpriority: %s\n", strerror(errno));
     pthread_mutex_lock(&t->mu);
     for (;;) {
-        while (!t->stopping && t->n_queue == 0)
-            pthread_cond_wait(&t->cv, &t->mu);
+        while (!t->stopping && t->n_queue == 0) {
+            int dirty = 0;
+            for (int i = 0; i < t->n_jobs; i++)
+                dirty |= t->jobs[i]->rec_dirty;
+            if (!dirty) {
+                pthread_cond_wait(&t->cv, &t->mu);
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += (time_t)SAVE_EVERY;
+            if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT && !t->stopping)
+                retry_records(t);
+        }
         if (t->stopping)
             break;
         job *j = t->queue[0];
@@ -350,249 +451,14 @@ static void *worker_main(void *arg)
         if (!j->started)
             j->started = srv_train_wall_now();
         j->error[0] = 0;
+        srv_train_hold(j);
         pthread_mutex_unlock(&t->mu);
         run_job(t, j);
+        srv_train_release(t, j);
         pthread_mutex_lock(&t->mu);
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
-}
-
-/* ---- routes (libmicrohttpd's thread) ---------------------------------------------- */
-
-static void reply_value(srv_req *r, int status, json_t *v, const char *location)
-{
-    char *s = v ? json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    json_decref(v);
-    if (!s) {
-        srv_reply_error(r, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    if (location)
-        srv_reply_json_location(r, status, s, location);
-    else
-        srv_reply_json(r, status, s);
-    free(s);
-}
-
-/* Under t->mu: why name cannot be a new job's model, or NULL. */
-/* Models the registry would hold once every queued and running job has
- * published one (under t->mu). */
-static int models_promised(srv_trainer *t)
-{
-    int n = srv_models_count(&t->app->models);
-    for (int i = 0; i < t->n_jobs; i++)
-        n += t->jobs[i]->state == QUEUED || t->jobs[i]->state == RUNNING;
-    return n;
-}
-
-static const char *name_taken(srv_trainer *t, const char *name, char *why, size_t n)
-{
-    char path[PATH_LEN];
-    model_path(t, name, path, sizeof path);
-    if (srv_models_find(&t->app->models, name))
-        snprintf(why, n, "a model named \"%s\" is served already", name);
-    else if (access(path, F_OK) == 0)
-        snprintf(why, n, "%.400s exists already", path);
-    else {
-        for (int i = 0; i < t->n_jobs; i++) {
-            const job *j = t->jobs[i];
-            if ((j->state == QUEUED || j->state == RUNNING) && !strcmp(j->p.name, name)) {
-                snprintf(why, n, "job %s (%s) is training a model named \"%s\"", j->id,
-                         srv_train_state_names[j->state], name);
-                return why;
-            }
-        }
-        return NULL;
-    }
-    return why;
-}
-
-/* Under t->mu: a new id, "tr-" and the creation time in milliseconds
- * (unique and sortable: a second job in the same millisecond takes the
- * next one). */
-static void next_id(srv_trainer *t, char *id, size_t n)
-{
-    unsigned long long ms = (unsigned long long)(srv_train_wall_now() * 1000.0);
-    if (ms <= t->last_ms)
-        ms = t->last_ms + 1;
-    t->last_ms = ms;
-    snprintf(id, n, "tr-%llu", ms);
-}
-
-static void remove_from(job **arr, int *n, const job *j)
-{
-    for (int i = 0; i < *n; i++)
-        if (arr[i] == j) {
-            memmove(arr + i, arr + i + 1, (size_t)(*n - i - 1) * sizeof *arr);
-            (*n)--;
-            return;
-        }
-}
-
-/* Records a new job (its directory, inline text, job.json); 0 or -1 with
- * a message. */
-static int record_new(srv_trainer *t, job *j, char *err, size_t errlen)
-{
-    char path[PATH_LEN];
-    if (srv_train_mkdir_p(j->dir)) {
-        snprintf(err, errlen, "cannot create %.400s: %s", j->dir, strerror(errno));
-        return -1;
-    }
-    srv_train_job_path(j, "text", path, sizeof path);
-    if (j->p.text && srv_train_write_atomic(path, j->p.text, j->p.text_len)) {
-        snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(errno));
-        return -1;
-    }
-    j->p.text = NULL; /* it pointed into the request body */
-    if (srv_train_save_record(t, j)) {
-        snprintf(err, errlen, "cannot write the job's record under %.400s", j->dir);
-        return -1;
-    }
-    return 0;
-}
-
-static void create_job(srv_req *r, srv_trainer *t)
-{
-    srv_app *app = r->app;
-    json_t *body = srv_req_json_body(r);
-    if (!body)
-        return;
-    srv_train_params p;
-    char field[64], msg[400], why[1300];
-    if (srv_train_params_parse(body, 0, app->cfg.train_threads, &p, field, sizeof field, msg,
-                               sizeof msg)) {
-        srv_reply_error(r, 422, "invalid_argument", field[0] ? field : NULL, "%s", msg);
-        json_decref(body);
-        return;
-    }
-    json_t *req = srv_train_params_json(&p);
-    pthread_mutex_lock(&t->mu);
-    job *j = NULL;
-    if (name_taken(t, p.name, why, sizeof why)) {
-        pthread_mutex_unlock(&t->mu);
-        srv_reply_error(r, 409, "conflict", "name", "%s", why);
-        goto out;
-    }
-    /* refused now rather than failed at the end of its training */
-    int promised = models_promised(t);
-    if (promised >= SRV_MODELS_MAX) {
-        pthread_mutex_unlock(&t->mu);
-        srv_reply_error(r, 507, "insufficient_storage", NULL,
-                        "the registry holds at most %d models, and the models served and the "
-                        "queued or running jobs already make %d",
-                        SRV_MODELS_MAX, promised);
-        goto out;
-    }
-    char id[32];
-    next_id(t, id, sizeof id);
-    if (!req || !(j = srv_train_job_new(t, id))) {
-        pthread_mutex_unlock(&t->mu);
-        srv_reply_error(r, 500, "internal", NULL, "out of memory");
-        goto out;
-    }
-    j->p = p;
-    j->request = req;
-    req = NULL;
-    j->threads = app->cfg.train_threads;
-    j->state = QUEUED;
-    j->created = srv_train_wall_now();
-    if (srv_train_append(&t->jobs, &t->n_jobs, &t->cap_jobs, j)) {
-        pthread_mutex_unlock(&t->mu);
-        srv_train_job_free(j);
-        srv_reply_error(r, 500, "internal", NULL, "out of memory");
-        goto out;
-    }
-    pthread_mutex_unlock(&t->mu);
-
-    /* listed (so the name is held) but not queued until its record is down */
-    int rc = record_new(t, j, why, sizeof why);
-    pthread_mutex_lock(&t->mu);
-    if (rc == 0 && srv_train_append(&t->queue, &t->n_queue, &t->cap_queue, j)) {
-        snprintf(why, sizeof why, "out of memory");
-        rc = -1;
-    }
-    if (rc) {
-        remove_from(t->jobs, &t->n_jobs, j);
-        pthread_mutex_unlock(&t->mu);
-        fprintf(stderr, "attnd: train %s: %s\n", j->id, why);
-        srv_reply_error(r, 500, "internal", NULL, "cannot record the job: %s", why);
-        srv_train_job_free(j);
-        goto out;
-    }
-    pthread_cond_signal(&t->cv);
-    pthread_mutex_unlock(&t->mu);
-    char location[64];
-    snprintf(location, sizeof location, "/train/%s", id);
-    reply_value(r, 202, json_pack("{s:s,s:s}", "id", id, "status", "queued"), location);
-out:
-    json_decref(req);
-    json_decref(body);
-}
-
-void srv_route_train(srv_req *r)
-{
-    srv_trainer *t = r->app->trainer;
-    if (!strcmp(r->method, "GET")) {
-        json_t *list = json_array();
-        if (t) {
-            pthread_mutex_lock(&t->mu);
-            for (int i = t->n_jobs - 1; list && i >= 0; i--) /* newest first */
-                json_array_append_new(list, srv_train_job_json(t->jobs[i], SRV_TRAIN_SUMMARY));
-            pthread_mutex_unlock(&t->mu);
-        }
-        reply_value(r, 200, list ? json_pack("{s:o}", "jobs", list) : NULL, NULL);
-        return;
-    }
-    if (!t || !atomic_load(&t->accepting)) {
-        srv_reply_error(r, 503, "not_ready", NULL, "training starts once the models are loaded");
-        return;
-    }
-    create_job(r, t);
-}
-
-void srv_route_train_job(srv_req *r)
-{
-    srv_trainer *t = r->app->trainer;
-    const char *id = r->path + strlen("/train/");
-    if (!t) {
-        srv_reply_error(r, 404, "not_found", NULL, "no training job \"%s\"", id);
-        return;
-    }
-    pthread_mutex_lock(&t->mu);
-    job *j = find_job(t, id);
-    if (!j) {
-        pthread_mutex_unlock(&t->mu);
-        srv_reply_error(r, 404, "not_found", NULL, "no training job \"%s\"", id);
-        return;
-    }
-    if (!strcmp(r->method, "GET")) {
-        json_t *o = srv_train_job_json(j, SRV_TRAIN_FULL);
-        pthread_mutex_unlock(&t->mu);
-        reply_value(r, 200, o, NULL);
-        return;
-    }
-    /* DELETE */
-    int state = j->state, finishing = j->finishing;
-    if (state == QUEUED)
-        remove_from(t->queue, &t->n_queue, j);
-    if (state == QUEUED || (state == RUNNING && !finishing)) {
-        j->state = CANCELLED;
-        j->finished = srv_train_wall_now();
-        j->eta_s = -1;
-        atomic_store(&j->cancel, CANCEL_USER); /* a running job stops before its next step */
-    }
-    pthread_mutex_unlock(&t->mu);
-    if (state == QUEUED || (state == RUNNING && !finishing)) {
-        srv_train_save_record(t, j);
-        srv_reply(r, 204, NULL, "", 0);
-    } else if (finishing) {
-        srv_reply_error(r, 409, "conflict", NULL,
-                        "job %s has finished training and is saving its model", id);
-    } else {
-        srv_reply_error(r, 409, "conflict", NULL, "job %s has %s already", id,
-                        srv_train_state_names[state]);
-    }
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------ */
@@ -621,6 +487,7 @@ srv_trainer *srv_trainer_create(srv_app *app)
     snprintf(t->dir, sizeof t->dir, "%s/train", app->cfg.data_dir);
     pthread_mutex_init(&t->mu, NULL);
     pthread_cond_init(&t->cv, NULL);
+    srv_data_init(app->stats.data_quarantined);
     srv_train_load_records(t);
     if (srv_metrics_on_render(app->stats.reg, collect, t)) {
         fprintf(stderr, "attnd: out of memory\n");

@@ -6,10 +6,16 @@
  * the normalised request, which srv_train_params_parse reads back, so a
  * job resumes with exactly the spec it was accepted with.  Losses are
  * written as the shortest decimals that read back to the same float.
- * Records are written atomically (temporary file, fsync, rename), so a
- * kill -9 leaves the previous one or the new one, never half of either.
+ * Records are written atomically (temporary file, fsync, rename, fsync of
+ * the directory), so a kill -9 or a full disk leaves the previous one or
+ * the new one, never half of either, and no temporary file.
+ *
+ * The reader (srv_train_record_parse) trusts nothing it reads: the start-up
+ * scan feeds it whatever is on disk and the fuzz target feeds it anything.
  */
 #include "train_job.h"
+
+#include <float.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +28,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "datadir.h"
+#include "json_guard.h"
 
 typedef srv_train_job job;
 
@@ -56,7 +65,7 @@ static double time_parse(json_t *v)
     memset(&tm, 0, sizeof tm);
     int ms = 0;
     if (!json_is_string(v) ||
-        sscanf(json_string_value(v), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon,
+        sscanf(json_string_value(v), "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon,
                &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7)
         return 0;
     tm.tm_year -= 1900;
@@ -102,8 +111,17 @@ int srv_train_write_atomic(const char *path, const void *data, size_t len)
         p += n;
         len -= (size_t)n;
     }
-    if (fsync(fd) || close(fd) || rename(tmp, path)) {
-        int e = errno;
+    int rc = fsync(fd);
+    int e = errno;
+    if (close(fd) && !rc) { /* NFS and others report a failed write here */
+        rc = -1;
+        e = errno;
+    }
+    if (!rc && rename(tmp, path)) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc) {
         unlink(tmp);
         errno = e;
         return -1;
@@ -119,44 +137,49 @@ int srv_train_write_atomic(const char *path, const void *data, size_t len)
 }
 
 /* The whole file, at most max bytes; NULL with a message. */
-unsigned char *srv_train_read_file(const char *path, size_t max, size_t *len, char *err,
-                                size_t errlen)
+unsigned char *srv_train_read_file(const char *path, size_t max, int follow, size_t *len,
+                                   char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    char why[256];
+    int fd = srv_data_open_regular(path, follow, max, why, sizeof why);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot read %s: %s", path, why);
+        return NULL;
+    }
     struct stat sb;
     unsigned char *buf = NULL;
-    if (!f || fstat(fileno(f), &sb)) {
-        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        goto out;
+    if (fstat(fd, &sb) || !(buf = malloc((size_t)sb.st_size + 1))) {
+        snprintf(err, errlen, "cannot read %s: %s", path, buf ? strerror(errno) : "out of memory");
+        close(fd);
+        return NULL;
     }
-    if (!S_ISREG(sb.st_mode)) {
-        snprintf(err, errlen, "%s is not a regular file", path);
-        goto out;
+    size_t got = 0, want = (size_t)sb.st_size;
+    while (got < want) {
+        ssize_t n = read(fd, buf + got, want - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(err, errlen, "cannot read %s: %s", path, n ? strerror(errno) : "short");
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        got += (size_t)n;
     }
-    if ((size_t)sb.st_size > max) {
-        snprintf(err, errlen, "%s is %lld bytes; at most %zu", path, (long long)sb.st_size, max);
-        goto out;
-    }
-    buf = malloc((size_t)sb.st_size + 1);
-    if (!buf) {
-        snprintf(err, errlen, "out of memory for %s", path);
-        goto out;
-    }
-    *len = fread(buf, 1, (size_t)sb.st_size, f);
-    if (*len != (size_t)sb.st_size) {
-        snprintf(err, errlen, "cannot read %s: %s", path, ferror(f) ? strerror(errno) : "short");
-        free(buf);
-        buf = NULL;
-    }
-out:
-    if (f)
-        fclose(f);
+    close(fd);
+    buf[got] = 0;
+    *len = got;
     return buf;
 }
 
 void srv_train_job_path(const job *j, const char *file, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/%s", j->dir, file);
+}
+
+void srv_train_model_path(const srv_trainer *t, const char *name, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/models/%s.safetensors", t->app->cfg.data_dir, name);
 }
 
 int srv_train_append(job ***arr, int *n, int *cap, job *j)
@@ -188,8 +211,10 @@ job *srv_train_job_new(srv_trainer *t, const char *id)
     if (!j)
         return NULL;
     j->t = t;
+    j->refs = 1;
     snprintf(j->id, sizeof j->id, "%s", id);
-    snprintf(j->dir, sizeof j->dir, "%s/%s", t->dir, id);
+    if (t)
+        snprintf(j->dir, sizeof j->dir, "%s/%s", t->dir, id);
     j->hist_stride = 1;
     j->tokens_per_s = j->eta_s = -1;
     pthread_mutex_init(&j->io_mu, NULL);
@@ -200,6 +225,24 @@ job *srv_train_job_new(srv_trainer *t, const char *id)
 /* ---- the job as JSON (under t->mu) ------------------------------------------------ */
 
 static json_t *num_or_null(int has, double v) { return has ? json_real(v) : json_null(); }
+
+/* s as a JSON string, null when empty; a string that is not UTF-8 (a
+ * message cut short mid-character, a path with odd bytes) has its
+ * non-ASCII bytes shown as '?' rather than failing the whole object. */
+static json_t *str_or_null(const char *s)
+{
+    if (!s[0])
+        return json_null();
+    json_t *v = json_string(s);
+    if (v)
+        return v;
+    char buf[1024];
+    size_t k = 0;
+    for (; s[k] && k + 1 < sizeof buf; k++)
+        buf[k] = (unsigned char)s[k] < 0x80 ? s[k] : '?';
+    buf[k] = 0;
+    return json_string(buf);
+}
 
 static json_t *eval_json(const job *j)
 {
@@ -239,15 +282,21 @@ json_t *srv_train_job_json(const job *j, int what)
     json_object_set_new(o, "checkpoint_step", json_integer(j->ckpt_step));
     json_object_set_new(o, "threads", json_integer(j->threads));
     json_object_set_new(o, "request", json_incref(j->request));
+    json_object_set_new(o, "note", str_or_null(j->note));
     if (what == SRV_TRAIN_RECORD)
         json_object_set_new(o, "history_stride", json_integer(j->hist_stride));
     return o;
 }
 
-/* Any thread: writes the job's record (job.json).  0 or -1 (printed). */
+/* Any thread: writes the job's record (job.json).  0 or -1 (printed once
+ * per run of failures, counted every time; errno kept). */
 int srv_train_save_record(srv_trainer *t, job *j)
 {
     pthread_mutex_lock(&t->mu);
+    if (j->removed) { /* retention or a DELETE took it: its dir is going */
+        pthread_mutex_unlock(&t->mu);
+        return 0;
+    }
     json_t *o = srv_train_job_json(j, SRV_TRAIN_RECORD);
     unsigned long seq = ++j->seq;
     pthread_mutex_unlock(&t->mu);
@@ -255,26 +304,39 @@ int srv_train_save_record(srv_trainer *t, job *j)
     json_decref(o);
     if (!text) {
         fprintf(stderr, "attnd: train %s: out of memory for its record\n", j->id);
+        errno = ENOMEM;
         return -1;
     }
     char path[PATH_LEN];
     srv_train_job_path(j, "job.json", path, sizeof path);
-    int rc = 0;
+    int rc = 0, e = 0;
     pthread_mutex_lock(&j->io_mu);
     if (seq > j->written) {
         rc = srv_train_write_atomic(path, text, strlen(text));
-        if (rc)
-            fprintf(stderr, "attnd: train %s: cannot write %s: %s\n", j->id, path,
-                    strerror(errno));
-        else
+        e = errno;
+        if (rc) {
+            srv_counter_add(t->app->stats.storage_errors[SRV_STORAGE_RECORD], 1);
+            if (!j->write_failing)
+                fprintf(stderr, "attnd: train %s: cannot write %s: %s (the last record written "
+                        "stays; retried at the next change)\n", j->id, path, strerror(e));
+            j->write_failing = 1;
+        } else {
+            if (j->write_failing)
+                fprintf(stderr, "attnd: train %s: %s written again\n", j->id, path);
+            j->write_failing = 0;
             j->written = seq;
+        }
     }
     pthread_mutex_unlock(&j->io_mu);
     free(text);
+    pthread_mutex_lock(&t->mu);
+    j->rec_dirty = rc != 0;
+    pthread_mutex_unlock(&t->mu);
+    errno = e;
     return rc;
 }
 
-/* ---- records at start-up ----------------------------------------------------------- */
+/* ---- the record reader (pure) ---------------------------------------------------- */
 
 static int state_of(json_t *v)
 {
@@ -284,143 +346,121 @@ static int state_of(json_t *v)
     return -1;
 }
 
-static double num(json_t *o, const char *key, double dflt)
+/* A number of the record within [lo, hi], else dflt: never a cast of an
+ * out-of-range double (undefined behaviour). */
+static double num(json_t *o, const char *key, double lo, double hi, double dflt)
 {
     json_t *v = json_object_get(o, key);
-    return json_is_number(v) ? json_number_value(v) : dflt;
+    double x = json_is_number(v) ? json_number_value(v) : dflt;
+    return isfinite(x) && x >= lo && x <= hi ? x : dflt;
 }
 
-/* A job from its record; NULL with a message. */
-static job *job_from_record(srv_trainer *t, const char *id, json_t *rec, char *err,
-                            size_t errlen)
+static int inum(json_t *o, const char *key, int lo, int hi, int dflt)
 {
+    return (int)num(o, key, lo, hi, dflt);
+}
+
+int srv_train_id_ok(const char *id)
+{
+    if (strncmp(id, "tr-", 3) || !id[3] || strlen(id) > 23)
+        return 0;
+    for (const char *p = id + 3; *p; p++)
+        if (*p < '0' || *p > '9')
+            return 0;
+    return 1;
+}
+
+int srv_train_record_parse(const char *bytes, size_t len, const char *id, int default_threads,
+                           job **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!srv_train_id_ok(id)) {
+        snprintf(err, errlen, "not a job id");
+        return -1;
+    }
+    /* a record nests 4 deep, has 256 history points and short strings; a
+     * job.json beyond this is not one of ours, and never reaches jansson */
+    srv_json_limits lim = {16, 4096, 64 << 10};
+    srv_error ge;
+    if (srv_json_guard(bytes, len, &lim, &ge)) {
+        snprintf(err, errlen, "%s", ge.message);
+        return -1;
+    }
+    json_error_t je;
+    json_t *rec = json_loadb(bytes, len, JSON_REJECT_DUPLICATES, &je);
+    if (!rec) {
+        snprintf(err, errlen, "not JSON (line %d, column %d): %s", je.line, je.column, je.text);
+        return -1;
+    }
+    job *j = NULL;
     json_t *jid = json_object_get(rec, "id");
     int state = state_of(json_object_get(rec, "status"));
-    if (!json_is_string(jid) || strcmp(json_string_value(jid), id) || state < 0) {
+    if (!json_is_object(rec) || !json_is_string(jid) || strcmp(json_string_value(jid), id) ||
+        state < 0) {
         snprintf(err, errlen, "not a job record of %s (id, status)", id);
-        return NULL;
+        goto fail;
     }
-    job *j = srv_train_job_new(t, id);
-    if (!j) {
+    if (!(j = srv_train_job_new(NULL, id))) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        goto fail;
     }
-    int threads = (int)num(rec, "threads", 0);
-    j->threads = threads >= 1 && threads <= 256 ? threads : t->app->cfg.train_threads;
+    j->threads = inum(rec, "threads", 1, 256, default_threads >= 1 ? default_threads : 1);
     char field[64], msg[320];
     if (srv_train_params_parse(json_object_get(rec, "request"), 1, j->threads, &j->p, field,
                                sizeof field, msg, sizeof msg)) {
         snprintf(err, errlen, "request: %s", msg);
-        srv_train_job_free(j);
-        return NULL;
+        goto fail;
     }
     if (!(j->request = srv_train_params_json(&j->p))) {
         snprintf(err, errlen, "out of memory");
-        srv_train_job_free(j);
-        return NULL;
+        goto fail;
     }
     int steps = j->p.spec.train.steps;
     j->state = state;
-    j->step = (int)num(rec, "step", 0);
-    j->ckpt_step = (int)num(rec, "checkpoint_step", 0);
-    if (j->step < 0 || j->step > steps)
-        j->step = 0;
+    j->step = inum(rec, "step", 0, steps, 0);
+    j->ckpt_step = inum(rec, "checkpoint_step", 0, j->step, 0);
     json_t *loss = json_object_get(rec, "loss");
-    if ((j->has_loss = json_is_number(loss)))
-        j->loss = (float)json_number_value(loss);
+    double lv = json_is_number(loss) ? json_number_value(loss) : NAN;
+    if ((j->has_loss = isfinite(lv) && fabs(lv) <= FLT_MAX))
+        j->loss = (float)lv;
     json_t *ev = json_object_get(rec, "eval");
-    if (json_is_object(ev) && (j->eval_step = (int)num(ev, "step", 0)) > 0) {
-        j->ev_recall.accuracy = num(ev, "accuracy", 0);
-        j->ev_recall.accuracy_present = num(ev, "accuracy_present", 0);
-        j->ev_recall.accuracy_absent = num(ev, "accuracy_absent", 0);
-        j->ev_recall.loss = j->ev_text.loss = num(ev, "loss", 0);
-        j->ev_recall.n_queries = (long)num(ev, "n_queries", 0);
-        j->ev_text.bits_per_byte = num(ev, "bits_per_byte", 0);
-        j->ev_text.n_bytes = (long)num(ev, "n_bytes", 0);
+    if (json_is_object(ev) && (j->eval_step = inum(ev, "step", 1, steps, 0)) > 0) {
+        j->ev_recall.accuracy = num(ev, "accuracy", 0, 1, 0);
+        j->ev_recall.accuracy_present = num(ev, "accuracy_present", 0, 1, 0);
+        j->ev_recall.accuracy_absent = num(ev, "accuracy_absent", 0, 1, 0);
+        j->ev_recall.loss = j->ev_text.loss = num(ev, "loss", 0, 1e30, 0);
+        j->ev_recall.n_queries = (long)num(ev, "n_queries", 0, 1e15, 0);
+        j->ev_text.bits_per_byte = num(ev, "bits_per_byte", 0, 1e30, 0);
+        j->ev_text.n_bytes = (long)num(ev, "n_bytes", 0, 1e15, 0);
     }
     json_t *hist = json_object_get(rec, "loss_history"), *pt;
     size_t i;
     json_array_foreach(hist, i, pt)
     {
-        if (j->n_hist == HISTORY_MAX || !json_is_integer(json_array_get(pt, 0)) ||
-            !json_is_number(json_array_get(pt, 1)))
+        json_t *s0 = json_array_get(pt, 0), *l0 = json_array_get(pt, 1);
+        double lx = json_is_number(l0) ? json_number_value(l0) : NAN;
+        if (j->n_hist == HISTORY_MAX || !json_is_integer(s0) || json_integer_value(s0) < 1 ||
+            json_integer_value(s0) > steps || !isfinite(lx) || fabs(lx) > FLT_MAX)
             break;
-        j->hist_step[j->n_hist] = (int)json_integer_value(json_array_get(pt, 0));
-        j->hist_loss[j->n_hist++] = (float)json_number_value(json_array_get(pt, 1));
+        j->hist_step[j->n_hist] = (int)json_integer_value(s0);
+        j->hist_loss[j->n_hist++] = (float)lx;
     }
-    int stride = (int)num(rec, "history_stride", 1);
-    j->hist_stride = stride >= 1 && stride <= (1 << 20) ? stride : 1;
-    j->tokens_per_s = num(rec, "tokens_per_s", -1);
+    j->hist_stride = inum(rec, "history_stride", 1, 1 << 20, 1);
+    j->tokens_per_s = num(rec, "tokens_per_s", 0, 1e15, -1);
     json_t *e = json_object_get(rec, "error");
     if (json_is_string(e))
         snprintf(j->error, sizeof j->error, "%s", json_string_value(e));
+    json_t *note = json_object_get(rec, "note");
+    if (json_is_string(note))
+        snprintf(j->note, sizeof j->note, "%s", json_string_value(note));
     j->created = time_parse(json_object_get(rec, "created_at"));
     j->started = time_parse(json_object_get(rec, "started_at"));
     j->finished = time_parse(json_object_get(rec, "finished_at"));
-    return j;
-}
-
-static unsigned long long id_ms(const char *id)
-{
-    unsigned long long ms = 0;
-    return sscanf(id, "tr-%llu", &ms) == 1 ? ms : 0;
-}
-
-static int by_id(const void *a, const void *b)
-{
-    const job *x = *(job *const *)a, *y = *(job *const *)b;
-    unsigned long long mx = id_ms(x->id), my = id_ms(y->id);
-    return mx != my ? (mx < my ? -1 : 1) : strcmp(x->id, y->id);
-}
-
-/* Reads <data-dir>/train/<id>/job.json: finished jobs as they were,
- * interrupted ones first in the queue (they resume), then queued ones. */
-void srv_train_load_records(srv_trainer *t)
-{
-    DIR *d = opendir(t->dir);
-    if (!d) {
-        if (errno != ENOENT)
-            fprintf(stderr, "attnd: train: cannot read %s: %s\n", t->dir, strerror(errno));
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof(((job *)0)->id))
-            continue;
-        char path[PATH_LEN], err[400];
-        snprintf(path, sizeof path, "%s/%s/job.json", t->dir, e->d_name);
-        json_error_t je;
-        json_t *rec = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-        job *j = NULL;
-        if (!rec)
-            snprintf(err, sizeof err, "%s", je.text);
-        else
-            j = job_from_record(t, e->d_name, rec, err, sizeof err);
-        json_decref(rec);
-        if (!j || srv_train_append(&t->jobs, &t->n_jobs, &t->cap_jobs, j)) {
-            fprintf(stderr, "attnd: train: %s: %s; skipped\n", path, j ? "out of memory" : err);
-            srv_train_job_free(j);
-            continue;
-        }
-        if (id_ms(j->id) > t->last_ms)
-            t->last_ms = id_ms(j->id);
-    }
-    closedir(d);
-    qsort(t->jobs, (size_t)t->n_jobs, sizeof *t->jobs, by_id);
-    int n_resume = 0;
-    for (int pass = RUNNING; pass >= QUEUED; pass--)
-        for (int i = 0; i < t->n_jobs; i++)
-            if (t->jobs[i]->state == pass) {
-                if (srv_train_append(&t->queue, &t->n_queue, &t->cap_queue, t->jobs[i])) {
-                    t->jobs[i]->state = FAILED;
-                    snprintf(t->jobs[i]->error, sizeof t->jobs[i]->error, "out of memory");
-                    continue;
-                }
-                n_resume += pass == RUNNING;
-            }
-    for (int i = 0; i < t->n_queue; i++)
-        t->queue[i]->state = QUEUED;
-    if (t->n_jobs)
-        fprintf(stderr, "attnd: train: %d job record(s), %d to resume, %d queued\n", t->n_jobs,
-                n_resume, t->n_queue - n_resume);
+    json_decref(rec);
+    *out = j;
+    return 0;
+fail:
+    srv_train_job_free(j);
+    json_decref(rec);
+    return -1;
 }
