@@ -10,7 +10,7 @@ DEFAULT_MODEL := models/tiny-random.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: all deps build test bench cost-report run clean asan tsan
+.PHONY: all deps build test bench cost-report run clean asan tsan soak
 
 all: build
 
@@ -55,6 +55,14 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTND_TSAN=ON
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L server
+
+# The soak and load test (tests/soak/soak.py): one live attnd under a fixed,
+# seeded mix of good, bad and slow clients for SOAK_SECONDS; fails on a
+# crash, a 5xx but 503, a wrong answer, a leak of memory or descriptors, or
+# /metrics counts that differ from the client's.
+SOAK_SECONDS ?= 600
+soak: build
+	/usr/bin/python3 tests/soak/soak.py --attnd $(BUILD)/attnd --attn $(BUILD)/attn --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan
