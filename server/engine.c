@@ -3,10 +3,11 @@
  * decode, sampling, stop conditions and the job's output (see engine.h).
  *
  * One iteration of the loop:
- *   1. admit queued jobs into free slots of their model (FIFO; a job whose
- *      model has no free slot holds the queue's head, so order is kept);
+ *   1. drop queued jobs that were cancelled or whose deadline passed, then
+ *      admit queued jobs into free slots of their model, fairly among
+ *      clients (below);
  *   2. tokenise newly admitted prompts and check they fit the context;
- *   3. drop cancelled sequences;
+ *   3. drop cancelled sequences, and end those past their deadline;
  *   4. prefill up to PREFILL_CHUNK prompt rows, oldest prompt first: a long
  *      prompt delays running sequences by one chunk at a time, not by its
  *      whole length (chunked prefill), and several short prompts go in one
@@ -15,6 +16,24 @@
  * All compute happens on this thread; the per-token path allocates nothing
  * but the job's output buffers when they must grow (sized at admission to
  * make that rare).
+ *
+ * Fair admission: when a model has a free slot and several jobs wait for
+ * it, the one admitted is the job whose client (srv_job.client: a hash of
+ * the API key, else of the peer's address) has the fewest sequences
+ * running on that model, the oldest among equals.  One client that floods
+ * the queue therefore cannot keep another's request behind all of its own:
+ * the newcomer takes the next slot that frees.  With every job of the same
+ * client (or client 0) this is plain FIFO.  A job never waits behind one
+ * for another model.  The queue stays bounded (--queue-depth); the scan is
+ * O(queue x batch) per admission, a few hundred comparisons, once per step.
+ *
+ * Deadlines (srv_job.deadline, from timeout_ms and --request-timeout-
+ * seconds): read against one tfm_now() per iteration, never per token.  A
+ * job still queued, or admitted but without a token yet, is failed with
+ * 504 "timeout" (a stream whose events have begun gets its final event
+ * instead); one that has produced tokens ends with finish_reason
+ * "timeout", its text so far returned as usual.  Either way its slot is
+ * free for the next iteration's admission.
  *
  * Models can be registered while the engine runs (a finished training
  * job): per-model contexts live in an array indexed by the registry slot
@@ -63,8 +82,8 @@ struct srv_engine {
     int thread_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    srv_job **q; /* ring buffer */
-    int q_head, q_len, q_cap;
+    srv_job **q; /* waiting jobs, oldest first (q_len of q_cap) */
+    int q_len, q_cap;
     int stopping;
     /* engine thread only (and create/destroy, with the thread not running):
      * the per-model contexts by srv_model.index, created for the models
@@ -127,6 +146,7 @@ static const char *finish_name(srv_finish f)
     case SRV_FINISH_EOS: return "eos";
     case SRV_FINISH_STOP: return "stop";
     case SRV_FINISH_CANCELLED: return "cancelled";
+    case SRV_FINISH_TIMEOUT: return "timeout";
     default: return "error";
     }
 }
@@ -493,22 +513,93 @@ fail:
     return NULL;
 }
 
-/* Engine thread, with e->mu held: when the queue's head is for a model
- * without a context (registered after the engine started), makes it,
- * dropping the lock meanwhile, since it allocates the KV caches.  Only the
- * head matters: admission is FIFO, nothing behind it goes first.  Returns
- * with the lock held. */
+/* Engine thread, with e->mu held: when a queued job is for a model without
+ * a context (registered after the engine started), makes it (the oldest
+ * such job's, one per iteration), dropping the lock meanwhile, since it
+ * allocates the KV caches.  Returns with the lock held. */
 static void ctx_make_queued(srv_engine *e)
 {
-    if (e->q_len == 0)
-        return;
-    const srv_model *m = e->q[e->q_head]->model;
-    if (e->mc[m->index] || e->mc_failed[m->index])
+    const srv_model *m = NULL;
+    for (int i = 0; i < e->q_len && !m; i++)
+        if (!e->mc[e->q[i]->model->index] && !e->mc_failed[e->q[i]->model->index])
+            m = e->q[i]->model;
+    if (!m)
         return;
     pthread_mutex_unlock(&e->mu);
     if (!ctx_create(e, m))
         e->mc_failed[m->index] = 1;
     pthread_mutex_lock(&e->mu);
+}
+
+/* ---- the queue: deadlines and fair admission -------------------------------- */
+
+static int past(const srv_job *j, double now) { return j->deadline > 0 && now > j->deadline; }
+
+/* A job past its deadline: tokens so far with finish_reason "timeout",
+ * else a 504 (a stream that has begun cannot change its status: its final
+ * event says "timeout"). */
+static void time_out(srv_job *j, double now)
+{
+    pthread_mutex_lock(&j->mu);
+    int begun = j->n_tokens > 0 || (j->stream && j->started);
+    pthread_mutex_unlock(&j->mu);
+    if (begun) {
+        finish_job(j, SRV_FINISH_TIMEOUT);
+        return;
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "no token within the request's deadline (timeout_ms %d, capped by "
+             "--request-timeout-seconds): %s for %.0f ms",
+             j->timeout_ms, j->t_admit > 0 ? "admitted, prefilling" : "queued",
+             (now - j->t_submit) * 1e3);
+    fail_job(j, 504, "timeout", msg, NULL);
+}
+
+/* With e->mu held: removes the i-th queued job (order kept). */
+static void queue_remove(srv_engine *e, int i)
+{
+    memmove(e->q + i, e->q + i + 1, (size_t)(e->q_len - i - 1) * sizeof *e->q);
+    e->q_len--;
+}
+
+/* With e->mu held: admits one queued job into a free slot of its model,
+ * the one whose client has the fewest sequences running on that model,
+ * the oldest among equals.  Returns 0 when no queued job can be admitted
+ * (no free slot for any, or their contexts are not made yet). */
+static int admit_one(srv_engine *e)
+{
+    int best = -1, best_load = 0;
+    slot *best_slot = NULL;
+    for (int i = 0; i < e->q_len; i++) {
+        srv_job *j = e->q[i];
+        mctx *mc = e->mc[j->model->index];
+        if (!mc)
+            continue; /* made at the next iteration's start */
+        slot *free_slot = NULL;
+        int load = 0;
+        for (int k = 0; k < e->max_batch; k++) {
+            slot *s = &mc->slots[k];
+            if (s->phase == SLOT_FREE) {
+                if (!free_slot)
+                    free_slot = s;
+            } else if (s->job->client == j->client) {
+                load++;
+            }
+        }
+        if (free_slot && (best < 0 || load < best_load)) {
+            best = i, best_load = load, best_slot = free_slot;
+            if (load == 0)
+                break; /* no one can do better; the oldest wins */
+        }
+    }
+    if (best < 0)
+        return 0;
+    best_slot->job = e->q[best];
+    best_slot->phase = SLOT_ADMITTED;
+    atomic_fetch_add(&e->running, 1);
+    queue_remove(e, best);
+    return 1;
 }
 
 static void *engine_main(void *arg)
@@ -524,52 +615,46 @@ static void *engine_main(void *arg)
             pthread_mutex_unlock(&e->mu);
             break;
         }
-        /* 1. admission, in FIFO order */
+        /* 1. drop what can no longer be admitted, then admit fairly */
+        double now = tfm_now();
         srv_job *dropped[16];
         int n_dropped = 0;
-        while (e->q_len > 0 && n_dropped < 16) {
-            srv_job *j = e->q[e->q_head];
-            int idx = j->model->index;
-            mctx *mc = e->mc[idx];
-            int cancelled = atomic_load(&j->cancelled) != 0;
-            if (!mc && !cancelled && !e->mc_failed[idx])
-                break; /* its context is made at the next iteration's start */
-            slot *free_slot = NULL;
-            if (!cancelled && mc)
-                for (int i = 0; i < e->max_batch && !free_slot; i++)
-                    if (mc->slots[i].phase == SLOT_FREE)
-                        free_slot = &mc->slots[i];
-            if (!free_slot && !cancelled && mc)
-                break; /* the head waits for its model's slot */
-            e->q_head = (e->q_head + 1) % e->q_cap;
-            e->q_len--;
-            if (!free_slot) {
+        for (int i = 0; i < e->q_len && n_dropped < 16;) {
+            srv_job *j = e->q[i];
+            if (atomic_load(&j->cancelled) || past(j, now) || e->mc_failed[j->model->index]) {
                 dropped[n_dropped++] = j;
-                continue;
+                queue_remove(e, i);
+            } else {
+                i++;
             }
-            free_slot->job = j;
-            free_slot->phase = SLOT_ADMITTED;
-            atomic_fetch_add(&e->running, 1);
         }
+        while (admit_one(e))
+            ;
         pthread_mutex_unlock(&e->mu);
         for (int i = 0; i < n_dropped; i++) {
             srv_job *j = dropped[i];
             if (atomic_load(&j->cancelled))
                 finish_job(j, SRV_FINISH_CANCELLED);
+            else if (past(j, now))
+                time_out(j, now);
             else if (strcmp(j->model->kind, "text"))
                 fail_job(j, 422, "invalid_argument", "the model is not a text model", "model");
             else
                 fail_job(j, 500, "internal", "out of memory for the model's batch slots", NULL);
             srv_job_unref(j);
         }
-        /* 2, 3: start new jobs, drop cancelled ones */
+        /* 2, 3: start new jobs, drop cancelled ones, end those past their
+         * deadline */
         for (int m = 0; m < e->n_live; m++)
             for (int i = 0; i < e->max_batch; i++) {
                 slot *s = &e->live[m]->slots[i];
-                if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0)
+                if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0) {
                     release_slot(e, s);
-                else if (s->phase != SLOT_FREE && atomic_load(&s->job->cancelled)) {
+                } else if (s->phase != SLOT_FREE && atomic_load(&s->job->cancelled)) {
                     finish_job(s->job, SRV_FINISH_CANCELLED);
+                    release_slot(e, s);
+                } else if (s->phase != SLOT_FREE && past(s->job, now)) {
+                    time_out(s->job, now);
                     release_slot(e, s);
                 }
             }
@@ -640,13 +725,11 @@ void srv_engine_destroy(srv_engine *e)
     pthread_mutex_unlock(&e->mu);
     if (e->thread_started)
         pthread_join(e->thread, NULL);
-    while (e->q_len > 0) {
-        srv_job *j = e->q[e->q_head];
-        e->q_head = (e->q_head + 1) % e->q_cap;
-        e->q_len--;
-        finish_job(j, SRV_FINISH_CANCELLED);
-        srv_job_unref(j);
+    for (int i = 0; i < e->q_len; i++) {
+        finish_job(e->q[i], SRV_FINISH_CANCELLED);
+        srv_job_unref(e->q[i]);
     }
+    e->q_len = 0;
     for (int m = 0; m < e->n_live; m++)
         ctx_destroy(e, e->live[m]);
     free(e->q);
@@ -664,8 +747,7 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
     }
     srv_job_ref(j);
     j->t_submit = tfm_now();
-    e->q[(e->q_head + e->q_len) % e->q_cap] = j;
-    e->q_len++;
+    e->q[e->q_len++] = j;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;
