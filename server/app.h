@@ -59,6 +59,7 @@ typedef struct srv_app {
     atomic_int active;        /* requests in progress (HTTP thread counts) */
     atomic_int work_pending;  /* /recall jobs queued or running on the worker */
     atomic_int draining;      /* SIGINT/SIGTERM seen: refuse new work */
+    atomic_int stopping;      /* the daemon is stopping: parked requests end now */
     int exit_code;
 } srv_app;
 

@@ -300,7 +300,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         }
         int done = j->done, gone = atomic_load(&j->cancelled) == SRV_CANCEL_CLIENT;
         pthread_mutex_unlock(&j->mu);
-        if (gone && !done)
+        if ((gone && !done) || atomic_load(&r->app->stopping))
             return MHD_CONTENT_READER_END_WITH_ERROR;
         if (done)
             return MHD_CONTENT_READER_END_OF_STREAM;
@@ -560,6 +560,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->job) { /* resumed: the job has news, or its client is gone */
         if (atomic_load(&r->job->cancelled) == SRV_CANCEL_CLIENT)
             return MHD_NO; /* the client hung up: close */
+        if (atomic_load(&app->stopping)) { /* the work outlived the grace period */
+            srv_reply_error(r, 503, "overloaded", NULL,
+                            "the request was cancelled: the server is shutting down");
+            return MHD_YES;
+        }
         if (!park(r))
             deliver(r);
         return MHD_YES;
@@ -691,10 +696,41 @@ void srv_http_quiesce(srv_app *app)
     app->quiesced_fd = s;
 }
 
+/* Resumes every parked connection so that it ends (503, or a stream cut
+ * short) and waits, at most about two seconds, until libmicrohttpd has
+ * sent those replies and finished them all: it refuses to stop (it aborts the process) while a
+ * connection is suspended, and work such as a long /recall on the worker
+ * can outlive the grace period.  0 when none is left. */
+static int end_parked(srv_app *app)
+{
+    atomic_store(&app->stopping, 1);
+    for (int tries = 0; tries < 200; tries++) {
+        pthread_mutex_lock(&app->wait_mu);
+        int left = app->n_waiting; /* a request leaves once its reply is out */
+        for (int i = 0; i < app->n_waiting; i++) {
+            srv_job *j = app->waiting[i];
+            pthread_mutex_lock(&j->mu);
+            unpark(j);
+            pthread_mutex_unlock(&j->mu);
+        }
+        pthread_mutex_unlock(&app->wait_mu);
+        if (!left)
+            return 0;
+        usleep(10000);
+    }
+    return -1;
+}
+
 void srv_http_stop(srv_app *app)
 {
     if (!app->mhd)
         return;
+    if (end_parked(app)) {
+        /* every file on disk is replaced whole, so leaving now tears none */
+        fprintf(stderr, "attnd: connections still suspended at shutdown; exiting now\n");
+        fflush(stdout);
+        _exit(app->exit_code);
+    }
     MHD_stop_daemon(app->mhd);
     app->mhd = NULL;
     if (app->quiesced_fd >= 0) {

@@ -226,6 +226,14 @@ static void close_all(srv_app *app)
     app->inbox_closed = 1;
     pthread_mutex_unlock(&app->inbox_mu);
     srv_http_stop(app);
+    if (atomic_load(&app->work_pending) > 0) {
+        /* a /recall still computes on the libuv worker (it outlived the
+         * grace period), on the models and the stats, and the loop would
+         * wait for it: its client has had its 503, so leave now */
+        fprintf(stderr, "attnd: stopped with a recall still running\n");
+        fflush(stdout);
+        _exit(app->exit_code);
+    }
     uv_walk(app->loop, close_handle, NULL);
 }
 

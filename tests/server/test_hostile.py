@@ -473,6 +473,36 @@ class Test06Signals(Base):
         self.assertIn("second signal", s.stderr_text())
 
 
+    def test_sigterm_during_a_recall(self):
+        s = self.start("--grace-seconds", "20", "--max-recall-pairs", "32768", "--max-recall-queries", "4096",
+                       name="termrecall")
+        body = {"pairs": [["k%d" % i, i] for i in range(32768)], "queries": ["k%d" % i for i in range(4096)]}
+        out = {}
+
+        def ask():
+            try:
+                out["r"] = s.post("/recall", body, timeout=60)
+            except (OSError, http.client.HTTPException) as e:
+                out["e"] = e
+
+        t = threading.Thread(target=ask)
+        t.start()
+        time.sleep(0.5)  # the body is in and the recall is on the worker
+        t0 = time.monotonic()
+        s.send_signal(signal.SIGTERM)
+        rc = s.wait(25)
+        t.join(30)
+        self.assertEqual(rc, 0, "attnd exited %s after SIGTERM during a recall\n%s" % (rc, s.output_tail()))
+        self.assertLess(time.monotonic() - t0, 22)
+        r = out.get("r")
+        self.assertIsNotNone(r, "the recall got no answer: %r" % out.get("e"))
+        self.assertIn(r.status, (200, 503), r)
+        if r.status == 200:
+            got = r.json()["answers"]
+            self.assertEqual(len(got), 4096)
+            self.assertTrue(all(a["value"] == int(a["query"][1:]) for a in got))
+
+
 class Test99Contract(H.ContractTest):
     pass
 
