@@ -108,14 +108,17 @@ static void remove_from(job **arr, int *n, const job *j)
 static int record_new(srv_trainer *t, job *j, int *e, char *err, size_t errlen)
 {
     char path[PATH_LEN];
+    srv_series *failed = t->app->stats.storage_errors[SRV_STORAGE_RECORD];
     if (srv_train_mkdir_p(j->dir)) {
         *e = errno;
+        srv_counter_add(failed, 1);
         snprintf(err, errlen, "cannot create %.400s: %s", j->dir, strerror(*e));
         return -1;
     }
     srv_train_job_path(j, "text", path, sizeof path);
     if (j->p.text && srv_train_write_atomic(path, j->p.text, j->p.text_len)) {
         *e = errno;
+        srv_counter_add(failed, 1);
         snprintf(err, errlen, "cannot write %.400s: %s", path, strerror(*e));
         j->p.text = NULL;
         return -1;
