@@ -469,12 +469,15 @@ class Worker(threading.Thread):
             s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       + key_header() + b"Content-Length: %d\r\n\r\n" % len(data) + data)
             time.sleep(self.rng.uniform(0.02, 0.15))
-            if self.rng.random() < 0.5:
+            rst = self.rng.random() < 0.5
+            if rst:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         finally:
             s.close()
-        # 499 if the server noticed first; 200 (or 503) if it answered first
-        BOOK.maybe("/generate", {499, 200, 503})
+        # 499 if the server noticed first; 200 (or 503, 429) if it answered
+        # first. A RST discards what the server had not read yet: on a
+        # loaded machine the request may never have reached it at all.
+        BOOK.maybe("/generate", {499, 200, 503, 429}, uncounted=rst)
 
     def op_timeout(self):
         """A generation with a small timeout_ms: it ends early with
@@ -490,6 +493,9 @@ class Worker(threading.Thread):
         fin = r.json().get("finish_reason")
         if fin not in ("timeout", "length"):
             BOOK.fail("wrong answer: timeout_ms", "finish_reason %r" % fin)
+        elif fin == "length" and r.elapsed * 1000 > b["timeout_ms"] + 1000:
+            BOOK.note("timeout_ms ignored by /generate", "timeout_ms %d, finish_reason length after %.0f ms"
+                      % (b["timeout_ms"], r.elapsed * 1000))
 
     # ---- /recall
 
@@ -683,7 +689,9 @@ def _bad_raw(w, kind, data, label, status, code, maybe_uncounted=False, also=())
         BOOK.fail("wrong answer: bad request", "%s: status %d, want %d: %r" % (kind, st, status, body[:200]))
         return
     try:
-        error_code(body, hdrs.get("content-type", ""))
+        got, _ = error_code(body, hdrs.get("content-type", ""))
+        if code is not None and got != code:
+            BOOK.fail("wrong answer: error code", "%s: code %r, want %r" % (kind, got, code))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         if maybe_uncounted:  # libmicrohttpd's own page; attnd's JSON is landing
             BOOK.note("not the JSON error shape: " + kind, "%d %s" % (st, e))
@@ -794,6 +802,13 @@ BAD = [
     ("100,000-deep array", lambda w, k: _bad_json(w, k, P, DEEP_ARRAY, 400, "invalid_json")),
     ("100,000-deep object", lambda w, k: _bad_json(w, k, "/recall", DEEP_OBJECT, 400, "invalid_json")),
     ("100,000-deep array /train", lambda w, k: _bad_json(w, k, "/train", DEEP_ARRAY, 400, "invalid_json")),
+    # within libmicrohttpd's memory pool (2 x --max-header-bytes + 16 KiB):
+    # attnd's own JSON answer, counted
+    ("20 KiB header", lambda w, k: _bad_raw(w, k, _head("GET", "/healthz", b"X-Big: " + b"a" * 20000 + b"\r\n\r\n"),
+                                            "/healthz", 431, "request_header_fields_too_large")),
+    ("20 KiB URL", lambda w, k: _bad_raw(w, k, _head("GET", "/" + "a" * 20000, b"\r\n"), "other", 414,
+                                         "uri_too_long")),
+    # beyond it: libmicrohttpd answers by itself (HTML), see the report
     ("64 KiB header", lambda w, k: _bad_raw(w, k, _head("GET", "/healthz", b"X-Big: " + b"a" * 65536 + b"\r\n\r\n"),
                                             "/healthz", 431, None, maybe_uncounted=True)),
     ("64 KiB URL", lambda w, k: _bad_raw(w, k, _head("GET", "/" + "a" * 65536, b"\r\n"), "other", 414, None,
@@ -1012,16 +1027,22 @@ class Slow(threading.Thread):
                 self.sock.sendall(req[i:i + 1])
             except OSError:
                 BOOK.slow["drip"].append(("dropped by the server", time.monotonic() - t0))
+                BOOK.maybe("other", {408, 499}, uncounted=True)
                 return
             closed, data = self.closed_by_server(self.interval)
             if closed or data:
+                # dropped part-way: once its request line was in, the server
+                # counts it as route "other", 408 (its deadline) or 499
                 if data and i < len(req) - 1:
-                    BOOK.slow["drip"].append(("answered before its end: %r" % data[:60], time.monotonic() - t0))
-                    BOOK.maybe("/healthz", {408, 400}, uncounted=True)
+                    st = data[9:12].decode("latin-1", "replace")
+                    BOOK.slow["drip"].append(("answered %s before its end" % st, time.monotonic() - t0))
+                    BOOK.maybe("other", {408, 400, 499}, uncounted=True)
                     return
                 if closed and not data:
                     if i == len(req) - 1:
                         BOOK.maybe("/healthz", {200}, uncounted=True)
+                    else:
+                        BOOK.maybe("other", {408, 499}, uncounted=True)
                     BOOK.slow["drip"].append(("dropped by the server", time.monotonic() - t0))
                     return
                 break
@@ -1374,7 +1395,7 @@ def report(server, load_seconds, warmup, rss0, rss_warm, rss_end, rss1, fds0, fd
                                                                            pct(lat, 99) * 1e3))
     print("\nRSS: %.1f MiB before the load, %.1f after the %.0fs warm-up, %.1f at the end of the load, %.1f idle; "
           "max %.1f" % (rss0 / 1024, rss_warm / 1024, warmup, rss_end / 1024, rss1 / 1024,
-                        max((s[1] for s in mon.samples), default=0) / 1024))
+                        max([s[1] for s in mon.samples] + [rss_end, rss1]) / 1024))
     print("descriptors: %d before the load, max %d during, %d once idle" % (
         fds0, max((s[2] for s in mon.samples), default=0), fds1))
     print("SIGTERM: exit %s after %.1fs" % (rc, took))
