@@ -230,6 +230,7 @@ static void close_all(srv_app *app)
         /* a /recall still computes on the libuv worker (it outlived the
          * grace period), on the models and the stats, and the loop would
          * wait for it: its client has had its 503, so leave now */
+        srv_trainer_destroy(app->trainer, app->cfg.grace_seconds); /* its workers end first */
         fprintf(stderr, "attnd: stopped with a recall still running\n");
         fflush(stdout);
         _exit(app->exit_code);

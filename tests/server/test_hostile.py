@@ -375,9 +375,10 @@ class Test04Bodies(Base):
         st, body = self.post_raw("/recall", many)
         self.assertEqual(st, 413, body)
         self.assertEqual(body["error"]["code"], "payload_too_large")
-        long_prompt = json.dumps({"prompt": "a" * 300000, "max_tokens": 1}).encode()
-        st, body = self.post_raw("/generate", long_prompt)
+        long_key = json.dumps({"pairs": [["a" * 300000, 1]], "queries": ["a"]}).encode()
+        st, body = self.post_raw("/recall", long_key)
         self.assertEqual(st, 413, body)
+        self.assertIn("string", body["error"]["message"])
         # a training job's inline text may fill the body: not refused for its length
         text = json.dumps({"task": "text", "name": "wide-text", "text": "b" * 300000, "steps": 1,
                            "model": {"dim": 16, "n_layers": 1, "n_heads": 2}, "batch_size": 1,

@@ -304,7 +304,8 @@ def hwm_bytes(pid):
 class Test00Contract(unittest.TestCase):
     def test_route_documented(self):
         op = H.openapi()["paths"][ROUTE]["post"]
-        self.assertEqual(set(op["responses"]), {"200", "400", "404", "405", "413", "415", "422", "500", "503"})
+        self.assertEqual(set(op["responses"]), {"200", "400", "401", "404", "405", "413", "415", "422", "429", "500",
+                                                "503", "504"})
         self.assertEqual(op["requestBody"]["content"]["application/json"]["schema"], schema_ref("RecallRequest"))
 
     def test_examples_documented(self):

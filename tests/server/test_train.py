@@ -194,9 +194,9 @@ class Test00Contract(unittest.TestCase):
         self.assertEqual(set(paths["/train"]), {"post", "get"})
         self.assertEqual(set(paths[ITEM]), {"get", "delete"})
         self.assertEqual(set(paths["/train"]["post"]["responses"]),
-                         {"202", "400", "405", "409", "413", "415", "422", "500", "503", "507"})
-        self.assertEqual(set(paths[ITEM]["delete"]["responses"]), {"204", "404", "405", "409"})
-        self.assertEqual(set(paths[ITEM]["get"]["responses"]), {"200", "404", "405"})
+                         {"202", "400", "401", "405", "409", "413", "415", "422", "500", "503", "507"})
+        self.assertEqual(set(paths[ITEM]["delete"]["responses"]), {"204", "401", "404", "405", "409"})
+        self.assertEqual(set(paths[ITEM]["get"]["responses"]), {"200", "401", "404", "405"})
         self.assertIn("Location", paths["/train"]["post"]["responses"]["202"]["headers"])
 
     def test_examples_documented(self):
