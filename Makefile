@@ -10,7 +10,7 @@ DEFAULT_MODEL := models/tiny-random.safetensors
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: all deps build test bench cost-report run clean asan tsan soak
+.PHONY: all deps build test bench cost-report run clean asan tsan soak fuzz
 
 all: build
 
@@ -64,5 +64,16 @@ SOAK_SECONDS ?= 600
 soak: build
 	/usr/bin/python3 tests/soak/soak.py --attnd $(BUILD)/attnd --attn $(BUILD)/attn --seconds $(SOAK_SECONDS)
 
+# libFuzzer (clang) on every target of tests/fuzz for FUZZ_SECONDS each,
+# ASan + UBSan, in build-fuzz: the regressions and seed corpus replayed
+# first, then new inputs into build-fuzz/fuzz-work; a crash fails and
+# prints the input's path (tests/fuzz/run.sh).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DATTND_FUZZ=ON -DBUILD_TESTING=OFF
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_targets
+	tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(BUILD) build-asan build-tsan
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz

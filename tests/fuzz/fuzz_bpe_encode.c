@@ -11,7 +11,7 @@
  *
  * Input: byte 0 chooses BOS, EOS and a truncated output size; the rest is
  * the text.  Promises checked (tfm/tokenizer.h):
- *   - the ids are run.c's (ref_bpe.h), for texts up to 512 bytes;
+ *   - the ids are run.c's (ref_bpe.h), for texts up to 192 bytes;
  *   - decoding the ids gives the text back byte for byte (this vocabulary
  *     has a " " piece and its only "<0xNN>" pieces are the byte tokens,
  *     so the dummy prefix is stripped after BOS and byte fallback is
@@ -122,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(got == n, "size query said %d, encode gave %d", n, got);
     FUZZ_CHECK(got <= (int)len + bos + eos + 1, "%d ids for %zu bytes", got, len);
 
-    if (len <= 512) {
+    if (len <= 192) {
         int *want = malloc((len + 3) * sizeof *want);
         int wn = ref_encode(&ref, text, len, bos, eos, want);
         FUZZ_CHECK(wn == got, "run.c gives %d ids, the core %d", wn, got);
