@@ -165,6 +165,9 @@ static void deliver(srv_req *r);
 
 /* ---- parking ------------------------------------------------------------------ */
 
+/* Whether a job with a deadline is past it. */
+static int past_deadline(const srv_job *j) { return j->deadline > 0 && tfm_now() > j->deadline; }
+
 /* Whether the job has something for its connection (under j->mu). */
 static int has_news(const srv_req *r, const srv_job *j)
 {
@@ -264,6 +267,10 @@ void srv_http_watch(srv_app *app)
                 unpark(j);
             }
         }
+        /* a /recall still waiting for the worker (or computing on it) past
+         * its deadline: its connection answers 504 now (see on_request) */
+        if (j->parked && j->run && !j->done && past_deadline(j))
+            unpark(j);
         pthread_mutex_unlock(&j->mu);
     }
     pthread_mutex_unlock(&app->wait_mu);
@@ -564,6 +571,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             srv_reply_error(r, 503, "overloaded", NULL,
                             "the request was cancelled: the server is shutting down");
             return MHD_YES;
+        }
+        if (r->job->run && past_deadline(r->job)) {
+            pthread_mutex_lock(&r->job->mu);
+            int done = r->job->done;
+            pthread_mutex_unlock(&r->job->mu);
+            if (!done) {
+                /* the worker skips it when it gets there (its client is gone) */
+                atomic_store(&r->job->cancelled, SRV_CANCEL_CLIENT);
+                srv_reply_error(r, 504, "timeout", NULL,
+                                "the recall waited or ran past its deadline (timeout_ms)");
+                return MHD_YES;
+            }
         }
         if (!park(r))
             deliver(r);

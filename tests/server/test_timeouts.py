@@ -267,6 +267,8 @@ class Test04Recall(Base):
             self.skipTest("the big recall took %.0f ms: too fast to hold the worker" % obj["timings"]["total_ms"])
         err = self.assertError(r, 504, "timeout", path="/recall", field=None)
         self.assertIn("waited", err["message"])
+        # answered at its deadline (the watch timer's 100 ms), not when the worker got to it
+        self.assertLess(r.elapsed, 0.1 + 0.6, "a queued recall's 504 came after %.2f s" % r.elapsed)
         # the worker is free again
         r = self.srv.post("/recall", {"pairs": [["a", 1]], "query": "a", "timeout_ms": 1000})
         self.assertEqual(self.assertAnswer(r, 200, "POST", "/recall")["answers"][0]["value"], 1)
