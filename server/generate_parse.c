@@ -221,18 +221,8 @@ static int fill_job(const parse_ctx *pc, json_t *body, const srv_models *models,
                     const srv_config *cfg, srv_job *j)
 {
     srv_error *e = pc->e;
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++)
-            ok = !strcmp(key, known[i]);
-        if (!ok) {
-            srv_error_set(e, 422, "invalid_argument", key, "unknown field \"%s\"", key);
-            return 0;
-        }
-    }
+    if (srv_json_known_fields(body, known, sizeof known / sizeof *known, e))
+        return 0;
     json_t *prompt = json_object_get(body, "prompt");
     if (!prompt || !json_is_string(prompt)) {
         srv_error_set(e, 422, "invalid_argument", "prompt", "%s",

@@ -20,6 +20,9 @@
  */
 #include "json_guard.h"
 
+#include <jansson.h>
+#include <string.h>
+
 #define GUARD_STACK 1000 /* the deepest --max-json-depth */
 
 int srv_json_guard(const char *body, size_t len, const srv_json_limits *lim, srv_error *e)
@@ -55,6 +58,21 @@ int srv_json_guard(const char *body, size_t len, const srv_json_limits *lim, srv
                                      "an array or object of more than %zu elements",
                                      lim->max_array);
         }
+    }
+    return 0;
+}
+
+int srv_json_known_fields(json_t *obj, const char *const *known, size_t n, srv_error *e)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        size_t i = 0;
+        while (i < n && strcmp(key, known[i]))
+            i++;
+        if (i == n)
+            return srv_error_set(e, 422, "invalid_argument", key, "unknown field \"%s\"", key);
     }
     return 0;
 }

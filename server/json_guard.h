@@ -25,4 +25,11 @@ typedef struct srv_json_limits {
 /* 0 when body is within the limits; -1 with e filled otherwise. */
 int srv_json_guard(const char *body, size_t len, const srv_json_limits *lim, srv_error *e);
 
+/* After parsing: 0 when every member of obj is one of the n names of
+ * known; -1 with a 422 naming the first unknown field otherwise (attnd's
+ * routes refuse what they do not know: a typo must not fall back to a
+ * default). */
+struct json_t;
+int srv_json_known_fields(struct json_t *obj, const char *const *known, size_t n, srv_error *e);
+
 #endif

@@ -300,18 +300,8 @@ static int check(srv_recall_task *t, const srv_models *models, const srv_config 
     }
     static const char *const known[] = {"pairs", "queries", "query", "engine",
                                         "explain", "model", "timeout_ms"};
-    const char *key;
-    json_t *v;
-    json_object_foreach(t->body, key, v)
-    {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++)
-            ok = !strcmp(key, known[i]);
-        if (!ok) {
-            srv_error_set(e, 422, "invalid_argument", key, "unknown field \"%s\"", key);
-            return 0;
-        }
-    }
+    if (srv_json_known_fields(t->body, known, sizeof known / sizeof *known, e))
+        return 0;
     json_t *engine = json_object_get(t->body, "engine");
     if (engine && !json_is_string(engine)) {
         srv_error_set(e, 422, "invalid_argument", "engine", "engine must be a string");

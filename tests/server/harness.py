@@ -593,6 +593,14 @@ def make_model(path, cfg, seed, fmt=None, extra=()):
     return path
 
 
+def clean_env(**extra):
+    """This process's environment without any ATTND_* variable (so that a
+    test's attnd sees only the flags it is given), plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
 class Workdir:
     """A temporary directory removed at exit unless --keep."""
 

@@ -37,10 +37,7 @@ def work():
         return _WORK
 
 
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+clean_env = H.clean_env
 
 
 # Every route the service has, with a request that is valid once the key

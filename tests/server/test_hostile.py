@@ -41,8 +41,7 @@ def work():
         return _WORK
 
 
-def clean_env():
-    return {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
+clean_env = H.clean_env
 
 
 def connect(port, source="127.0.0.1", timeout=10):
@@ -64,6 +63,20 @@ def closed_by_peer(s, timeout):
         except OSError:
             return time.monotonic() - t0
     return None
+
+
+def dribble(s, data, interval=0.25, wait=5.0):
+    """Sends data a byte every interval seconds; the seconds from the first
+    byte until the server closed the connection (a send failed, or recv saw
+    the end after the last byte), or None if it never did."""
+    t0 = time.monotonic()
+    for ch in data:
+        try:
+            s.send(bytes([ch]))
+        except OSError:
+            return time.monotonic() - t0
+        time.sleep(interval)
+    return None if closed_by_peer(s, wait) is None else time.monotonic() - t0
 
 
 def request_on(s, method, path, body=None, headers=None, timeout=10):
@@ -134,19 +147,7 @@ class Test01SlowClients(Base):
     def test_slow_headers_are_dropped(self):
         s = self.start("--header-timeout-seconds", "2", "--idle-timeout-seconds", "30", name="slowhdr")
         before = self.metric("attnd_connections_header_timeouts_total")
-        c = self.sock()
-        t0 = time.monotonic()
-        closed = None
-        for ch in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
-            try:
-                c.send(bytes([ch]))
-            except OSError:
-                closed = time.monotonic() - t0
-                break
-            time.sleep(0.25)
-        if closed is None:
-            closed = closed_by_peer(c, 5)
-            closed = None if closed is None else time.monotonic() - t0
+        closed = dribble(self.sock(), b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100)
         self.assertIsNotNone(closed, "a client sending a byte every 0.25 s was never dropped")
         self.assertGreater(closed, 1.5, "dropped before the header timeout")
         self.assertLess(closed, 5.0, "dropped %.1f s after it began, with --header-timeout-seconds 2" % closed)
@@ -157,19 +158,7 @@ class Test01SlowClients(Base):
         # the request line itself never completes: only the socket's byte
         # count shows that a request has begun
         s = self.start("--header-timeout-seconds", "2", name="slowline")
-        c = self.sock()
-        t0 = time.monotonic()
-        closed = None
-        for ch in b"GET /" + b"x" * 200:
-            try:
-                c.send(bytes([ch]))
-            except OSError:
-                closed = time.monotonic() - t0
-                break
-            time.sleep(0.25)
-        if closed is None:
-            d = closed_by_peer(c, 5)
-            closed = None if d is None else time.monotonic() - t0
+        closed = dribble(self.sock(), b"GET /" + b"x" * 200)
         self.assertIsNotNone(closed, "a request line sent a byte at a time was never dropped")
         self.assertLess(closed, 5.0)
 
@@ -178,18 +167,7 @@ class Test01SlowClients(Base):
         c = self.sock()
         c.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 400\r\n\r\n")
-        t0 = time.monotonic()
-        closed = None
-        for _ in range(40):
-            try:
-                c.send(b" ")
-            except OSError:
-                closed = time.monotonic() - t0
-                break
-            time.sleep(0.25)
-        if closed is None:
-            d = closed_by_peer(c, 5)
-            closed = None if d is None else time.monotonic() - t0
+        closed = dribble(c, b" " * 40)
         self.assertIsNotNone(closed, "a body sent a byte every 0.25 s was never dropped")
         self.assertLess(closed, 5.0)
         self.assertHealthy("a slow body")

@@ -46,10 +46,7 @@ def _cleanup():
         _WORK.cleanup()
 
 
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+clean_env = H.clean_env
 
 
 class Base(H.ServerTest):
