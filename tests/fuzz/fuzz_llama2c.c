@@ -7,9 +7,10 @@
  * valid config, the tokenizer kind llama2c and a file of exactly the
  * size its config needs; and content detection (TFM_CKPT_AUTO) reads
  * every valid .bin as the same model (bytes 4..7, hidden_dim, are never
- * zero in one, which is what tells it from safetensors).
+ * zero in one, which is what tells it from safetensors); and the model
+ * can be served (fuzz_serve.h: prefill and decode run on it).
  */
-#include "fuzz_util.h"
+#include "fuzz_serve.h"
 
 #include "tfm/checkpoint.h"
 
@@ -41,6 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(memcmp(a->data, m->data, m->n_floats * sizeof(float)) == 0,
                "AUTO read other weights");
     tfm_model_destroy(a);
+    fuzz_serve(m, data, size);
     tfm_model_destroy(m);
     return 0;
 }

@@ -6,11 +6,12 @@
  * file (fuzz_util.h).  Promises checked: no crash, leak or undefined
  * behaviour on any input (tfm/checkpoint.h: "nothing here aborts on
  * input"); a failure is one of the documented statuses with a message;
- * a model that loads has a valid config, and content detection
+ * a model that loads has a valid config, content detection
  * (TFM_CKPT_AUTO) finds the same model when the header starts with '{'
- * as every writer's does.
+ * as every writer's does, and it can be served (fuzz_serve.h: prefill
+ * and decode run on it).
  */
-#include "fuzz_util.h"
+#include "fuzz_serve.h"
 
 #include "tfm/checkpoint.h"
 
@@ -47,6 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                    "AUTO read other weights");
         tfm_model_destroy(a);
     }
+    fuzz_serve(m, data, size);
     tfm_model_destroy(m);
     return 0;
 }

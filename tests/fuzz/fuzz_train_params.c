@@ -43,9 +43,9 @@ static void parse_checked(json_t *body, int from_record, srv_train_params *p, in
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    /* http.c's limits: --max-json-depth 32, SRV_JSON_MAX_ARRAY,
-     * SRV_JSON_MAX_STRING (a /train body may carry its corpus inline) */
-    srv_json_limits lim = {32, 65536, (size_t)256 << 10};
+    /* http.c's limits for /train: --max-json-depth 32, SRV_JSON_MAX_ARRAY,
+     * strings up to --max-body-bytes (the corpus may come inline) */
+    srv_json_limits lim = {32, 65536, (size_t)1 << 20};
     char *raw = malloc(size ? size : 1);
     memcpy(raw, data, size);
     srv_error e;
