@@ -266,7 +266,7 @@ json_t *srv_train_job_json(const job *j, int what)
         srv_train_state_names[j->state], "step", j->step, "steps", j->p.spec.train.steps, "loss",
         j->has_loss ? srv_json_float(j->loss) : json_null(), "model",
         j->state == SUCCEEDED ? json_string(j->p.name) : json_null(), "error",
-        j->error[0] ? json_string(j->error) : json_null(), "created_at", time_json(j->created),
+        str_or_null(j->error), "created_at", time_json(j->created),
         "started_at", time_json(j->started), "finished_at", time_json(j->finished));
     if (!o || what == SRV_TRAIN_SUMMARY)
         return o;

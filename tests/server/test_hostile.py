@@ -469,7 +469,7 @@ class Test06Signals(Base):
 
 
     def test_sigterm_during_a_recall(self):
-        s = self.start("--grace-seconds", "20", "--max-recall-pairs", "32768", "--max-recall-queries", "4096",
+        s = self.start("--grace-seconds", "5", "--max-recall-pairs", "32768", "--max-recall-queries", "4096",
                        name="termrecall")
         body = {"pairs": [["k%d" % i, i] for i in range(32768)], "queries": ["k%d" % i for i in range(4096)]}
         out = {}
@@ -488,7 +488,8 @@ class Test06Signals(Base):
         rc = s.wait(25)
         t.join(30)
         self.assertEqual(rc, 0, "attnd exited %s after SIGTERM during a recall\n%s" % (rc, s.output_tail()))
-        self.assertLess(time.monotonic() - t0, 22)
+        # the grace period, the second after it, the trainer's join: and margin for sanitizers
+        self.assertLess(time.monotonic() - t0, 5 + 10)
         r = out.get("r")
         self.assertIsNotNone(r, "the recall got no answer: %r" % out.get("e"))
         self.assertIn(r.status, (200, 503), r)
