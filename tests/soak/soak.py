@@ -79,14 +79,15 @@ BUNDLED = ("text-kjv", "recall-mqar8")
 RANDOM_MODEL = dict(dim=192, hidden=512, layers=4, heads=6, kv_heads=3, vocab=258, seq_len=1024)
 
 # RSS growth allowed from the end of the warm-up to the end of the load.
-# Measured here (2 cores, 60 s and 300 s runs): the first minute grows
-# ~20-30 MiB (glibc arenas of the HTTP, engine, loop and training threads,
-# each model's workspace and KV caches created on first use), then RSS
-# stays within a few MiB; each trained model that is registered adds its
-# weights (~20 KB for the soak's jobs) and stays until exit by design. A
-# leak of one small buffer per request would pass 64 MiB within a few
-# minutes at the soak's rate (~100-300 requests/s): 64 MiB is margin over
-# the noise, not over a leak.
+# Measured here (2 shared cores): RSS goes from ~26 MiB idle to ~38-51 MiB
+# in the warm-up (glibc arenas of the HTTP, engine, loop, worker and
+# training threads; each model's workspace and KV caches, made on first
+# use), then grew 1.5 MiB over the next 270 s at 1981263 and 5.6 MiB over
+# 240 s at 1f73051 -- mostly the 40 trained models, which stay registered
+# until exit by design (weights ~20 KB each, plus their recall state). A
+# leak of even 200 bytes per request passes 64 MiB within an hour at the
+# soak's ~100-200 requests/s, a leak per /generate much sooner; 64 MiB is
+# margin over that noise, for a 10-minute run on a noisy machine.
 RSS_BOUND_MIB = 64
 FD_SLACK = 4          # descriptors over the baseline allowed once idle
 # An idle connection (nothing sent) is held this long unless the server
