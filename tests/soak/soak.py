@@ -332,7 +332,7 @@ class Worker(threading.Thread):
             self.conn.close()
         self.conn = None
 
-    def call(self, method, path, body=None, headers=None):
+    def call(self, method, path, body=None, headers=None, deadline=False):
         """A well-formed request on the worker's keep-alive connection;
         the Response, booked; None (a failure booked) on a transport error."""
         if self.conn is None:
@@ -348,7 +348,8 @@ class Worker(threading.Thread):
         BOOK.saw(label, r.status, r.elapsed)
         if r.header("Connection", "").lower() == "close":
             self.reset()
-        if r.status >= 500 and r.status != 503:
+        # 504: a request with timeout_ms whose deadline passed before its first token
+        if r.status >= 500 and r.status != 503 and not (deadline and r.status == 504):
             BOOK.fail("5xx", "%s %s -> %d: %r" % (method, path, r.status, r.body[:300]))
         elif r.status == 503:
             BOOK.note("503 to a well-formed request", "%s %s: %r" % (method, path, r.body[:200]))
@@ -485,8 +486,16 @@ class Worker(threading.Thread):
         finish_reason "timeout", or 504 before its first token."""
         b = {"model": "soak-random", "prompt": "Time", "max_tokens": 900, "temperature": 0,
              "ignore_eos": True, "timeout_ms": self.rng.choice([1, 20, 100])}
-        r = self.call("POST", "/generate", b)
-        if r is None or r.status in (503, 504):
+        r = self.call("POST", "/generate", b, deadline=True)
+        if r is None or r.status == 503:
+            return
+        if r.status == 504:
+            try:
+                code, _ = error_code(r.body, r.header("Content-Type", ""))
+                if code != "timeout":
+                    BOOK.fail("wrong answer: timeout_ms", "504 with code %r" % code)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                BOOK.fail("wrong answer: error body", "504: %s" % e)
             return
         if r.status != 200:
             BOOK.fail("wrong answer: timeout_ms", "%d %r" % (r.status, r.body[:200]))
