@@ -262,6 +262,25 @@ void tfm_state_reset(tfm_state *s)
     }
 }
 
+tfm_status tfm_state_copy(tfm_state *dst, const tfm_state *src, int n)
+{
+    if (!dst || !src || dst->model != src->model)
+        return TFM_E_INVALID;
+    if (n < 0 || n > src->pos || n > dst->max_seq)
+        return TFM_E_RANGE;
+    const tfm_config *c = &src->model->cfg;
+    size_t kv = (size_t)c->dim / (size_t)c->n_heads * (size_t)c->n_kv_heads;
+    for (int l = 0; l < c->n_layers; l++) {
+        memcpy(dst->key_cache + (size_t)l * dst->max_seq * kv,
+               src->key_cache + (size_t)l * src->max_seq * kv, (size_t)n * kv * sizeof(float));
+        memcpy(dst->value_cache + (size_t)l * dst->max_seq * kv,
+               src->value_cache + (size_t)l * src->max_seq * kv, (size_t)n * kv * sizeof(float));
+    }
+    dst->pos = n;
+    dst->prefill_attn_seconds = 0;
+    return TFM_OK;
+}
+
 void tfm_state_destroy(tfm_state *s)
 {
     if (!s)

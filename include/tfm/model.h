@@ -126,6 +126,11 @@ typedef struct tfm_state {
 /* max_seq 0 means cfg.seq_len; larger than cfg.seq_len is TFM_E_RANGE. */
 tfm_status tfm_state_create(const tfm_model *m, int max_seq, tfm_state **out);
 void tfm_state_reset(tfm_state *s); /* forget the sequence: pos = 0 */
+/* Makes dst hold src's first n positions (dst->pos = n): the KV cache rows
+ * a prefill of the same n tokens would compute, copied.  Both states are
+ * of the same model; n <= src->pos and n <= dst->max_seq, else
+ * TFM_E_RANGE. */
+tfm_status tfm_state_copy(tfm_state *dst, const tfm_state *src, int n);
 void tfm_state_destroy(tfm_state *s);
 
 /* ---- workspace: scratch, threads, profile ------------------------------ */

@@ -231,6 +231,47 @@ static void test_forward_prefill_equals_decode(void **state)
     tfm_model_destroy(m);
 }
 
+/* tfm_state_copy: a copy of a prefilled cache decodes exactly as the
+ * original; a copy of all but the last position, plus that one row
+ * prefilled, gives the prompt's logits; bad arguments are refused. */
+static void test_forward_state_copy(void **state)
+{
+    (void)state;
+    tfm_model *m = gqa_model(2);
+    int V = m->cfg.vocab_size, n = 29, toks[30];
+    prompt_tokens(toks, 30, V, 11);
+    float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+    tfm_workspace *ws;
+    tfm_state *a, *b, *small;
+    assert_int_equal(tfm_workspace_create(m, 32, 1, &ws), TFM_OK);
+    assert_int_equal(tfm_state_create(m, 0, &a), TFM_OK);
+    assert_int_equal(tfm_state_create(m, 0, &b), TFM_OK);
+    assert_int_equal(tfm_state_create(m, 8, &small), TFM_OK);
+    assert_int_equal(tfm_prefill(ws, a, toks, n, la), TFM_OK);
+    assert_int_equal(tfm_state_copy(b, a, n), TFM_OK);
+    assert_int_equal(b->pos, n);
+    assert_int_equal(tfm_decode(ws, &a, &toks[n], 1, la), TFM_OK);
+    assert_int_equal(tfm_decode(ws, &b, &toks[n], 1, lb), TFM_OK);
+    assert_memory_equal(la, lb, V * sizeof(float));
+    /* n - 1 rows copied (from a state that has moved on), the last computed */
+    tfm_state_reset(b);
+    assert_int_equal(tfm_state_copy(b, a, n - 1), TFM_OK);
+    assert_int_equal(tfm_prefill(ws, b, toks + n - 1, 1, lb), TFM_OK);
+    tfm_state *c;
+    assert_int_equal(tfm_state_create(m, 0, &c), TFM_OK);
+    assert_int_equal(tfm_prefill(ws, c, toks, n, la), TFM_OK);
+    tu_check_tensor("late copy logits", lb, la, V, 1e-4f);
+    /* more than the source holds, more than the destination holds */
+    assert_int_equal(tfm_state_copy(b, c, n + 1), TFM_E_RANGE);
+    assert_int_equal(tfm_state_copy(small, c, 9), TFM_E_RANGE);
+    assert_int_equal(tfm_state_copy(small, c, 8), TFM_OK);
+    assert_int_equal(tfm_state_copy(NULL, c, 1), TFM_E_INVALID);
+    tfm_state_destroy(a), tfm_state_destroy(b), tfm_state_destroy(c), tfm_state_destroy(small);
+    tfm_workspace_destroy(ws);
+    free(la), free(lb);
+    tfm_model_destroy(m);
+}
+
 /* n_seq sequences with prompts of different lengths, decoded together and
  * one by one: the same logits.  n_seq >= 16 exercises the sgemm path. */
 static void batch_vs_single(int n_seq, int threads)
@@ -382,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_forward_decode_matches_reference),
         cmocka_unit_test(test_forward_prefill_equals_decode),
         cmocka_unit_test(test_forward_batched_equals_single),
+        cmocka_unit_test(test_forward_state_copy),
         cmocka_unit_test(test_forward_rejects_bad_input),
         cmocka_unit_test(test_forward_profile_counts_flops),
     };
