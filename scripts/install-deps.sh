@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package the build, the tests and the benchmarks need.
+# Installs every Debian package the build, the tests and the benchmarks need,
+# and the pinned npm packages of the client tests (tests/clients).
 # Idempotent, and quiet when everything is already present.  The Makefile,
 # the Dockerfile and .ci/run all call this one script.
 set -euo pipefail
@@ -23,15 +24,46 @@ PKGS=(
 # installed): the PyTorch side of `make bench`'s training comparison.
 [ "${1:-}" = --bench ] && PKGS+=(python3-torch)
 
+# Node.js runs the client tests (tests/clients: the official npm clients
+# against a live attnd) and the OpenAPI lint.  The machine images ship
+# NodeSource's nodejs 20 (with npm); only where node is missing is Debian's
+# added, whose nodejs is 18 on Debian 12: too old for @redocly/cli (>= 20.19),
+# so the npm step below is then skipped with a warning and the `clients` and
+# `openapi_lint` tests fail saying why, while the C build and the other tests
+# still run.
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs npm)
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-echo "install-deps: installing ${missing[*]}"
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The npm packages of tests/clients, exactly as package-lock.json pins them
+# (`npm ci`).  Skipped when node_modules already matches: a stamp holds the
+# lockfile's hash and the node version it was installed with.
+CLIENTS="$(cd "$(dirname "$0")/.." && pwd)/tests/clients"
+if [ -f "$CLIENTS/package-lock.json" ]; then
+  node_ver="$(node -p 'process.versions.node' 2>/dev/null || echo 0)"
+  IFS=. read -r n_major n_minor _ <<<"$node_ver"
+  if [ "$n_major" -lt 20 ] || { [ "$n_major" -eq 20 ] && [ "$n_minor" -lt 19 ]; }; then
+    echo "install-deps: warning: node $node_ver is older than 20.19; tests/clients not installed" \
+         "(its tests will fail until a newer node is installed)" >&2
+  else
+    want="$(sha256sum "$CLIENTS/package-lock.json" | cut -d' ' -f1) node-$node_ver"
+    stamp="$CLIENTS/node_modules/.attnd-installed"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+      echo "install-deps: npm ci in tests/clients"
+      (cd "$CLIENTS" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+      echo "$want" >"$stamp"
+    fi
+  fi
+fi
