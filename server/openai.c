@@ -1,0 +1,1007 @@
+/*
+ * openai.c — OpenAI's wire format: POST /v1/completions, POST
+ * /v1/chat/completions, GET /v1/models and GET /v1/models/{id}, as the
+ * OpenAI API reference gives them and vLLM and llama-server implement
+ * them (the contract: api/openapi.yaml; the issue's notes: spec12).
+ *
+ * Every completion request is a group (engine.h), even one choice of one
+ * prompt: the route validates the body, makes the group job, fills one
+ * child per choice (prompt i, choice j is child i * n + j, sampling with
+ * seed + j, and sharing the prefill of the prompt's first choice), submits
+ * them all or none, and parks.  The engine calls this file's output hooks
+ * (format.h) on its thread with the group's mutex held: a stream gets
+ * OpenAI's chunks as the tokens come, a plain request its whole body from
+ * group_end, which sees every child's text, tokens and log-probabilities.
+ * The per-request state (id, created, what was asked) is the group's
+ * fmt_ctx.
+ *
+ * Validation differs from attnd's own routes on purpose: clients send
+ * fields they do not need (OpenAI's SDKs, LangChain), so unknown fields
+ * are ignored, and a member whose value is null counts as absent.  A known
+ * field with a bad value is still a 422 naming it (param), malformed JSON
+ * a 400; the error bodies are OpenAI's shape (http.c, by path).
+ *
+ * Log-probabilities: a token's text is its decoded piece after the token
+ * before it (the prompt's last for the first generated token, which is
+ * why the children keep their prompt ids), made valid UTF-8 for JSON; chat
+ * entries carry the raw bytes as well.  A banned token's -inf is written
+ * -9999.0, as vLLM does (JSON has no infinity).  The prompt's own
+ * log-probabilities are not computed: with echo they are null.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http.h"
+#include "validate.h"
+
+#define OAI_MAX_PROMPTS 16
+#define OAI_MAX_N 16
+#define OAI_MAX_SEQS 64      /* prompts x n */
+#define OAI_MAX_MESSAGES 256
+#define OAI_MAX_BIAS 1024
+#define OAI_MAX_TOKENS 4096
+#define OAI_COMPLETION_DEFAULT_TOKENS 16
+#define OAI_MAX_LOGPROBS 5   /* /v1/completions' logprobs */
+
+/* The time /v1/models gives as every model's "created": the server's start. */
+static long long started;
+__attribute__((constructor)) static void note_start(void) { started = (long long)time(NULL); }
+
+/* ---- per-request state -------------------------------------------------------- */
+
+typedef struct oai_ctx {
+    int chat;
+    char id[48];        /* "cmpl-" / "chatcmpl-" and 32 hex digits */
+    long long created;  /* unix seconds */
+    int n;              /* choices per prompt */
+    int include_usage;  /* stream_options.include_usage */
+    int echo;           /* completions: the prompt before the text */
+    size_t *pos;        /* stream, per choice: bytes of its text so far (text_offset) */
+} oai_ctx;
+
+static void ctx_free(void *p)
+{
+    oai_ctx *c = p;
+    if (c)
+        free(c->pos);
+    free(c);
+}
+
+static oai_ctx *ctx_of(srv_job *j) { return srv_job_out(j)->fmt_ctx; }
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* ---- the output hooks (engine thread, the group's mutex held) ----------------- */
+
+/* A token as the logprobs see it: its id, the one before it, its entries
+ * (NULL for a prompt token). */
+typedef struct tok_ref {
+    int id, prev;
+    const tfm_token_logprob *lp;
+} tok_ref;
+
+static int last_prompt_id(const srv_job *j)
+{
+    return j->prompt_ids && j->prompt_tokens > 0 ? j->prompt_ids[j->prompt_tokens - 1] : -1;
+}
+
+/* Token t of the sequence the logprobs list: the prompt's tokens first
+ * when echo, then the generated ones. */
+static tok_ref tok_at(const srv_job *j, int echo, int t)
+{
+    tok_ref r = {0, -1, NULL};
+    int np = echo && j->prompt_ids ? j->prompt_tokens : 0;
+    if (t < np) {
+        r.id = j->prompt_ids[t];
+        r.prev = t ? j->prompt_ids[t - 1] : -1;
+        return r;
+    }
+    int g = t - np;
+    r.id = j->tokens[g];
+    r.prev = g ? j->tokens[g - 1] : last_prompt_id(j);
+    r.lp = j->lps + (size_t)g * (1 + (size_t)j->logprobs);
+    return r;
+}
+
+static void piece_of(const srv_job *j, int prev, int id, const char **p, size_t *n)
+{
+    if (tfm_tokenizer_decode(j->model->tok, prev, id, p, n) != TFM_OK) {
+        *p = "";
+        *n = 0;
+    }
+}
+
+static void put(srv_buf *b, const char *s) { srv_buf_append(b, s, strlen(s)); }
+
+static void put_lp(srv_buf *b, float lp)
+{
+    if (!isfinite(lp) || lp < -9999.0f)
+        put(b, "-9999.0");
+    else
+        srv_buf_printf(b, "%.9g", (double)lp);
+}
+
+/* Completions' top_logprobs entry: {text: logprob} of the alternatives, the
+ * first of two with the same text kept. */
+static void alt_dict(srv_buf *b, const srv_job *j, int prev, const tfm_token_logprob *lp)
+{
+    size_t key[TFM_MAX_TOP_LOGPROBS][2];
+    int nk = 0;
+    put(b, "{");
+    for (int a = 1; a <= j->logprobs; a++) {
+        const char *p;
+        size_t n, mark = b->len;
+        piece_of(j, prev, lp[a].id, &p, &n);
+        if (nk)
+            put(b, ",");
+        size_t ks = b->len;
+        srv_json_string(b, p, n);
+        size_t kl = b->len - ks;
+        int dup = 0;
+        for (int i = 0; i < nk && !dup; i++)
+            dup = key[i][1] == kl && !memcmp(b->p + key[i][0], b->p + ks, kl);
+        if (dup) {
+            b->len = mark;
+            b->p[b->len] = 0;
+            continue;
+        }
+        key[nk][0] = ks;
+        key[nk++][1] = kl;
+        put(b, ":");
+        put_lp(b, lp[a].logprob);
+    }
+    put(b, "}");
+}
+
+/* Completions' logprobs object over tokens [t0, t1) (tok_at), the first at
+ * byte offset off of the choice's text. */
+static void completion_lps(srv_buf *b, const srv_job *j, int echo, int t0, int t1, size_t off)
+{
+    const char *p;
+    size_t n;
+    put(b, "{\"tokens\":[");
+    for (int t = t0; t < t1; t++) {
+        tok_ref r = tok_at(j, echo, t);
+        piece_of(j, r.prev, r.id, &p, &n);
+        if (t > t0)
+            put(b, ",");
+        srv_json_string(b, p, n);
+    }
+    put(b, "],\"token_logprobs\":[");
+    for (int t = t0; t < t1; t++) {
+        tok_ref r = tok_at(j, echo, t);
+        if (t > t0)
+            put(b, ",");
+        if (r.lp)
+            put_lp(b, r.lp[0].logprob);
+        else
+            put(b, "null");
+    }
+    put(b, "],\"top_logprobs\":[");
+    for (int t = t0; t < t1; t++) {
+        tok_ref r = tok_at(j, echo, t);
+        if (t > t0)
+            put(b, ",");
+        if (r.lp)
+            alt_dict(b, j, r.prev, r.lp);
+        else
+            put(b, "null");
+    }
+    put(b, "],\"text_offset\":[");
+    for (int t = t0; t < t1; t++) {
+        tok_ref r = tok_at(j, echo, t);
+        piece_of(j, r.prev, r.id, &p, &n);
+        srv_buf_printf(b, t > t0 ? ",%zu" : "%zu", off);
+        off += n;
+    }
+    put(b, "]}");
+}
+
+/* One chat logprobs entry without its closing brace:
+ * {"token", "logprob", "bytes" */
+static void chat_entry(srv_buf *b, const char *p, size_t n, float lp)
+{
+    put(b, "{\"token\":");
+    srv_json_string(b, p, n);
+    put(b, ",\"logprob\":");
+    put_lp(b, lp);
+    put(b, ",\"bytes\":[");
+    for (size_t i = 0; i < n; i++)
+        srv_buf_printf(b, i ? ",%u" : "%u", (unsigned)(unsigned char)p[i]);
+    put(b, "]");
+}
+
+/* A chat logprobs entry of a generated token, its alternatives inside. */
+static void chat_lp(srv_buf *b, const srv_job *j, tok_ref r)
+{
+    const char *p;
+    size_t n;
+    piece_of(j, r.prev, r.id, &p, &n);
+    chat_entry(b, p, n, r.lp[0].logprob);
+    put(b, ",\"top_logprobs\":[");
+    for (int a = 1; a <= j->logprobs; a++) {
+        piece_of(j, r.prev, r.lp[a].id, &p, &n);
+        if (a > 1)
+            put(b, ",");
+        chat_entry(b, p, n, r.lp[a].logprob);
+        put(b, "}");
+    }
+    put(b, "]}");
+}
+
+static const char *finish_name(srv_finish f)
+{
+    switch (f) {
+    case SRV_FINISH_LENGTH: return "length";
+    case SRV_FINISH_TIMEOUT: return "timeout";
+    default: return "stop"; /* eos and stop strings */
+    }
+}
+
+/* How many generated tokens a choice's logprobs list: all, but after a
+ * stop string only those that begin before the cut. */
+static int listed_tokens(const srv_job *j)
+{
+    if (j->finish != SRV_FINISH_STOP)
+        return j->n_tokens;
+    size_t off = 0;
+    for (int g = 0; g < j->n_tokens; g++) {
+        if (off >= j->text.len)
+            return g;
+        const char *p;
+        size_t n;
+        piece_of(j, g ? j->tokens[g - 1] : last_prompt_id(j), j->tokens[g], &p, &n);
+        off += n;
+    }
+    return j->n_tokens;
+}
+
+static void chunk_head(srv_buf *b, const oai_ctx *c, const srv_job *j)
+{
+    srv_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", c->id,
+                   c->chat ? "chat.completion.chunk" : "text_completion", c->created);
+    srv_json_string(b, j->model->name, strlen(j->model->name));
+    put(b, ",\"choices\":[");
+}
+
+static void chunk_tail(srv_buf *b, const oai_ctx *c)
+{
+    put(b, "]");
+    if (c->include_usage)
+        put(b, ",\"usage\":null");
+    put(b, "}\n\n");
+}
+
+static void usage(srv_buf *b, const srv_job *g, const oai_ctx *c)
+{
+    int prompt = 0, completion = 0;
+    for (int i = 0; i < g->n_children; i++) {
+        const srv_job *j = g->children[i];
+        if (i % c->n == 0) /* each prompt once */
+            prompt += j->prompt_tokens;
+        completion += j->n_tokens;
+    }
+    srv_buf_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
+                   prompt, completion, prompt + completion);
+}
+
+/* Stream: the first chunk of each choice (chat: the role; completions with
+ * echo: the prompt). */
+static void on_begin(srv_job *j, srv_buf *b)
+{
+    srv_job *g = srv_job_out(j);
+    oai_ctx *c = ctx_of(j);
+    for (int k = 0; k < g->n_children; k++) {
+        const srv_job *ch = g->children[k];
+        c->pos[k] = c->echo ? ch->prompt_len : 0;
+        if (!c->chat && !c->echo)
+            continue;
+        chunk_head(b, c, j);
+        srv_buf_printf(b, "{\"index\":%d,", k);
+        if (c->chat) {
+            put(b, "\"delta\":{\"role\":\"assistant\",\"content\":\"\"}");
+        } else {
+            put(b, "\"text\":");
+            srv_json_string(b, ch->prompt, ch->prompt_len);
+        }
+        put(b, ",\"logprobs\":null,\"finish_reason\":null}");
+        chunk_tail(b, c);
+    }
+}
+
+static void on_token(srv_job *j, srv_buf *b, int tok, const char *text, size_t n,
+                     const tfm_token_logprob *lp)
+{
+    (void)tok;
+    oai_ctx *c = ctx_of(j);
+    if (!j->stream)
+        return;
+    if (n == 0 && !lp)
+        return; /* held back (a possible stop string, a split character) */
+    int k = j->index;
+    const char *p;
+    size_t pn;
+    tok_ref r = {tok, j->n_tokens >= 2 ? j->tokens[j->n_tokens - 2] : last_prompt_id(j), lp};
+    piece_of(j, r.prev, r.id, &p, &pn);
+    chunk_head(b, c, j);
+    srv_buf_printf(b, "{\"index\":%d,", k);
+    if (c->chat) {
+        put(b, "\"delta\":{\"content\":");
+        srv_json_string(b, text, n);
+        put(b, "},\"logprobs\":");
+        if (lp) {
+            put(b, "{\"content\":[");
+            chat_lp(b, j, r);
+            put(b, "]}");
+        } else {
+            put(b, "null");
+        }
+    } else {
+        put(b, "\"text\":");
+        srv_json_string(b, text, n);
+        put(b, ",\"logprobs\":");
+        if (lp) {
+            /* one token: the last generated */
+            int t = (c->echo ? j->prompt_tokens : 0) + j->n_tokens - 1;
+            completion_lps(b, j, c->echo, t, t + 1, c->pos[k]);
+        } else {
+            put(b, "null");
+        }
+    }
+    put(b, ",\"finish_reason\":null}");
+    chunk_tail(b, c);
+    c->pos[k] += pn;
+}
+
+static void on_end(srv_job *j, srv_buf *b, srv_finish why)
+{
+    oai_ctx *c = ctx_of(j);
+    if (!j->stream)
+        return; /* the body comes from group_end */
+    const char *held = j->text.p ? j->text.p + j->released : "";
+    size_t n = j->text.len - j->released;
+    j->released = j->text.len;
+    if (c->chat && n) {
+        chunk_head(b, c, j);
+        srv_buf_printf(b, "{\"index\":%d,\"delta\":{\"content\":", j->index);
+        srv_json_string(b, held, n);
+        put(b, "},\"logprobs\":null,\"finish_reason\":null}");
+        chunk_tail(b, c);
+    }
+    chunk_head(b, c, j);
+    srv_buf_printf(b, "{\"index\":%d,", j->index);
+    if (c->chat) {
+        put(b, "\"delta\":{}");
+    } else {
+        put(b, "\"text\":");
+        srv_json_string(b, held, n);
+    }
+    srv_buf_printf(b, ",\"logprobs\":null,\"finish_reason\":\"%s\"}", finish_name(why));
+    chunk_tail(b, c);
+}
+
+static void completion_choice(srv_buf *b, const srv_job *j, const oai_ctx *c)
+{
+    srv_buf_printf(b, "{\"index\":%d,\"text\":", j->index);
+    if (c->echo) {
+        /* one string: the prompt, then the text */
+        srv_buf tmp = {0};
+        srv_buf_append(&tmp, j->prompt, j->prompt_len);
+        srv_buf_append(&tmp, j->text.p ? j->text.p : "", j->text.len);
+        srv_json_string(b, tmp.p ? tmp.p : "", tmp.len);
+        srv_buf_free(&tmp);
+    } else {
+        srv_json_string(b, j->text.p ? j->text.p : "", j->text.len);
+    }
+    put(b, ",\"logprobs\":");
+    if (j->logprobs >= 0) {
+        int np = c->echo && j->prompt_ids ? j->prompt_tokens : 0;
+        completion_lps(b, j, c->echo, 0, np + listed_tokens(j), 0);
+    } else {
+        put(b, "null");
+    }
+    srv_buf_printf(b, ",\"finish_reason\":\"%s\"}", finish_name(j->finish));
+}
+
+static void chat_choice(srv_buf *b, const srv_job *j)
+{
+    srv_buf_printf(b, "{\"index\":%d,\"message\":{\"role\":\"assistant\",\"content\":", j->index);
+    srv_json_string(b, j->text.p ? j->text.p : "", j->text.len);
+    put(b, "},\"logprobs\":");
+    if (j->logprobs >= 0) {
+        put(b, "{\"content\":[");
+        int nt = listed_tokens(j);
+        for (int t = 0; t < nt; t++) {
+            if (t)
+                put(b, ",");
+            chat_lp(b, j, tok_at(j, 0, t));
+        }
+        put(b, "]}");
+    } else {
+        put(b, "null");
+    }
+    srv_buf_printf(b, ",\"finish_reason\":\"%s\"}", finish_name(j->finish));
+}
+
+static void on_group_end(srv_job *g, srv_buf *b)
+{
+    oai_ctx *c = g->fmt_ctx;
+    if (g->stream) {
+        if (c->include_usage) {
+            chunk_head(b, c, g);
+            put(b, "],");
+            usage(b, g, c);
+            put(b, "}\n\n");
+        }
+        put(b, "data: [DONE]\n\n");
+        return;
+    }
+    srv_buf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", c->id,
+                   c->chat ? "chat.completion" : "text_completion", c->created);
+    srv_json_string(b, g->model->name, strlen(g->model->name));
+    put(b, ",\"choices\":[");
+    for (int k = 0; k < g->n_children; k++) {
+        if (k)
+            put(b, ",");
+        if (c->chat)
+            chat_choice(b, g->children[k]);
+        else
+            completion_choice(b, g->children[k], c);
+    }
+    put(b, "],");
+    usage(b, g, c);
+    put(b, "}");
+}
+
+static void on_error(srv_job *j, srv_buf *b, int status, const char *code, const char *msg,
+                     const char *field)
+{
+    oai_ctx *c = ctx_of(j);
+    int began = srv_job_began(j);
+    if (c && c->chat && field && !strcmp(field, "prompt"))
+        field = "messages"; /* the rendered prompt is the messages' */
+    if (began)
+        put(b, "data: ");
+    put(b, "{\"error\":{\"message\":");
+    srv_json_string(b, msg, strlen(msg));
+    srv_buf_printf(b, ",\"type\":\"%s\",\"param\":", srv_openai_error_type(status));
+    if (field)
+        srv_json_string(b, field, strlen(field));
+    else
+        put(b, "null");
+    put(b, ",\"code\":");
+    srv_json_string(b, code, strlen(code));
+    put(b, "}}");
+    if (began)
+        put(b, "\n\ndata: [DONE]\n\n");
+}
+
+static const srv_format oai_format = {on_begin, on_token, on_end, on_group_end, on_error};
+
+/* ---- validation ---------------------------------------------------------------- */
+
+static int fail(const srv_parse_ctx *pc, int status, const char *code, const char *field,
+                const char *msg)
+{
+    srv_error_set(pc->e, status, code, field, "%s", msg);
+    return 0;
+}
+
+static int field_bool(const srv_parse_ctx *pc, json_t *body, const char *key, int *out)
+{
+    json_t *v = json_object_get(body, key);
+    if (!v)
+        return 1;
+    if (!json_is_boolean(v)) {
+        srv_error_set(pc->e, 422, "invalid_argument", key, "%s must be true or false", key);
+        return 0;
+    }
+    *out = json_is_true(v);
+    return 1;
+}
+
+static int field_model(const srv_parse_ctx *pc, json_t *body, const srv_models *models,
+                       srv_job *t)
+{
+    json_t *m = json_object_get(body, "model");
+    if (m && !json_is_string(m))
+        return fail(pc, 422, "invalid_argument", "model", "model must be a string");
+    t->model = m ? srv_models_find(models, json_string_value(m)) : srv_models_default(models);
+    if (!t->model && !m)
+        return fail(pc, 503, "not_ready", NULL, "no text model is loaded");
+    if (!t->model || strcmp(t->model->kind, "text")) {
+        srv_error_set(pc->e, 404, "model_not_found", "model",
+                      t->model ? "model \"%s\" is a recall model; the /v1 routes serve text models"
+                               : "The model \"%s\" does not exist",
+                      json_string_value(m));
+        return 0;
+    }
+    return 1;
+}
+
+/* logit_bias: {"<token id>": bias in [-100, 100]} into t->bias. */
+static int field_logit_bias(const srv_parse_ctx *pc, json_t *body, srv_job *t)
+{
+    json_t *lb = json_object_get(body, "logit_bias");
+    if (!lb)
+        return 1;
+    if (!json_is_object(lb))
+        return fail(pc, 422, "invalid_argument", "logit_bias",
+                    "logit_bias must be an object mapping token ids to numbers");
+    size_t n = json_object_size(lb);
+    if (n > OAI_MAX_BIAS) {
+        srv_error_set(pc->e, 422, "invalid_argument", "logit_bias",
+                      "logit_bias takes at most %d tokens", OAI_MAX_BIAS);
+        return 0;
+    }
+    if (n == 0)
+        return 1;
+    if (!(t->bias = malloc(n * sizeof *t->bias)))
+        return fail(pc, 500, "internal", NULL, "out of memory");
+    int vocab = t->model->model->cfg.vocab_size, i = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(lb, key, v)
+    {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || key[0] < '0' || key[0] > '9' || strlen(key) > 9 || id >= vocab) {
+            srv_error_set(pc->e, 422, "invalid_argument", "logit_bias",
+                          "logit_bias key \"%.40s\" is not a token id of model %s (0 to %d)", key,
+                          t->model->name, vocab - 1);
+            return 0;
+        }
+        double d = json_is_number(v) ? json_number_value(v) : NAN;
+        if (!(d >= -100 && d <= 100))
+            return fail(pc, 422, "invalid_argument", "logit_bias",
+                        "each logit_bias value must be a number between -100 and 100");
+        t->bias[i].id = (int)id;
+        t->bias[i++].bias = (float)d;
+    }
+    t->sampling.logit_bias = t->bias;
+    t->sampling.n_logit_bias = i;
+    return 1;
+}
+
+/* The fields both routes take, into the template job t and the context. */
+static int parse_common(const srv_parse_ctx *pc, json_t *body, srv_app *app, int chat, srv_job *t,
+                        oai_ctx *c)
+{
+    if (!field_model(pc, body, &app->models, t))
+        return 0;
+    json_int_t mt = chat ? OAI_MAX_TOKENS : OAI_COMPLETION_DEFAULT_TOKENS, n = 1, top_k = 0;
+    if (!srv_field_integer(pc, body, "max_tokens", 1, OAI_MAX_TOKENS, &mt) ||
+        (chat && !srv_field_integer(pc, body, "max_completion_tokens", 1, OAI_MAX_TOKENS, &mt)) ||
+        !srv_field_integer(pc, body, "n", 1, OAI_MAX_N, &n) ||
+        !srv_field_integer(pc, body, "top_k", 0, 1 << 30, &top_k))
+        return 0;
+    t->max_tokens = (int)mt;
+    c->n = (int)n;
+    double temperature = 1, top_p = 1, min_p = 0, rep = 0, pres = 0, freq = 0;
+    if (!srv_field_number(pc, body, "temperature", 0, 2, 0, &temperature) ||
+        !srv_field_number(pc, body, "top_p", 0, 1, 1, &top_p) ||
+        !srv_field_number(pc, body, "min_p", 0, 1, 0, &min_p) ||
+        !srv_field_number(pc, body, "repetition_penalty", 0, 10, 1, &rep) ||
+        !srv_field_number(pc, body, "presence_penalty", -2, 2, 0, &pres) ||
+        !srv_field_number(pc, body, "frequency_penalty", -2, 2, 0, &freq))
+        return 0;
+    tfm_sampler_params *s = &t->sampling;
+    s->temperature = (float)temperature;
+    s->top_p = (float)top_p;
+    s->top_k = (int)top_k;
+    s->min_p = (float)min_p;
+    s->repetition_penalty = (float)rep;
+    s->presence_penalty = (float)pres;
+    s->frequency_penalty = (float)freq;
+    if (json_object_get(body, "seed")) {
+        if (!srv_field_seed(pc, &s->seed))
+            return 0;
+    } else {
+        s->seed = srv_fresh_seed();
+    }
+    json_t *stop = json_object_get(body, "stop");
+    if (stop && !srv_field_stop(pc, stop, t))
+        return 0;
+    if (!field_bool(pc, body, "stream", &t->stream) ||
+        !field_bool(pc, body, "ignore_eos", &t->ignore_eos))
+        return 0;
+    json_t *so = json_object_get(body, "stream_options");
+    if (so) {
+        json_t *iu = json_object_get(so, "include_usage");
+        if (!json_is_object(so) || (iu && !json_is_boolean(iu) && !json_is_null(iu)))
+            return fail(pc, 422, "invalid_argument", "stream_options",
+                        "stream_options must be an object {\"include_usage\": true or false}");
+        c->include_usage = t->stream && iu && json_is_true(iu);
+    }
+    json_t *user = json_object_get(body, "user");
+    if (user && !json_is_string(user))
+        return fail(pc, 422, "invalid_argument", "user", "user must be a string");
+    json_int_t lp = -1;
+    if (chat) {
+        int want = 0;
+        if (!field_bool(pc, body, "logprobs", &want) ||
+            !srv_field_integer(pc, body, "top_logprobs", 0, TFM_MAX_TOP_LOGPROBS, &lp))
+            return 0;
+        if (lp >= 0 && !want)
+            return fail(pc, 422, "invalid_argument", "top_logprobs",
+                        "top_logprobs needs logprobs set to true");
+        if (want && lp < 0)
+            lp = 0;
+    } else {
+        if (!srv_field_integer(pc, body, "logprobs", 0, OAI_MAX_LOGPROBS, &lp) ||
+            !field_bool(pc, body, "echo", &c->echo))
+            return 0;
+    }
+    t->logprobs = (int)lp;
+    t->keep_prompt_ids = c->echo || lp >= 0;
+    if (!field_logit_bias(pc, body, t))
+        return 0;
+    return srv_field_timeout_ms(pc, body, &app->cfg, &t->timeout_ms);
+}
+
+/* A chat message's content: a string, or text parts joined by newlines. */
+static int message_content(const srv_parse_ctx *pc, json_t *m, int i, srv_buf *out)
+{
+    json_t *content = json_object_get(m, "content");
+    if (json_is_string(content))
+        return !srv_buf_append(out, json_string_value(content), json_string_length(content)) ||
+               fail(pc, 500, "internal", NULL, "out of memory");
+    if (!content || json_is_null(content)) {
+        json_t *role = json_object_get(m, "role");
+        if (!strcmp(json_string_value(role), "assistant"))
+            return 1; /* an assistant turn with tool calls only */
+    } else if (json_is_array(content)) {
+        size_t k;
+        json_t *part;
+        json_array_foreach(content, k, part)
+        {
+            json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+            if (!json_is_object(part) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "text") || !json_is_string(text)) {
+                srv_error_set(pc->e, 422, "invalid_argument", "messages",
+                              "messages[%d].content[%zu]: only {\"type\": \"text\", \"text\": "
+                              "string} parts are supported",
+                              i, k);
+                return 0;
+            }
+            if (k)
+                put(out, "\n");
+            srv_buf_append(out, json_string_value(text), json_string_length(text));
+        }
+        return 1;
+    }
+    srv_error_set(pc->e, 422, "invalid_argument", "messages",
+                  "messages[%d].content must be a string or an array of text parts", i);
+    return 0;
+}
+
+/* One chat template pattern with {role} and {content} replaced. */
+static void render_one(srv_buf *out, const char *tmpl, const char *role, const srv_buf *content)
+{
+    for (const char *p = tmpl; *p;) {
+        if (!strncmp(p, "{role}", 6)) {
+            srv_buf_append(out, role, strlen(role));
+            p += 6;
+        } else if (!strncmp(p, "{content}", 9)) {
+            srv_buf_append(out, content->p ? content->p : "", content->len);
+            p += 9;
+        } else {
+            srv_buf_append(out, p++, 1);
+        }
+    }
+}
+
+/* The messages rendered with the model's chat template (its metadata
+ * chat_template and chat_generation_prompt), else the plain one:
+ * "<role>: <content>\n" per message, then "assistant:". */
+static int render_chat(const srv_parse_ctx *pc, json_t *body, const srv_model *m, srv_buf *out)
+{
+    json_t *msgs = json_object_get(body, "messages");
+    if (!json_is_array(msgs) || json_array_size(msgs) < 1 ||
+        json_array_size(msgs) > OAI_MAX_MESSAGES) {
+        srv_error_set(pc->e, 422, "invalid_argument", "messages", "%s",
+                      !msgs ? "messages is required"
+                            : "messages must be an array of 1 to 256 message objects");
+        return 0;
+    }
+    const char *tmpl = tfm_model_meta_get(m->model, "chat_template");
+    const char *gen = tfm_model_meta_get(m->model, "chat_generation_prompt");
+    if (!gen)
+        gen = tmpl ? "" : "assistant:";
+    if (!tmpl)
+        tmpl = "{role}: {content}\n";
+    static const char *const roles[] = {"system", "developer", "user", "assistant"};
+    size_t i;
+    json_t *msg;
+    json_array_foreach(msgs, i, msg)
+    {
+        json_t *role = json_is_object(msg) ? json_object_get(msg, "role") : NULL;
+        int r = -1;
+        for (int k = 0; json_is_string(role) && k < 4; k++)
+            if (!strcmp(json_string_value(role), roles[k]))
+                r = k;
+        if (r < 0) {
+            srv_error_set(pc->e, 422, "invalid_argument", "messages",
+                          "messages[%zu] must be an object with a role of \"system\", "
+                          "\"developer\", \"user\" or \"assistant\"",
+                          i);
+            return 0;
+        }
+        srv_buf content = {0};
+        int ok = message_content(pc, msg, (int)i, &content);
+        if (ok)
+            render_one(out, tmpl, r == 1 ? "system" : roles[r], &content);
+        srv_buf_free(&content);
+        if (!ok)
+            return 0;
+    }
+    srv_buf_append(out, gen, strlen(gen));
+    return 1;
+}
+
+/* ---- the completion routes ---------------------------------------------------- */
+
+static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }
+
+static char *dup_bytes(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = 0;
+    }
+    return p;
+}
+
+/* The children of g: prompt i's choice k is child i * n + k. */
+static int fill_children(srv_req *r, srv_job *g, const srv_job *t, const oai_ctx *c,
+                         char **prompts, const size_t *lens)
+{
+    for (int x = 0; x < g->n_children; x++) {
+        srv_job *ch = g->children[x];
+        int i = x / c->n, k = x % c->n;
+        ch->prompt_len = lens[i];
+        ch->model = t->model;
+        ch->max_tokens = t->max_tokens;
+        ch->sampling = t->sampling;
+        ch->sampling.seed = t->sampling.seed + (uint64_t)k;
+        ch->stream = t->stream;
+        ch->fmt = &oai_format;
+        ch->logprobs = t->logprobs;
+        ch->keep_prompt_ids = t->keep_prompt_ids;
+        ch->ignore_eos = t->ignore_eos;
+        ch->timeout_ms = t->timeout_ms;
+        ch->deadline = g->deadline;
+        ch->client = r->client;
+        ch->share = k ? g->children[i * c->n] : NULL;
+        if (!(ch->prompt = dup_bytes(prompts[i], lens[i])))
+            return -1;
+        if (t->sampling.n_logit_bias) {
+            size_t sz = (size_t)t->sampling.n_logit_bias * sizeof *t->bias;
+            if (!(ch->bias = malloc(sz)))
+                return -1;
+            memcpy(ch->bias, t->bias, sz);
+            ch->sampling.logit_bias = ch->bias;
+        }
+        for (int s = 0; s < t->n_stop; s++) {
+            if (!(ch->stop[s] = dup_bytes(t->stop[s], t->stop_len[s])))
+                return -1;
+            ch->stop_len[s] = t->stop_len[s];
+            ch->n_stop = s + 1;
+        }
+    }
+    return 0;
+}
+
+/* The body parsed as generate_parse.c does (the guard, duplicate keys
+ * refused, integers beyond int64 read as reals), members that are null
+ * removed; NULL with e filled. */
+static json_t *load_body(srv_req *r, srv_parse_ctx *pc)
+{
+    srv_json_limits lim;
+    srv_req_json_limits(r, &lim);
+    lim.max_string = r->app->cfg.max_body_bytes; /* a prompt may fill the body */
+    const char *raw = r->body.p ? r->body.p : "";
+    pc->raw = raw;
+    pc->raw_len = r->body.len;
+    if (srv_json_guard(raw, r->body.len, &lim, pc->e))
+        return NULL;
+    json_error_t err;
+    size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
+    json_t *body = json_loadb(raw, r->body.len, flags, &err);
+    if (!body && json_error_code(&err) == json_error_numeric_overflow) {
+        pc->reals = 1;
+        body = json_loadb(raw, r->body.len, flags | JSON_DECODE_INT_AS_REAL, &err);
+    }
+    if (!body) {
+        srv_error_set(pc->e, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                      err.line, err.column, err.text);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        srv_error_set(pc->e, 422, "invalid_argument", NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    const char *key;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(body, tmp, key, v)
+    {
+        if (json_is_null(v))
+            json_object_del(body, key);
+    }
+    return body;
+}
+
+/* The prompts: completions' prompt (a string or 1..16 strings), or the
+ * rendered chat (one, in *rendered).  Borrowed from body or rendered. */
+static int parse_prompts(const srv_parse_ctx *pc, json_t *body, int chat, const srv_model *m,
+                         srv_buf *rendered, char **prompts, size_t *lens, int *np)
+{
+    if (chat) {
+        if (!render_chat(pc, body, m, rendered))
+            return 0;
+        prompts[0] = rendered->p ? rendered->p : "";
+        lens[0] = rendered->len;
+        *np = 1;
+        return 1;
+    }
+    json_t *p = json_object_get(body, "prompt");
+    if (json_is_string(p)) {
+        prompts[0] = (char *)json_string_value(p);
+        lens[0] = json_string_length(p);
+        *np = 1;
+        return 1;
+    }
+    size_t n = json_is_array(p) ? json_array_size(p) : 0;
+    int ok = n >= 1 && n <= OAI_MAX_PROMPTS;
+    for (size_t i = 0; ok && i < n; i++) {
+        json_t *s = json_array_get(p, i);
+        ok = json_is_string(s);
+        prompts[i] = (char *)json_string_value(s);
+        lens[i] = json_string_length(s);
+    }
+    if (!ok)
+        return fail(pc, 422, "invalid_argument", "prompt",
+                    !p ? "prompt is required"
+                       : "prompt must be a string or an array of 1 to 16 strings (token id "
+                         "prompts are not supported)");
+    *np = (int)n;
+    return 1;
+}
+
+static void completion_route(srv_req *r, int chat)
+{
+    srv_app *app = r->app;
+    if (!atomic_load(&app->ready)) {
+        srv_reply_error(r, 503, "not_ready", NULL, "models are loading");
+        return;
+    }
+    srv_error e;
+    srv_parse_ctx pc = {0, NULL, 0, &e};
+    json_t *body = load_body(r, &pc);
+    if (!body) {
+        srv_reply_err(r, &e);
+        return;
+    }
+    srv_job *t = srv_job_create(), *g = srv_job_create();
+    oai_ctx *c = calloc(1, sizeof *c);
+    srv_buf rendered = {0};
+    char *prompts[OAI_MAX_PROMPTS];
+    size_t lens[OAI_MAX_PROMPTS];
+    int np = 0;
+    if (!t || !g || !c) {
+        srv_error_set(&e, 500, "internal", NULL, "out of memory");
+        goto fail;
+    }
+    c->chat = chat;
+    if (!parse_common(&pc, body, app, chat, t, c) ||
+        !parse_prompts(&pc, body, chat, t->model, &rendered, prompts, lens, &np))
+        goto fail;
+    if (np * c->n > OAI_MAX_SEQS) {
+        srv_error_set(&e, 422, "invalid_argument", "n",
+                      "%d prompts x n %d is %d sequences; the limit is %d", np, c->n, np * c->n,
+                      OAI_MAX_SEQS);
+        goto fail;
+    }
+    uint64_t a = mix64(srv_fresh_seed()), b = mix64(srv_fresh_seed());
+    snprintf(c->id, sizeof c->id, "%s%016llx%016llx", chat ? "chatcmpl-" : "cmpl-",
+             (unsigned long long)a, (unsigned long long)b);
+    c->created = (long long)time(NULL);
+    if (!(c->pos = calloc((size_t)(np * c->n), sizeof *c->pos)))
+        goto oom;
+    g->model = t->model;
+    g->stream = t->stream;
+    g->fmt = &oai_format;
+    g->fmt_ctx = c;
+    g->free_fmt_ctx = ctx_free;
+    c = NULL; /* the group's now */
+    g->timeout_ms = t->timeout_ms;
+    g->deadline = r->t0 + t->timeout_ms * 1e-3;
+    g->client = r->client;
+    g->notify = on_job;
+    g->notify_ctx = app;
+    if (srv_job_make_group(g, np * ((oai_ctx *)g->fmt_ctx)->n) ||
+        fill_children(r, g, t, g->fmt_ctx, prompts, lens))
+        goto oom;
+    if (srv_engine_submit_group(app->engine, g) != 0) {
+        srv_error_set(&e, 503, "overloaded", NULL, "the queue is full (%d waiting); retry shortly",
+                      app->cfg.queue_depth);
+        goto fail;
+    }
+    srv_buf_free(&rendered);
+    srv_job_unref(t);
+    json_decref(body);
+    srv_req_wait(r, g);
+    srv_job_unref(g); /* the request and the engine hold it now */
+    return;
+oom:
+    srv_error_set(&e, 500, "internal", NULL, "out of memory");
+fail:
+    srv_buf_free(&rendered);
+    ctx_free(c);
+    srv_job_unref(t);
+    srv_job_unref(g);
+    json_decref(body);
+    srv_reply_err(r, &e);
+}
+
+void srv_route_v1_completions(srv_req *r) { completion_route(r, 0); }
+void srv_route_v1_chat_completions(srv_req *r) { completion_route(r, 1); }
+
+/* ---- models --------------------------------------------------------------------- */
+
+static void reply_jansson(srv_req *r, json_t *v)
+{
+    char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    if (s)
+        srv_reply_json(r, 200, s);
+    else
+        srv_reply_error(r, 500, "internal", NULL, "out of memory");
+    free(s);
+    json_decref(v);
+}
+
+static json_t *model_entry(const srv_model *m)
+{
+    return json_pack("{s:s,s:s,s:I,s:s}", "id", m->name, "object", "model", "created",
+                     (json_int_t)started, "owned_by", "attnd");
+}
+
+/* Text models only: recall models read MQAR symbols, not text (GET
+ * /models lists them). */
+void srv_route_v1_models(srv_req *r)
+{
+    json_t *list = json_array();
+    if (atomic_load(&r->app->ready)) {
+        const srv_model *ms[SRV_MODELS_MAX];
+        int n = srv_models_sorted(&r->app->models, ms, SRV_MODELS_MAX);
+        for (int i = 0; i < n; i++)
+            if (!strcmp(ms[i]->kind, "text"))
+                json_array_append_new(list, model_entry(ms[i]));
+    }
+    reply_jansson(r, json_pack("{s:s,s:o}", "object", "list", "data", list));
+}
+
+void srv_route_v1_model(srv_req *r)
+{
+    const char *id = r->path + strlen("/v1/models/");
+    const srv_model *m = atomic_load(&r->app->ready) ? srv_models_find(&r->app->models, id) : NULL;
+    if (!m || strcmp(m->kind, "text")) {
+        srv_reply_error(r, 404, "model_not_found", "model", "The model \"%.100s\" does not exist",
+                        id);
+        return;
+    }
+    reply_jansson(r, model_entry(m));
+}
