@@ -111,26 +111,32 @@ class Base(H.ServerTest):
 
     # ---- answers checked against the contract
 
-    def answer(self, r, status, method, path):
+    def answer(self, r, status, method, path, tmpl=None):
         """status as expected, a JSON body valid against the documented
         schema (a route or schema openapi.yaml lacks is recorded as a
-        violation, not failed here). Returns the decoded body."""
+        violation, not failed here). tmpl: the documented path of a
+        concrete one ("/v1/models/{id}"). A 405 on a /v1 path is checked
+        against OpenAIError (the document's generic 405 is attnd's shape).
+        Returns the decoded body."""
         if r.status != status:
             self.fail("%s %s: status %d, want %d; body %r" % (method, path, r.status, status, r.body[:600]))
         self.assertEqual(r.media_type, "application/json", "%s %s: Content-Type %r"
                          % (method, path, r.header("Content-Type")))
         obj = r.json()
         try:
-            schema = H.response_schema(method, path, status)
+            if status == 405 and path.startswith("/v1/"):
+                schema = schema_ref("OpenAIError")
+            else:
+                schema = H.response_schema(method, tmpl or path, status)
         except AssertionError as e:
             H.record_violation("%s %s -> %d" % (method, path.split("?")[0], status), [str(e)], json.dumps(obj))
             return obj
         self.checkSchema(obj, schema, "%s %s -> %d" % (method, H.route_template(path) or path, status))
         return obj
 
-    def v1_error(self, r, status, param=H.MISSING, code=None, method="POST", path=CMPL):
+    def v1_error(self, r, status, param=H.MISSING, code=None, method="POST", path=CMPL, tmpl=None):
         """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-        obj = self.answer(r, status, method, path)
+        obj = self.answer(r, status, method, path, tmpl)
         self.assertEqual(set(obj), {"error"}, obj)
         err = obj["error"]
         self.assertEqual(set(err), {"message", "type", "param", "code"}, err)
@@ -724,10 +730,10 @@ class Test05Models(Base):
         self.assertEqual(len({m["created"] for m in r["data"]}), 1)
 
     def test_one(self):
-        r = self.answer(self.srv.get("/v1/models/tiny"), 200, "GET", "/v1/models/tiny")
+        r = self.answer(self.srv.get("/v1/models/tiny"), 200, "GET", "/v1/models/tiny", "/v1/models/{id}")
         self.assertEqual((r["id"], r["object"], r["owned_by"]), ("tiny", "model", "attnd"))
         err = self.v1_error(self.srv.get("/v1/models/nope"), 404, "model", "model_not_found", method="GET",
-                            path="/v1/models/nope")
+                            path="/v1/models/nope", tmpl="/v1/models/{id}")
         self.assertIn("nope", err["message"])
 
     def test_methods(self):
