@@ -20,6 +20,13 @@ void srv_route_generate(srv_req *r)
         srv_reply_error(r, 503, "not_ready", NULL, "models are loading");
         return;
     }
+    /* TGI's body ({"inputs", "parameters"}) is told apart by its inputs */
+    const char *v;
+    size_t n;
+    if (srv_raw_member(r->body.p ? r->body.p : "", r->body.len, "inputs", &v, &n)) {
+        srv_route_tgi_generate(r);
+        return;
+    }
     srv_job *j = srv_job_create();
     if (!j) {
         srv_reply_error(r, 500, "internal", NULL, "out of memory");
