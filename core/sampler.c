@@ -1,10 +1,19 @@
 /*
- * sampler.c — greedy, temperature, top-k and nucleus sampling (see
- * tfm/sampler.h).
+ * sampler.c — greedy, temperature, top-k, nucleus and min-p sampling, the
+ * logit processors (logit_bias, repetition / presence / frequency
+ * penalties) and log-probabilities (see tfm/sampler.h).
  *
  * Design notes:
- * - The only scratch is one cand array of vocab_size entries, allocated by
- *   tfm_sampler_create; tfm_sampler_sample never allocates.
+ * - All scratch is allocated by tfm_sampler_create, sized by vocab_size: the
+ *   cand array, a per-token count of generated occurrences, a per-token
+ *   prompt flag, and the list of distinct tokens touched (in the prompt or
+ *   generated).  Sampling, set_prompt and reset never allocate.
+ * - The penalties and reset walk the touched list, not the vocabulary, so
+ *   they cost O(distinct tokens seen): a long vocabulary with penalties on
+ *   pays nothing per token beyond the tokens already in the sequence.
+ * - Plain greedy (temperature 0, no bias, no penalty, no logprobs) is one
+ *   argmax and one history update, as before these options existed: the
+ *   processors are skipped by two tests on the params.
  * - Candidates are ranked by (scaled logit desc, id asc).  Ranking by logit
  *   rather than by probability keeps top_k = 1 and a tiny top_p identical to
  *   argmax even when expf rounds two nearby logits to the same probability,
@@ -18,14 +27,19 @@
  *   that small has fewer than n - 1 tokens after it, each no larger, so they
  *   cannot fill the 1 - top_p the nucleus leaves out.  The most likely token
  *   always stays (llama2.c drops everything when top_p <= 1/n).
+ * - min_p comes last: the nucleus is in rank order, so it is a prefix cut;
+ *   alone, it is one filtering pass (the best token has p = 1).
  * - Probabilities are left unnormalised (exp(l - max) / T, the top one 1.0);
  *   thresholds and the random draw are scaled by the relevant mass instead.
+ *   The log-probabilities take the same scaled logits and a log-sum-exp
+ *   accumulated in double in the same pass.
  * - RNG: xorshift64* (as llama2.c) seeded through splitmix64, so nearby seeds
  *   give unrelated streams and seed 0 works.  Floats are drawn from 24 bits.
  * - Logits with NaN or infinities cannot make the sampler return an id out of
  *   range: NaN counts as impossible and a degenerate distribution falls back
  *   to argmax.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #if defined(__AVX512F__)
@@ -44,13 +58,39 @@ struct tfm_sampler {
     int vocab_size;
     tfm_sampler_params params;
     uint64_t rng;
-    cand *cands; /* (vocab_size) scratch */
+    cand *cands;           /* (vocab_size) scratch */
+    int *count;            /* (vocab_size) occurrences of each token generated */
+    unsigned char *prompt; /* (vocab_size) 1: the token is in the prompt */
+    int *touched;          /* (vocab_size) distinct ids with count > 0 or prompt set */
+    int n_touched;
 };
 
-static int params_valid(const tfm_sampler_params *p)
+static int rep_on(const tfm_sampler_params *p)
 {
-    return p && isfinite(p->temperature) && p->temperature >= 0.0f && p->top_k >= 0 &&
-           p->top_p > 0.0f && p->top_p <= 1.0f; /* NaN top_p fails both */
+    return p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f;
+}
+
+static int penalties_on(const tfm_sampler_params *p)
+{
+    return rep_on(p) || p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+}
+
+/* Written so that NaN fails every range test. */
+static int params_valid(const tfm_sampler_params *p, int vocab_size)
+{
+    if (!p || !isfinite(p->temperature) || !(p->temperature >= 0.0f) || p->top_k < 0 ||
+        !(p->top_p > 0.0f && p->top_p <= 1.0f) || !(p->min_p >= 0.0f && p->min_p <= 1.0f) ||
+        !isfinite(p->repetition_penalty) || !(p->repetition_penalty >= 0.0f) ||
+        !(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f) ||
+        !(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f) ||
+        p->top_logprobs < 0 || p->top_logprobs > TFM_MAX_TOP_LOGPROBS || p->n_logit_bias < 0 ||
+        (p->n_logit_bias > 0 && !p->logit_bias))
+        return 0;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id < 0 || p->logit_bias[i].id >= vocab_size ||
+            !isfinite(p->logit_bias[i].bias))
+            return 0;
+    return 1;
 }
 
 static uint64_t splitmix64(uint64_t x)
@@ -86,13 +126,17 @@ tfm_status tfm_sampler_create(int vocab_size, const tfm_sampler_params *p, tfm_s
     if (!out)
         return TFM_E_INVALID;
     *out = NULL;
-    if (vocab_size < 1 || !params_valid(p))
+    if (vocab_size < 1 || !params_valid(p, vocab_size))
         return TFM_E_INVALID;
+    size_t n = (size_t)vocab_size;
     tfm_sampler *s = calloc(1, sizeof *s);
     if (!s)
         goto fail;
-    s->cands = malloc((size_t)vocab_size * sizeof *s->cands);
-    if (!s->cands)
+    s->cands = malloc(n * sizeof *s->cands);
+    s->count = calloc(n, sizeof *s->count);
+    s->prompt = calloc(n, sizeof *s->prompt);
+    s->touched = malloc(n * sizeof *s->touched);
+    if (!s->cands || !s->count || !s->prompt || !s->touched)
         goto fail;
     s->vocab_size = vocab_size;
     s->params = *p;
@@ -106,8 +150,14 @@ fail:
 
 tfm_status tfm_sampler_reset(tfm_sampler *s, const tfm_sampler_params *p)
 {
-    if (!s || !params_valid(p))
+    if (!s || !params_valid(p, s->vocab_size))
         return TFM_E_INVALID;
+    for (int i = 0; i < s->n_touched; i++) {
+        int id = s->touched[i];
+        s->count[id] = 0;
+        s->prompt[id] = 0;
+    }
+    s->n_touched = 0;
     s->params = *p;
     seed_rng(s, p->seed);
     return TFM_OK;
@@ -118,7 +168,40 @@ void tfm_sampler_destroy(tfm_sampler *s)
     if (!s)
         return;
     free(s->cands);
+    free(s->count);
+    free(s->prompt);
+    free(s->touched);
     free(s);
+}
+
+/* Each id enters the touched list once, when it first gets a count or a
+ * prompt flag, so the list never outgrows vocab_size. */
+static void touch(tfm_sampler *s, int id)
+{
+    if (!s->count[id] && !s->prompt[id])
+        s->touched[s->n_touched++] = id;
+}
+
+void tfm_sampler_set_prompt(tfm_sampler *s, const int *ids, int n)
+{
+    if (!s || !ids)
+        return;
+    for (int i = 0; i < n; i++) {
+        int id = ids[i];
+        if (id < 0 || id >= s->vocab_size)
+            continue;
+        touch(s, id);
+        s->prompt[id] = 1;
+    }
+}
+
+static void record(tfm_sampler *s, int id)
+{
+    if (id < 0 || id >= s->vocab_size)
+        return;
+    touch(s, id);
+    if (s->count[id] < INT_MAX)
+        s->count[id]++;
 }
 
 static int argmax_scalar(const float *x, int n)
@@ -225,20 +308,45 @@ static int draw(tfm_sampler *s, const cand *c, int n, float mass)
     return c[0].id;
 }
 
-int tfm_sampler_sample(tfm_sampler *s, float *logits)
-{
-    const tfm_sampler_params *prm = &s->params;
-    int n = s->vocab_size;
-    int best = tfm_argmax(logits, n);
-    if (prm->temperature == 0.0f)
-        return best;
+/* ---- logit processors ------------------------------------------------------- */
 
-    /* softmax(logits / T), unnormalised: the best token gets p = 1 */
-    cand *c = s->cands;
-    float mx = logits[best];
+/* logit_bias, then the repetition penalty, then presence and frequency, in
+ * place: the order tfm/sampler.h documents.  A ban is -inf, which every
+ * later step keeps (-inf * rp, -inf - x). */
+static void process(tfm_sampler *s, float *logits)
+{
+    const tfm_sampler_params *p = &s->params;
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        const tfm_logit_bias *b = &p->logit_bias[i];
+        logits[b->id] = b->bias <= -100.0f ? -INFINITY : logits[b->id] + b->bias;
+    }
+    if (!penalties_on(p))
+        return;
+    int rep = rep_on(p);
+    float rp = p->repetition_penalty, pres = p->presence_penalty, freq = p->frequency_penalty;
+    for (int i = 0; i < s->n_touched; i++) {
+        int id = s->touched[i];
+        float l = logits[id];
+        if (rep) /* the prompt's tokens and the generated ones alike */
+            l = l > 0.0f ? l / rp : l * rp;
+        int c = s->count[id];
+        if (c > 0)
+            l -= pres + freq * (float)c;
+        logits[id] = l;
+    }
+}
+
+/* ---- softmax and truncation -------------------------------------------------- */
+
+/* c[i] = {(logits[i] - mx) / T, its exp, i}, NaN counting as impossible.
+ * Returns the mass in float (what the draw scales by) and, in *dmass, the
+ * same sum in double for the log-sum-exp. */
+static float softmax_cands(cand *c, const float *logits, int n, float mx, float T, double *dmass)
+{
     float mass = 0.0f;
+    double dm = 0.0;
     for (int i = 0; i < n; i++) {
-        float l = (logits[i] - mx) / prm->temperature;
+        float l = (logits[i] - mx) / T;
         float p = expf(l);
         if (!(p >= 0.0f)) { /* NaN logit, or inf - inf */
             l = -INFINITY;
@@ -248,14 +356,33 @@ int tfm_sampler_sample(tfm_sampler *s, float *logits)
         c[i].p = p;
         c[i].id = i;
         mass += p;
+        dm += p;
     }
-    if (!(mass > 0.0f) || !isfinite(mass))
-        return best;
+    *dmass = dm;
+    return mass;
+}
 
+/* Restricts c[0..n) (in id order, mass > 0) by top_k, top_p and min_p and
+ * draws from what is left. */
+static int pick(tfm_sampler *s, cand *c, int n, float mass, int best)
+{
+    const tfm_sampler_params *prm = &s->params;
     int k = prm->top_k > 0 && prm->top_k < n ? prm->top_k : n;
     int topp = prm->top_p < 1.0f;
-    if (k == n && !topp)
-        return draw(s, c, n, mass);
+    float minp = prm->min_p;
+    if (k == n && !topp) {
+        if (!(minp > 0.0f))
+            return draw(s, c, n, mass);
+        /* min_p alone: the best token has p = 1, so the threshold is min_p */
+        int m = 0;
+        float kept = 0.0f;
+        for (int i = 0; i < n; i++)
+            if (c[i].p >= minp || c[i].id == best) {
+                kept += c[i].p;
+                c[m++] = c[i];
+            }
+        return draw(s, c, m, kept);
+    }
 
     int m = n;
     if (k == n && n > 1) {
@@ -302,5 +429,105 @@ int tfm_sampler_sample(tfm_sampler *s, float *logits)
         nuc[i] = nuc[j];
         nuc[j] = tmp;
     }
+    if (minp > 0.0f) {
+        /* in rank order p does not increase: min_p keeps a prefix */
+        float thr = minp * nuc[0].p;
+        int keep = 1;
+        cum = nuc[0].p;
+        while (keep < nucleus && nuc[keep].p >= thr)
+            cum += nuc[keep++].p;
+        nucleus = keep;
+    }
     return draw(s, nuc, nucleus, cum);
+}
+
+/* ---- log-probabilities ------------------------------------------------------- */
+
+/* top[0..K): the K best of c[0..n) (still in id order) by (logprob desc, id
+ * asc), logprob = scaled logit - lse; {-1, -inf} past the vocabulary.  One
+ * pass with an insertion into a sorted list of at most 20. */
+static void top_alternatives(const cand *c, int n, double lse, int K, tfm_token_logprob *top)
+{
+    if (K <= 0)
+        return;
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        float lp = (float)((double)c[i].logit - lse);
+        /* ids ascend: an equal logprob already listed has the lower id */
+        if (have == K && !(lp > top[K - 1].logprob))
+            continue;
+        int j = have < K ? have++ : K - 1;
+        for (; j > 0 && lp > top[j - 1].logprob; j--)
+            top[j] = top[j - 1];
+        top[j] = (tfm_token_logprob){c[i].id, lp};
+    }
+    for (; have < K; have++)
+        top[have] = (tfm_token_logprob){-1, -INFINITY};
+}
+
+/* No finite maximum (every logit NaN, -inf or banned, or a +inf): the
+ * chosen token is certain, the others impossible. */
+static void degenerate_logprobs(tfm_token_logprob *out, int id, int n, int K)
+{
+    out[0] = (tfm_token_logprob){id, 0.0f};
+    if (K <= 0)
+        return;
+    out[1] = out[0];
+    for (int i = 0, j = 1; j < K; i++, j++) {
+        if (i == id)
+            i++;
+        out[1 + j] = (tfm_token_logprob){i < n ? i : -1, -INFINITY};
+    }
+}
+
+/* ---- sampling ---------------------------------------------------------------- */
+
+static int sample(tfm_sampler *s, float *logits, tfm_token_logprob *out)
+{
+    const tfm_sampler_params *prm = &s->params;
+    int n = s->vocab_size;
+    if (prm->n_logit_bias > 0 || (s->n_touched > 0 && penalties_on(prm)))
+        process(s, logits);
+    int best = tfm_argmax(logits, n);
+    int greedy = prm->temperature == 0.0f;
+    if (greedy && !out) {
+        record(s, best);
+        return best;
+    }
+
+    /* softmax(logits / T), unnormalised: the best token gets p = 1.  The
+     * log-probabilities use T = 1 under greedy. */
+    float T = greedy ? 1.0f : prm->temperature;
+    float mx = logits[best];
+    double dmass;
+    float mass = softmax_cands(s->cands, logits, n, mx, T, &dmass);
+    double lse = log(dmass); /* of the scaled logits minus mx / T */
+    int K = prm->top_logprobs;
+    if (out && dmass > 0.0)
+        top_alternatives(s->cands, n, lse, K, out + 1);
+
+    int id = best;
+    if (!greedy && mass > 0.0f && isfinite(mass))
+        id = pick(s, s->cands, n, mass, best);
+
+    if (out) {
+        if (dmass > 0.0) {
+            float l = (logits[id] - mx) / T; /* as softmax_cands computed it */
+            out[0] = (tfm_token_logprob){id, isnan(l) ? -INFINITY : (float)((double)l - lse)};
+        } else {
+            degenerate_logprobs(out, id, n, K);
+        }
+    }
+    record(s, id);
+    return id;
+}
+
+int tfm_sampler_sample(tfm_sampler *s, float *logits)
+{
+    return sample(s, logits, NULL);
+}
+
+int tfm_sampler_sample_lp(tfm_sampler *s, float *logits, tfm_token_logprob *out)
+{
+    return sample(s, logits, out);
 }

@@ -166,7 +166,7 @@ static int cmd_generate(int argc, char **argv)
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
     long n = 256, threads = 1;
     int print_ids = 0, have_seed = 0;
-    tfm_sampler_params sp = {1.0f, 0, 1.0f, 0};
+    tfm_sampler_params sp = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long l;

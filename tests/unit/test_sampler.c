@@ -17,9 +17,12 @@
 
 #include "tfm/sampler.h"
 
+/* The four classic fields; the rest zero, which is "off". */
+#define P(t, k, p, s) {.temperature = (t), .top_k = (k), .top_p = (p), .seed = (s)}
+
 static tfm_sampler *make(int vocab, float temperature, int top_k, float top_p, uint64_t seed)
 {
-    tfm_sampler_params p = {temperature, top_k, top_p, seed};
+    tfm_sampler_params p = P(temperature, top_k, top_p, seed);
     tfm_sampler *s = NULL;
     assert_int_equal(tfm_sampler_create(vocab, &p, &s), TFM_OK);
     assert_non_null(s);
@@ -154,7 +157,7 @@ static void test_sampler_deterministic_per_seed(void **state)
         assert_memory_equal(a, b, sizeof a);
         assert_memory_not_equal(a, c, sizeof a);
         /* reset restarts the stream */
-        tfm_sampler_params p = {1.0f, (int)tops[k][0], tops[k][1], 42};
+        tfm_sampler_params p = P(1.0f, (int)tops[k][0], tops[k][1], 42);
         assert_int_equal(tfm_sampler_reset(s3, &p), TFM_OK);
         sequence(s3, V, N, c);
         assert_memory_equal(a, c, sizeof a);
@@ -282,9 +285,9 @@ static void test_sampler_rejects_invalid_params(void **state)
 {
     (void)state;
     const tfm_sampler_params bad[] = {
-        {-0.1f, 0, 1.0f, 1},     {NAN, 0, 1.0f, 1}, {INFINITY, 0, 1.0f, 1},
-        {1.0f, -1, 1.0f, 1},     {1.0f, 0, 0.0f, 1}, {1.0f, 0, -0.5f, 1},
-        {1.0f, 0, 1.0001f, 1},   {1.0f, 0, NAN, 1},
+        P(-0.1f, 0, 1.0f, 1),   P(NAN, 0, 1.0f, 1), P(INFINITY, 0, 1.0f, 1),
+        P(1.0f, -1, 1.0f, 1),   P(1.0f, 0, 0.0f, 1), P(1.0f, 0, -0.5f, 1),
+        P(1.0f, 0, 1.0001f, 1), P(1.0f, 0, NAN, 1),
     };
     tfm_sampler *s = NULL;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -292,7 +295,7 @@ static void test_sampler_rejects_invalid_params(void **state)
         assert_int_equal(tfm_sampler_create(10, &bad[i], &s), TFM_E_INVALID);
         assert_null(s);
     }
-    const tfm_sampler_params ok = {0.8f, 40, 0.95f, 1};
+    const tfm_sampler_params ok = P(0.8f, 40, 0.95f, 1);
     assert_int_equal(tfm_sampler_create(0, &ok, &s), TFM_E_INVALID);
     assert_int_equal(tfm_sampler_create(10, NULL, &s), TFM_E_INVALID);
     assert_int_equal(tfm_sampler_create(10, &ok, NULL), TFM_E_INVALID);
