@@ -170,10 +170,14 @@ static void generated_text(srv_buf *b, const srv_job *j, const tgi_ctx *c)
         srv_json_string(b, text, j->text.len);
         return;
     }
-    srv_json_string(b, j->prompt, j->prompt_len);
+    if (srv_json_string(b, j->prompt, j->prompt_len))
+        return;
     b->len--; /* the closing quote; the text's opening one goes below */
     size_t q = b->len;
-    srv_json_string(b, text, j->text.len);
+    if (srv_json_string(b, text, j->text.len)) {
+        srv_buf_append(b, "\"", 1);
+        return;
+    }
     memmove(b->p + q, b->p + q + 1, b->len - q - 1);
     b->len--;
 }
