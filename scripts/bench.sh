@@ -126,6 +126,18 @@ if [ "${SERVER_BENCH:-1}" != 0 ]; then
     --jsonl "$BUILD/server_bench.jsonl"
 fi
 
+# The client-compatible routes (tests/bench/compat_bench.py): a 1-token
+# greedy request through /generate, /v1/completions, /v1/chat/completions
+# and TGI's body, alternated on one keep-alive connection (p50, p99, the
+# ratio to /generate), and one n = 4 request against 4 concurrent ones
+# (aggregate tokens/s) — about a minute.  COMPAT_BENCH=0 skips it.
+if [ "${COMPAT_BENCH:-1}" != 0 ]; then
+  echo
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  /usr/bin/python3 "$ROOT/tests/bench/compat_bench.py" --attnd "$BUILD/attnd" --attn "$ATTN" \
+    --long-prompt --jsonl "$BUILD/compat_bench.jsonl"
+fi
+
 # Associative recall (`attn bench-recall`, tools/bench_recall.c): the
 # latency of POST /recall's engine, tfm_recall_exact (the lecture's
 # one-layer attention, exact), against the number of pairs (64 .. 4096) with

@@ -94,6 +94,7 @@ struct srv_engine {
     int n_live, max_batch, n_threads;
     tfm_attn_kernel attention;
     atomic_int running;
+    uint64_t seq; /* under mu: the last submission's number */
     tfm_profile prof; /* under mu: the workspaces' profiles, summed */
     srv_engine_hooks hooks;
 };
@@ -112,7 +113,24 @@ srv_job *srv_job_create(void)
     j->sampling.temperature = 1.0f;
     j->sampling.top_p = 1.0f;
     j->http_status = 200;
+    j->logprobs = -1;
     return j;
+}
+
+int srv_job_make_group(srv_job *g, int n)
+{
+    g->children = calloc((size_t)n, sizeof *g->children);
+    if (!g->children)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        srv_job *c = srv_job_create();
+        if (!c)
+            return -1; /* the children made so far go with the group */
+        c->parent = g;
+        c->index = i;
+        g->children[g->n_children++] = c;
+    }
+    return 0;
 }
 
 void srv_job_ref(srv_job *j) { atomic_fetch_add(&j->refs, 1); }
@@ -125,6 +143,14 @@ void srv_job_unref(srv_job *j)
     for (int i = 0; i < j->n_stop; i++)
         free(j->stop[i]);
     free(j->tokens);
+    free(j->lps);
+    free(j->prompt_ids);
+    free(j->bias);
+    if (j->free_fmt_ctx)
+        j->free_fmt_ctx(j->fmt_ctx);
+    for (int i = 0; i < j->n_children; i++)
+        srv_job_unref(j->children[i]);
+    free(j->children);
     srv_buf_free(&j->text);
     srv_buf_free(&j->out);
     if (j->free_task)
@@ -139,87 +165,82 @@ static void notify(srv_job *j)
         j->notify(j, j->notify_ctx);
 }
 
-static const char *finish_name(srv_finish f)
+static const srv_format *fmt_of(const srv_job *j) { return j->fmt ? j->fmt : &srv_format_attnd; }
+
+/* Whether the engine should stop a job: its client left or the server is
+ * shutting down (for a child: its group's), or a sibling failed. */
+static int job_cancelled(const srv_job *j)
 {
-    switch (f) {
-    case SRV_FINISH_LENGTH: return "length";
-    case SRV_FINISH_EOS: return "eos";
-    case SRV_FINISH_STOP: return "stop";
-    case SRV_FINISH_CANCELLED: return "cancelled";
-    case SRV_FINISH_TIMEOUT: return "timeout";
-    default: return "error";
-    }
+    if (atomic_load(&j->cancelled))
+        return 1;
+    return j->parent && (atomic_load(&j->parent->cancelled) || j->parent->failed);
 }
 
-/* Ends a job with an error reply (status, code, message, field). */
+/* With o->mu held: one job of o ended; o is done when all have.  Returns
+ * with the lock held. */
+static void ended(srv_job *j, srv_job *o)
+{
+    j->done = 1;
+    if (o == j)
+        return;
+    if (--o->pending > 0)
+        return;
+    if (!o->failed && o->finish != SRV_FINISH_CANCELLED && fmt_of(o)->group_end)
+        fmt_of(o)->group_end(o, &o->out);
+    o->done = 1;
+}
+
+/* After ended(), outside the lock: tell the HTTP side, and drop a child's
+ * hold on its group. */
+static void ended_notify(srv_job *j, srv_job *o)
+{
+    notify(o);
+    if (o != j)
+        srv_job_unref(o);
+}
+
+/* Ends a job with an error reply (status, code, message, field).  In a
+ * group the first error is the reply; the siblings are cancelled. */
 static void fail_job(srv_job *j, int status, const char *code, const char *msg, const char *field)
 {
-    pthread_mutex_lock(&j->mu);
-    j->out.len = 0;
-    j->http_status = status;
+    srv_job *o = srv_job_out(j);
+    pthread_mutex_lock(&o->mu);
     j->finish = SRV_FINISH_ERROR;
-    srv_buf_printf(&j->out, "{\"error\":{\"code\":\"%s\",\"message\":", code);
-    srv_json_string(&j->out, msg, strlen(msg));
-    if (field)
-        srv_buf_printf(&j->out, ",\"field\":\"%s\"", field);
-    srv_buf_append(&j->out, "}}", 2);
-    j->done = 1;
     j->t_end = tfm_now();
-    pthread_mutex_unlock(&j->mu);
-    notify(j);
-}
-
-static void usage_and_timings(srv_buf *b, const srv_job *j)
-{
-    double prefill = j->t_prefill_done > j->t_admit ? j->t_prefill_done - j->t_admit : 0;
-    double decode = j->t_end > j->t_prefill_done && j->t_prefill_done > 0
-                        ? j->t_end - j->t_prefill_done
-                        : 0;
-    int decoded = j->n_tokens > 1 ? j->n_tokens - 1 : 0; /* the first came from prefill */
-    srv_buf_printf(b,
-                   "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d},"
-                   "\"timings\":{\"queue_ms\":%.3f,\"prefill_ms\":%.3f,\"decode_ms\":%.3f,"
-                   "\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.1f}",
-                   j->prompt_tokens, j->n_tokens, j->prompt_tokens + j->n_tokens,
-                   (j->t_admit - j->t_submit) * 1e3, prefill * 1e3, decode * 1e3,
-                   prefill > 0 ? j->prompt_tokens / prefill : 0.0,
-                   decode > 0 ? decoded / decode : 0.0);
+    if (j != o)
+        j->http_status = status;
+    if (!o->failed) {
+        o->failed = 1;
+        if (!srv_job_began(j)) {
+            o->out.len = 0;
+            o->http_status = status;
+        }
+        o->finish = SRV_FINISH_ERROR;
+        fmt_of(j)->error(j, &o->out, status, code, msg, field);
+    }
+    ended(j, o);
+    pthread_mutex_unlock(&o->mu);
+    ended_notify(j, o);
 }
 
 /* The final output: the whole body, or the stream's last events. */
 static void finish_job(srv_job *j, srv_finish why)
 {
-    pthread_mutex_lock(&j->mu);
+    srv_job *o = srv_job_out(j);
+    pthread_mutex_lock(&o->mu);
     j->finish = why;
     j->t_end = tfm_now();
-    if (why != SRV_FINISH_CANCELLED) {
-        srv_buf *b = &j->out;
-        if (j->stream) {
-            /* whatever text was held back goes out with the final event */
-            srv_buf_append(b, "data: {\"text\":", 14);
-            srv_json_string(b, j->text.p + j->released, j->text.len - j->released);
-            j->released = j->text.len;
-            srv_buf_printf(b, ",\"finish_reason\":\"%s\",\"model\":", finish_name(why));
-            srv_json_string(b, j->model->name, strlen(j->model->name));
-            srv_buf_append(b, ",", 1);
-            usage_and_timings(b, j);
-            srv_buf_append(b, "}\n\ndata: [DONE]\n\n", 17);
-        } else {
-            srv_buf_append(b, "{\"model\":", 9);
-            srv_json_string(b, j->model->name, strlen(j->model->name));
-            srv_buf_append(b, ",\"text\":", 8);
-            srv_json_string(b, j->text.p ? j->text.p : "", j->text.len);
-            srv_buf_append(b, ",\"tokens\":[", 11);
-            for (int i = 0; i < j->n_tokens; i++)
-                srv_buf_printf(b, i ? ",%d" : "%d", j->tokens[i]);
-            srv_buf_printf(b, "],\"finish_reason\":\"%s\",", finish_name(why));
-            usage_and_timings(b, j);
-            srv_buf_append(b, "}", 1);
-        }
+    if (!o->failed) {
+        if (why == SRV_FINISH_CANCELLED)
+            o->finish = why; /* no reply: the client left, or 503 at shutdown */
+        else
+            fmt_of(j)->end(j, &o->out, why);
+        if (o != j && o->finish != SRV_FINISH_CANCELLED)
+            o->finish = why;
     }
-    j->done = 1;
-    pthread_mutex_unlock(&j->mu);
-    notify(j);
+    ended(j, o);
+    pthread_mutex_unlock(&o->mu);
+    ended_notify(j, o);
 }
 
 /* ---- slots ---------------------------------------------------------------- */
@@ -257,13 +278,26 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
         fail_job(j, 422, "invalid_argument", msg, "prompt");
         return -1;
     }
+    if (j->logprobs >= 0)
+        j->sampling.top_logprobs = j->logprobs;
     if (tfm_sampler_reset(s->smp, &j->sampling) != TFM_OK) {
         fail_job(j, 422, "invalid_argument", "invalid sampling parameters", "temperature");
         return -1;
     }
+    if (j->sampling.repetition_penalty != 0.0f && j->sampling.repetition_penalty != 1.0f)
+        tfm_sampler_set_prompt(s->smp, s->ids, n);
+    srv_job *o = srv_job_out(j);
+    size_t per_token = j->logprobs >= 0 ? 96 + 48 * (size_t)j->logprobs : 48;
     j->tokens = malloc((size_t)j->max_tokens * sizeof(int));
-    if (!j->tokens || srv_buf_reserve(&j->text, (size_t)j->max_tokens * 8 + 64) ||
-        srv_buf_reserve(&j->out, j->stream ? (size_t)j->max_tokens * 48 + 512 : 256)) {
+    if (j->logprobs >= 0)
+        j->lps = malloc((size_t)j->max_tokens * (1 + (size_t)j->logprobs) * sizeof *j->lps);
+    if (j->keep_prompt_ids && (j->prompt_ids = malloc((size_t)(n ? n : 1) * sizeof(int))))
+        memcpy(j->prompt_ids, s->ids, (size_t)n * sizeof(int));
+    pthread_mutex_lock(&o->mu);
+    int oom = srv_buf_reserve(&o->out, o->stream ? (size_t)j->max_tokens * per_token + 512 : 256);
+    pthread_mutex_unlock(&o->mu);
+    if (!j->tokens || (j->logprobs >= 0 && !j->lps) || (j->keep_prompt_ids && !j->prompt_ids) ||
+        srv_buf_reserve(&j->text, (size_t)j->max_tokens * 8 + 64) || oom) {
         fail_job(j, 500, "internal", "out of memory", NULL);
         return -1;
     }
@@ -272,11 +306,15 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
     s->prefilled = 0;
     tfm_state_reset(s->st);
     s->phase = SLOT_PREFILL;
-    if (j->stream) {
-        pthread_mutex_lock(&j->mu);
-        j->started = 1;
-        pthread_mutex_unlock(&j->mu);
-        notify(j);
+    if (o->stream) {
+        pthread_mutex_lock(&o->mu);
+        int first = !o->started;
+        o->started = 1;
+        if (first && fmt_of(j)->begin)
+            fmt_of(j)->begin(j, &o->out);
+        pthread_mutex_unlock(&o->mu);
+        if (first)
+            notify(o);
     }
     return 0;
 }
@@ -315,6 +353,8 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
         return 1;
     }
     int prev = j->n_tokens ? j->tokens[j->n_tokens - 1] : s->ids[s->n_ids - 1];
+    const tfm_token_logprob *lp =
+        j->logprobs >= 0 ? j->lps + (size_t)j->n_tokens * (1 + (size_t)j->logprobs) : NULL;
     j->tokens[j->n_tokens++] = tok;
     if (e->hooks.tokens)
         e->hooks.tokens(e->hooks.ctx, 0, 1);
@@ -343,18 +383,18 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     if (fin == SRV_FINISH_NONE &&
         (j->n_tokens >= j->max_tokens || j->prompt_tokens + j->n_tokens >= s->st->max_seq))
         fin = SRV_FINISH_LENGTH;
-    if (j->stream) {
+    srv_job *o = srv_job_out(j);
+    if (o->stream) {
         size_t upto = fin != SRV_FINISH_NONE ? j->text.len : releasable(j);
         if (upto < j->released)
             upto = j->released;
-        pthread_mutex_lock(&j->mu);
-        srv_buf_printf(&j->out, "data: {\"token\":%d,\"text\":", tok);
-        srv_json_string(&j->out, j->text.p + j->released, upto - j->released);
-        srv_buf_append(&j->out, "}\n\n", 3);
+        pthread_mutex_lock(&o->mu);
+        if (!o->failed)
+            fmt_of(j)->token(j, &o->out, tok, j->text.p + j->released, upto - j->released, lp);
         j->released = upto;
-        pthread_mutex_unlock(&j->mu);
+        pthread_mutex_unlock(&o->mu);
         if (fin == SRV_FINISH_NONE)
-            notify(j);
+            notify(o);
     }
     if (fin != SRV_FINISH_NONE) {
         finish_job(j, fin);
@@ -365,8 +405,67 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     return 0;
 }
 
+/* Samples the slot's next token from logits, with its log-probabilities
+ * into the job's lps when it asked for them. */
+static int sample_tok(slot *s, float *logits)
+{
+    srv_job *j = s->job;
+    if (j->logprobs < 0)
+        return tfm_sampler_sample(s->smp, logits);
+    return tfm_sampler_sample_lp(s->smp, logits,
+                                 j->lps + (size_t)j->n_tokens * (1 + (size_t)j->logprobs));
+}
+
+/* The slot of mc running job j (a group's child), or NULL. */
+static slot *slot_of(srv_engine *e, mctx *mc, const srv_job *j)
+{
+    for (int i = 0; j && i < e->max_batch; i++)
+        if (mc->slots[i].phase != SLOT_FREE && mc->slots[i].job == j)
+            return &mc->slots[i];
+    return NULL;
+}
+
+/* A group's children with one prompt share its prefill (srv_job.share):
+ * when the first of them has prefilled the whole prompt, those still
+ * waiting take a copy of its KV cache and its last logits instead of
+ * computing them, and sample their first token now.  Called before the
+ * leader samples from mc->logits row 0; the copies go to rows 1.. (there
+ * are max_batch rows and the leader holds one slot).  Returns how many
+ * followers were started; their slots are in f[]. */
+static int share_prefill(srv_engine *e, mctx *mc, slot *leader, slot **f)
+{
+    int n = 0, vocab = mc->m->model->cfg.vocab_size;
+    for (int i = 0; i < e->max_batch; i++) {
+        slot *s = &mc->slots[i];
+        if (s == leader || s->phase != SLOT_PREFILL || s->prefilled != 0 ||
+            s->job->share != leader->job || s->n_ids != leader->n_ids)
+            continue;
+        tfm_state_copy(s->st, leader->st, leader->n_ids);
+        s->prefilled = s->n_ids;
+        s->job->t_prefill_done = tfm_now();
+        s->phase = SLOT_DECODE;
+        memcpy(mc->logits + (size_t)(n + 1) * vocab, mc->logits, (size_t)vocab * sizeof(float));
+        f[n++] = s;
+    }
+    return n;
+}
+
+/* A child admitted after its leader finished prefilling: copy all but the
+ * prompt's last position from the leader's cache (its logits are gone),
+ * so that only that one row is computed. */
+static void share_late(srv_engine *e, mctx *mc, slot *s)
+{
+    slot *l = slot_of(e, mc, s->job->share);
+    if (!l || l->phase != SLOT_DECODE || l->n_ids != s->n_ids || s->n_ids < 2)
+        return;
+    tfm_state_copy(s->st, l->st, s->n_ids - 1);
+    s->prefilled = s->n_ids - 1;
+}
+
 /* Prefills one chunk (at most `budget` rows) of the oldest prompt still
- * prefilling; returns the rows done, 0 when none is waiting. */
+ * prefilling (in submission order, so a group's first child goes before
+ * those that share its prompt); returns the rows done, 0 when none is
+ * waiting. */
 static int prefill_step(srv_engine *e, int budget)
 {
     mctx *best_mc = NULL;
@@ -374,7 +473,7 @@ static int prefill_step(srv_engine *e, int budget)
     for (int m = 0; m < e->n_live; m++)
         for (int i = 0; i < e->max_batch; i++) {
             slot *s = &e->live[m]->slots[i];
-            if (s->phase == SLOT_PREFILL && (!best || s->job->t_admit < best->job->t_admit))
+            if (s->phase == SLOT_PREFILL && (!best || s->job->seq < best->job->seq))
                 best = s, best_mc = e->live[m];
         }
     if (!best)
@@ -382,6 +481,8 @@ static int prefill_step(srv_engine *e, int budget)
     slot *s = best;
     mctx *mc = best_mc;
     srv_job *j = s->job;
+    if (s->prefilled == 0 && j->share)
+        share_late(e, mc, s);
     int chunk = s->n_ids - s->prefilled;
     if (chunk > budget)
         chunk = budget;
@@ -404,7 +505,12 @@ static int prefill_step(srv_engine *e, int budget)
     if (e->hooks.tokens)
         e->hooks.tokens(e->hooks.ctx, j->prompt_tokens, 0);
     s->phase = SLOT_DECODE;
-    emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits));
+    slot *followers[SRV_MAX_BATCH];
+    int n_f = share_prefill(e, mc, s, followers);
+    int vocab = mc->m->model->cfg.vocab_size;
+    emit(e, mc, s, sample_tok(s, mc->logits));
+    for (int k = 0; k < n_f; k++)
+        emit(e, mc, followers[k], sample_tok(followers[k], mc->logits + (size_t)(k + 1) * vocab));
     return chunk;
 }
 
@@ -433,7 +539,7 @@ static void decode_step(srv_engine *e, mctx *mc)
             release_slot(e, s);
             continue;
         }
-        emit(e, mc, s, tfm_sampler_sample(s->smp, mc->logits + (size_t)b * vocab));
+        emit(e, mc, s, sample_tok(s, mc->logits + (size_t)b * vocab));
     }
 }
 
@@ -498,7 +604,7 @@ static mctx *ctx_create(srv_engine *e, const srv_model *m)
         goto fail;
     for (int k = 0; k < max_batch; k++) {
         slot *s = &mc->slots[k];
-        tfm_sampler_params sp = {0.0f, 0, 1.0f, 0};
+        tfm_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f};
         s->ids = malloc((size_t)c->seq_len * sizeof(int));
         if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
             tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
@@ -540,9 +646,10 @@ static int past(const srv_job *j, double now) { return j->deadline > 0 && now > 
  * event says "timeout"). */
 static void time_out(srv_job *j, double now)
 {
-    pthread_mutex_lock(&j->mu);
-    int begun = j->n_tokens > 0 || (j->stream && j->started);
-    pthread_mutex_unlock(&j->mu);
+    srv_job *o = srv_job_out(j);
+    pthread_mutex_lock(&o->mu);
+    int begun = j->n_tokens > 0 || srv_job_began(j);
+    pthread_mutex_unlock(&o->mu);
     if (begun) {
         finish_job(j, SRV_FINISH_TIMEOUT);
         return;
@@ -621,7 +728,7 @@ static void *engine_main(void *arg)
         int n_dropped = 0;
         for (int i = 0; i < e->q_len && n_dropped < 16;) {
             srv_job *j = e->q[i];
-            if (atomic_load(&j->cancelled) || past(j, now) || e->mc_failed[j->model->index]) {
+            if (job_cancelled(j) || past(j, now) || e->mc_failed[j->model->index]) {
                 dropped[n_dropped++] = j;
                 queue_remove(e, i);
             } else {
@@ -633,7 +740,7 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
         for (int i = 0; i < n_dropped; i++) {
             srv_job *j = dropped[i];
-            if (atomic_load(&j->cancelled))
+            if (job_cancelled(j))
                 finish_job(j, SRV_FINISH_CANCELLED);
             else if (past(j, now))
                 time_out(j, now);
@@ -650,7 +757,7 @@ static void *engine_main(void *arg)
                 slot *s = &e->live[m]->slots[i];
                 if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0) {
                     release_slot(e, s);
-                } else if (s->phase != SLOT_FREE && atomic_load(&s->job->cancelled)) {
+                } else if (s->phase != SLOT_FREE && job_cancelled(s->job)) {
                     finish_job(s->job, SRV_FINISH_CANCELLED);
                     release_slot(e, s);
                 } else if (s->phase != SLOT_FREE && past(s->job, now)) {
@@ -747,7 +854,33 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
     }
     srv_job_ref(j);
     j->t_submit = tfm_now();
+    j->seq = ++e->seq;
     e->q[e->q_len++] = j;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int srv_engine_submit_group(srv_engine *e, srv_job *g)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping || g->n_children < 1 || e->q_len + g->n_children > e->q_cap) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    double now = tfm_now();
+    pthread_mutex_lock(&g->mu);
+    g->pending = g->n_children;
+    pthread_mutex_unlock(&g->mu);
+    g->t_submit = now;
+    for (int i = 0; i < g->n_children; i++) {
+        srv_job *c = g->children[i];
+        srv_job_ref(c); /* the engine's */
+        srv_job_ref(g); /* the child's hold on its group, until it ends */
+        c->t_submit = now;
+        c->seq = ++e->seq;
+        e->q[e->q_len++] = c;
+    }
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;

@@ -33,19 +33,10 @@ static const char *const known[] = {"prompt", "model", "max_tokens", "max_new_to
                                     "temperature", "top_k", "top_p", "seed", "stop", "stream",
                                     "ignore_eos", "attention", "timeout_ms"};
 
-/* One parse: the raw text, whether integers were read as reals, where the
- * error goes. */
-typedef struct parse_ctx {
-    int reals;
-    const char *raw;
-    size_t raw_len;
-    srv_error *e;
-} parse_ctx;
-
 /* The raw text of a top-level member's value in an object that jansson has
  * already accepted.  0 when not found (a key written with escapes is not
  * matched). */
-static int raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen)
+int srv_raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen)
 {
     size_t klen = strlen(key);
     int depth = 0;
@@ -82,12 +73,12 @@ static int raw_member(const char *p, size_t n, const char *key, const char **val
     return 0;
 }
 
-static int parse_seed(const parse_ctx *pc, uint64_t *out)
+int srv_field_seed(const srv_parse_ctx *pc, uint64_t *out)
 {
     const char *v;
     size_t n;
     char lit[32];
-    if (!raw_member(pc->raw, pc->raw_len, "seed", &v, &n) || n == 0 || n >= sizeof lit)
+    if (!srv_raw_member(pc->raw, pc->raw_len, "seed", &v, &n) || n == 0 || n >= sizeof lit)
         goto bad;
     for (size_t i = 0; i < n; i++)
         if (v[i] < '0' || v[i] > '9')
@@ -107,7 +98,15 @@ bad:
 }
 
 /* A number field in [lo, hi]; 1 when absent (out keeps its default). */
-static int number(const parse_ctx *pc, json_t *body, const char *key, double lo, double hi,
+/* No seed: a fresh one per request, from the clock and a counter. */
+uint64_t srv_fresh_seed(void)
+{
+    static atomic_ullong counter;
+    return (uint64_t)(tfm_now() * 1e9) ^
+           ((uint64_t)(atomic_fetch_add(&counter, 1) + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+int srv_field_number(const srv_parse_ctx *pc, json_t *body, const char *key, double lo, double hi,
                   int lo_open, double *out)
 {
     json_t *v = json_object_get(body, key);
@@ -128,7 +127,7 @@ static int number(const parse_ctx *pc, json_t *body, const char *key, double lo,
 }
 
 /* An integer field in [lo, hi]; 1 when absent. */
-static int integer(const parse_ctx *pc, json_t *body, const char *key, json_int_t lo,
+int srv_field_integer(const srv_parse_ctx *pc, json_t *body, const char *key, json_int_t lo,
                    json_int_t hi, json_int_t *out)
 {
     json_t *v = json_object_get(body, key);
@@ -153,7 +152,7 @@ static int integer(const parse_ctx *pc, json_t *body, const char *key, json_int_
 
 /* timeout_ms: an integer >= 1 (any size: beyond the cap it is clamped);
  * absent, the cap. */
-static int timeout_ms(const parse_ctx *pc, json_t *body, const srv_config *cfg, int *out)
+int srv_field_timeout_ms(const srv_parse_ctx *pc, json_t *body, const srv_config *cfg, int *out)
 {
     long long cap = (long long)cfg->request_timeout_s * 1000;
     *out = (int)cap;
@@ -178,7 +177,7 @@ static int timeout_ms(const parse_ctx *pc, json_t *body, const srv_config *cfg, 
     return 0;
 }
 
-static int parse_stop(const parse_ctx *pc, json_t *v, srv_job *j)
+int srv_field_stop(const srv_parse_ctx *pc, json_t *v, srv_job *j)
 {
     json_t *one[1] = {v};
     json_t **items = one;
@@ -217,7 +216,7 @@ static int parse_stop(const parse_ctx *pc, json_t *v, srv_job *j)
     return 1;
 }
 
-static int fill_job(const parse_ctx *pc, json_t *body, const srv_models *models,
+static int fill_job(const srv_parse_ctx *pc, json_t *body, const srv_models *models,
                     const srv_config *cfg, srv_job *j)
 {
     srv_error *e = pc->e;
@@ -260,8 +259,8 @@ static int fill_job(const parse_ctx *pc, json_t *body, const srv_models *models,
     }
 
     json_int_t mt = 128, mnt = 0, top_k = 0;
-    if (!integer(pc, body, "max_tokens", 1, MAX_TOKENS_LIMIT, &mt) ||
-        !integer(pc, body, "max_new_tokens", 1, MAX_TOKENS_LIMIT, &mnt))
+    if (!srv_field_integer(pc, body, "max_tokens", 1, MAX_TOKENS_LIMIT, &mt) ||
+        !srv_field_integer(pc, body, "max_new_tokens", 1, MAX_TOKENS_LIMIT, &mnt))
         return 0;
     if (json_object_get(body, "max_new_tokens")) {
         if (json_object_get(body, "max_tokens") && mt != mnt) {
@@ -273,24 +272,21 @@ static int fill_job(const parse_ctx *pc, json_t *body, const srv_models *models,
     }
     j->max_tokens = (int)mt;
     double temperature = 1.0, top_p = 1.0;
-    if (!number(pc, body, "temperature", 0, 100, 0, &temperature) ||
-        !number(pc, body, "top_p", 0, 1, 1, &top_p) ||
-        !integer(pc, body, "top_k", 0, 1 << 30, &top_k))
+    if (!srv_field_number(pc, body, "temperature", 0, 100, 0, &temperature) ||
+        !srv_field_number(pc, body, "top_p", 0, 1, 1, &top_p) ||
+        !srv_field_integer(pc, body, "top_k", 0, 1 << 30, &top_k))
         return 0;
     j->sampling.temperature = (float)temperature;
     j->sampling.top_p = (float)top_p;
     j->sampling.top_k = (int)top_k;
     if (json_object_get(body, "seed")) {
-        if (!parse_seed(pc, &j->sampling.seed))
+        if (!srv_field_seed(pc, &j->sampling.seed))
             return 0;
     } else {
-        /* no seed: a fresh one per request, from the clock and a counter */
-        static atomic_ullong counter;
-        j->sampling.seed = (uint64_t)(tfm_now() * 1e9) ^
-                           ((uint64_t)(atomic_fetch_add(&counter, 1) + 1) * 0x9E3779B97F4A7C15ull);
+        j->sampling.seed = srv_fresh_seed();
     }
     json_t *stop = json_object_get(body, "stop");
-    if (stop && !json_is_null(stop) && !parse_stop(pc, stop, j))
+    if (stop && !json_is_null(stop) && !srv_field_stop(pc, stop, j))
         return 0;
     json_t *stream = json_object_get(body, "stream");
     if (stream && !json_is_boolean(stream)) {
@@ -317,7 +313,7 @@ static int fill_job(const parse_ctx *pc, json_t *body, const srv_models *models,
             return 0;
         }
     }
-    return timeout_ms(pc, body, cfg, &j->timeout_ms);
+    return srv_field_timeout_ms(pc, body, cfg, &j->timeout_ms);
 }
 
 int srv_generate_parse(const char *raw, size_t len, const srv_json_limits *lim,
@@ -329,7 +325,7 @@ int srv_generate_parse(const char *raw, size_t len, const srv_json_limits *lim,
         return -1;
     json_error_t err;
     size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
-    parse_ctx pc = {0, raw, len, e};
+    srv_parse_ctx pc = {0, raw, len, e};
     json_t *body = json_loadb(raw, len, flags, &err);
     if (!body && json_error_code(&err) == json_error_numeric_overflow) {
         /* valid JSON with an integer beyond int64: parse again with

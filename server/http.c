@@ -44,19 +44,38 @@ typedef struct route {
     const char *path, *method;
     void (*handler)(srv_req *r);
     int has_body; /* its POST takes a JSON body */
+    int engine;   /* it holds the engine or the worker: counted against
+                   * --max-inflight-per-client */
 } route;
 
 static const route routes[] = {
-    {"/generate", "POST", srv_route_generate, 1},
-    {"/recall", "POST", srv_route_recall, 1},
-    {"/models", "GET", srv_route_models, 0},
-    {"/healthz", "GET", srv_route_healthz, 0},
-    {"/readyz", "GET", srv_route_readyz, 0},
-    {"/metrics", "GET", srv_route_metrics, 0},
-    {"/train", "GET, POST", srv_route_train, 1},
-    {"/train/{id}", "GET, DELETE", srv_route_train_job, 0},
+    {"/generate", "POST", srv_route_generate, 1, 1},
+    {"/recall", "POST", srv_route_recall, 1, 1},
+    {"/models", "GET", srv_route_models, 0, 0},
+    {"/healthz", "GET", srv_route_healthz, 0, 0},
+    {"/readyz", "GET", srv_route_readyz, 0, 0},
+    {"/metrics", "GET", srv_route_metrics, 0, 0},
+    {"/train", "GET, POST", srv_route_train, 1, 0},
+    {"/train/{id}", "GET, DELETE", srv_route_train_job, 0, 0},
+    {"/v1/completions", "POST", srv_route_v1_completions, 1, 1},
+    {"/v1/chat/completions", "POST", srv_route_v1_chat_completions, 1, 1},
+    {"/v1/models", "GET", srv_route_v1_models, 0, 0},
+    {"/v1/models/{id}", "GET", srv_route_v1_model, 0, 0},
+    {"/generate_stream", "POST", srv_route_generate_stream, 1, 1},
+    {"/", "POST", srv_route_tgi_compat, 1, 1},
+    {"/info", "GET", srv_route_info, 0, 0},
+    {"/tokenize", "POST", srv_route_tokenize, 1, 0},
+    {"/detokenize", "POST", srv_route_detokenize, 1, 0},
 };
 #define N_ROUTES ((int)(sizeof routes / sizeof *routes))
+
+int srv_http_route_paths(const char **out, int max)
+{
+    int n = 0;
+    for (; n < N_ROUTES && n < max; n++)
+        out[n] = routes[n].path;
+    return n;
+}
 
 /* ---- replies ---------------------------------------------------------------- */
 
@@ -102,6 +121,17 @@ void srv_reply_json(srv_req *r, int status, const char *json)
     srv_reply(r, status, "application/json", json, strlen(json));
 }
 
+const char *srv_openai_error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
 void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
                      const char *fmt, ...)
 {
@@ -111,13 +141,32 @@ void srv_reply_error(srv_req *r, int status, const char *code, const char *field
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     srv_buf b = {0};
-    srv_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
-    srv_json_string(&b, msg, strlen(msg));
-    if (field) {
-        srv_buf_append(&b, ",\"field\":", 9);
-        srv_json_string(&b, field, strlen(field));
+    if (r->err_style == SRV_ERR_OPENAI) {
+        srv_buf_append(&b, "{\"error\":{\"message\":", 20);
+        srv_json_string(&b, msg, strlen(msg));
+        srv_buf_printf(&b, ",\"type\":\"%s\",\"param\":", srv_openai_error_type(status));
+        if (field)
+            srv_json_string(&b, field, strlen(field));
+        else
+            srv_buf_append(&b, "null", 4);
+        srv_buf_append(&b, ",\"code\":", 8);
+        srv_json_string(&b, code, strlen(code));
+        srv_buf_append(&b, "}}", 2);
+    } else if (r->err_style == SRV_ERR_TGI) {
+        srv_buf_append(&b, "{\"error\":", 9);
+        srv_json_string(&b, msg, strlen(msg));
+        srv_buf_append(&b, ",\"error_type\":", 14);
+        srv_json_string(&b, code, strlen(code));
+        srv_buf_append(&b, "}", 1);
+    } else {
+        srv_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+        srv_json_string(&b, msg, strlen(msg));
+        if (field) {
+            srv_buf_append(&b, ",\"field\":", 9);
+            srv_json_string(&b, field, strlen(field));
+        }
+        srv_buf_append(&b, "}}", 2);
     }
-    srv_buf_append(&b, "}}", 2);
     if (b.p)
         srv_reply(r, status, "application/json", b.p, b.len);
     srv_buf_free(&b);
@@ -494,8 +543,7 @@ static void first_checks(srv_req *r)
     }
     /* requests that hold the engine or the worker: a cap per client, so one
      * client cannot queue everything (the engine also admits fairly) */
-    if ((rt->handler == srv_route_generate || rt->handler == srv_route_recall) &&
-        srv_conn_inflight_acquire(app->conns, c, r->client)) {
+    if (rt->engine && srv_conn_inflight_acquire(app->conns, c, r->client)) {
         srv_reply_error(r, 429, "too_many_requests", NULL,
                         "this client has %d requests in progress already (the limit)",
                         app->cfg.max_inflight_per_client);
@@ -542,6 +590,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         snprintf(r->path, sizeof r->path, "%s", url);
         r->route = find_route(url);
         r->label = r->route >= 0 ? routes[r->route].path : "other";
+        if (!strncmp(r->path, "/v1/", 4))
+            r->err_style = SRV_ERR_OPENAI;
+        else if (!strcmp(r->path, "/generate_stream") || !strcmp(r->path, "/") ||
+                 !strcmp(r->path, "/info"))
+            r->err_style = SRV_ERR_TGI; /* TGI's routes (tgi.c) */
         first_checks(r);
         return MHD_YES;
     }

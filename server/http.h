@@ -23,6 +23,14 @@
 #include "json_guard.h"
 #include "text.h"
 
+/* Error bodies: attnd's {"error": {"code", "message", "field"}};
+ * OpenAI's {"error": {"message", "type", "param", "code"}}; TGI's
+ * {"error": message, "error_type": type}. */
+enum { SRV_ERR_ATTND = 0, SRV_ERR_OPENAI, SRV_ERR_TGI };
+
+/* OpenAI's error type for a status (invalid_request_error, ...). */
+const char *srv_openai_error_type(int status);
+
 struct srv_req {
     srv_app *app;
     struct MHD_Connection *conn;
@@ -41,11 +49,16 @@ struct srv_req {
     size_t uri_len;        /* the request target as sent, query included */
     int routed;            /* the first callback has run */
     int close_after;       /* reply with Connection: close */
+    int err_style;         /* the shape of error bodies: SRV_ERR_* (set from
+                            * the path: /v1/ is OpenAI's; a handler may
+                            * change it) */
 };
 
 /* Starts the daemon (its own epoll thread) on cfg->host:cfg->port.
  * Returns 0 or -1 (message printed). */
 int srv_http_start(srv_app *app);
+/* The route table's paths (metric labels), at most max; returns how many. */
+int srv_http_route_paths(const char **out, int max);
 /* Stop accepting new connections (shutdown's first step). */
 void srv_http_quiesce(srv_app *app);
 void srv_http_stop(srv_app *app);
@@ -85,5 +98,19 @@ void srv_route_models(srv_req *r);
 void srv_route_healthz(srv_req *r);
 void srv_route_readyz(srv_req *r);
 void srv_route_metrics(srv_req *r);
+/* OpenAI's routes (openai.c). */
+void srv_route_v1_completions(srv_req *r);
+void srv_route_v1_chat_completions(srv_req *r);
+void srv_route_v1_models(srv_req *r);
+void srv_route_v1_model(srv_req *r);
+/* TGI's routes (tgi.c): /generate with TGI's body (generate.c dispatches
+ * a body with a top-level "inputs"), /generate_stream, POST / and GET /info. */
+void srv_route_tgi_generate(srv_req *r);
+void srv_route_generate_stream(srv_req *r);
+void srv_route_tgi_compat(srv_req *r);
+void srv_route_info(srv_req *r);
+/* llama-server's /tokenize and /detokenize (tokenize.c). */
+void srv_route_tokenize(srv_req *r);
+void srv_route_detokenize(srv_req *r);
 
 #endif

@@ -347,9 +347,8 @@ int main(int argc, char **argv)
         return 1;
     }
     srv_metrics_on_render(app.stats.reg, collect, &app);
-    static const char *const routes[] = {"/generate", "/recall", "/models", "/healthz",
-                                         "/readyz", "/metrics", "/train", "/train/{id}"};
-    srv_stats_routes(&app.stats, routes, (int)(sizeof routes / sizeof *routes));
+    const char *routes[64];
+    srv_stats_routes(&app.stats, routes, srv_http_route_paths(routes, 64));
     srv_gauge_set(app.stats.queue_capacity, app.cfg.queue_depth);
     /* job records are read before the loop runs: GET /train lists them at once */
     if (!(app.trainer = srv_trainer_create(&app)))

@@ -49,6 +49,38 @@ int srv_generate_parse(const char *body, size_t len, const srv_json_limits *lim,
                        const srv_models *models, const srv_config *cfg, srv_job *j,
                        srv_error *e);
 
+/* ---- field readers shared by the generation validators -------------------
+ * (generate_parse.c; used by openai.c and tgi.c too).  Each reads one
+ * member of an object jansson has parsed, returns 1 when it is absent
+ * (the output keeps its default) or valid, 0 with pc->e filled (422 naming
+ * the field) when not. */
+
+/* One parse: the raw text, whether integers were read as reals (a body
+ * with an integer beyond int64 is parsed again so), where the error goes. */
+typedef struct srv_parse_ctx {
+    int reals;
+    const char *raw;
+    size_t raw_len;
+    srv_error *e;
+} srv_parse_ctx;
+
+/* The raw text of a top-level member's value (for seeds beyond int64). */
+int srv_raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen);
+/* "seed" (must be present): any unsigned 64-bit integer, from the raw text. */
+int srv_field_seed(const srv_parse_ctx *pc, uint64_t *out);
+/* A seed for a request without one: the clock and a counter. */
+uint64_t srv_fresh_seed(void);
+/* A number in [lo, hi] (lo excluded when lo_open). */
+int srv_field_number(const srv_parse_ctx *pc, json_t *body, const char *key, double lo,
+                     double hi, int lo_open, double *out);
+/* An integer in [lo, hi]. */
+int srv_field_integer(const srv_parse_ctx *pc, json_t *body, const char *key, json_int_t lo,
+                      json_int_t hi, json_int_t *out);
+/* "timeout_ms": >= 1, clamped to --request-timeout-seconds (absent: the cap). */
+int srv_field_timeout_ms(const srv_parse_ctx *pc, json_t *body, const srv_config *cfg, int *out);
+/* A stop value v (a string or up to SRV_MAX_STOP strings) into j->stop. */
+int srv_field_stop(const srv_parse_ctx *pc, json_t *v, srv_job *j);
+
 /* A validated /recall: the symbols interned (engine "exact") or mapped to
  * the model's integers (engine "model"). */
 typedef struct srv_recall_task {

@@ -757,7 +757,8 @@ class Test08Errors(Base):
     # ---- 404
 
     def test_404_unknown_route(self):
-        for method, path in (("GET", "/nope"), ("GET", "/"), ("POST", "/v1/completions"), ("GET", "/generate/x"),
+        # (/v1/ paths answer OpenAI's error shape: test_openai.py; POST / is TGI's)
+        for method, path in (("GET", "/nope"), ("POST", "/v2/completions"), ("GET", "/generate/x"),
                              ("DELETE", "/nope")):
             r = self.srv.request(method, path, body=({"prompt": "a"} if method == "POST" else None))
             self.assertError(r, 404, "not_found", method=method, path=path)
@@ -950,7 +951,9 @@ FAMILIES = {
     "attnd_op_seconds_total": ("counter", {"class", "phase"}),
     "attnd_op_flops_total": ("counter", {"class", "phase"}),
 }
-ROUTES = {"/generate", "/recall", "/models", "/metrics", "/healthz", "/readyz", "/train", "/train/{id}", "other"}
+ROUTES = {"/generate", "/recall", "/models", "/metrics", "/healthz", "/readyz", "/train", "/train/{id}", "other",
+          "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{id}",
+          "/generate_stream", "/", "/info", "/tokenize", "/detokenize"}
 CLASSES = {"tensor_contraction", "normalization", "elementwise"}
 PHASES = {"prefill", "decode", "train"}
 

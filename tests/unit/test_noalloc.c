@@ -70,9 +70,17 @@ static void test_noalloc_decode_and_sample(void **state)
         assert_int_equal(tfm_workspace_create(m, 12, threads, &ws), TFM_OK);
         for (int i = 0; i < 12; i++)
             assert_int_equal(tfm_state_create(m, 0, &st[i]), TFM_OK);
-        tfm_sampler_params sp = {0.8f, 40, 0.9f, 7};
-        tfm_sampler *smp;
+        tfm_sampler_params sp = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 7};
+        /* every option the sampler has: penalties, bias, min_p, logprobs */
+        static const tfm_logit_bias bias[] = {{5, -100.0f}, {9, 3.0f}};
+        tfm_sampler_params all = {.temperature = 0.7f, .top_p = 0.95f, .seed = 3, .min_p = 0.05f,
+                                  .repetition_penalty = 1.3f, .presence_penalty = 0.5f,
+                                  .frequency_penalty = 0.4f, .logit_bias = bias,
+                                  .n_logit_bias = 2, .top_logprobs = TFM_MAX_TOP_LOGPROBS};
+        tfm_token_logprob lp[1 + TFM_MAX_TOP_LOGPROBS];
+        tfm_sampler *smp, *smp_all;
         assert_int_equal(tfm_sampler_create(V, &sp, &smp), TFM_OK);
+        assert_int_equal(tfm_sampler_create(V, &all, &smp_all), TFM_OK);
         float *logits = malloc((size_t)12 * V * sizeof(float));
         int toks[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
         /* warm-up: every path once */
@@ -86,14 +94,22 @@ static void test_noalloc_decode_and_sample(void **state)
             int B = batches[step % 3];
             assert_int_equal(tfm_decode(ws, st, toks, B, logits), TFM_OK);
             for (int b = 0; b < B; b++)
-                toks[b] = tfm_sampler_sample(smp, logits + (size_t)b * V);
+                toks[b] = b % 2 ? tfm_sampler_sample_lp(smp_all, logits + (size_t)b * V, lp)
+                                : tfm_sampler_sample(smp, logits + (size_t)b * V);
         }
         assert_int_equal(tfm_sampler_reset(smp, &sp), TFM_OK);
         tfm_sampler_sample(smp, logits);
+        assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
+        tfm_sampler_set_prompt(smp_all, toks, 16);
+        tfm_sampler_sample(smp_all, logits);
+        all.temperature = 0.0f; /* greedy through the processed logits */
+        assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
+        tfm_sampler_sample_lp(smp_all, logits, lp);
         long after = atomic_load(&allocs);
         assert_int_equal(after - before, 0);
         free(logits);
         tfm_sampler_destroy(smp);
+        tfm_sampler_destroy(smp_all);
         for (int i = 0; i < 12; i++)
             tfm_state_destroy(st[i]);
         tfm_workspace_destroy(ws);
