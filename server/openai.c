@@ -78,7 +78,13 @@ static int field_model(const srv_parse_ctx *pc, json_t *body, const srv_models *
     json_t *m = json_object_get(body, "model");
     if (m && !json_is_string(m))
         return fail(pc, 422, "invalid_argument", "model", "model must be a string");
-    t->model = m ? srv_models_find(models, json_string_value(m)) : srv_models_default(models);
+    /* @huggingface/inference 4, given an endpointUrl and no model, sends
+     * the URL as the model: the endpoint is the choice, so its default */
+    const char *name = m ? json_string_value(m) : NULL;
+    if (name && (!strncmp(name, "http://", 7) || !strncmp(name, "https://", 8)) &&
+        !srv_models_find(models, name))
+        m = NULL;
+    t->model = m ? srv_models_find(models, name) : srv_models_default(models);
     if (!t->model && !m)
         return fail(pc, 503, "not_ready", NULL, "no text model is loaded");
     if (!t->model || strcmp(t->model->kind, "text")) {

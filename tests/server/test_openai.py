@@ -305,6 +305,14 @@ class Test01Validation(Base):
         b = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
         self.v1_error(self.post(CHAT, b), 404, "model", "model_not_found", path=CHAT)
 
+    def test_a_url_as_the_model_is_the_default_model(self):
+        # @huggingface/inference 4 sends its endpointUrl as the model
+        url = "http://127.0.0.1:%d" % self.srv.port
+        r = self.post(CMPL, {"model": url, "prompt": "Hi", "max_tokens": 2, "temperature": 0})
+        self.assertEqual(r.status, 200, r.body)
+        default = self.srv.post("/generate", {"prompt": "Hi", "max_tokens": 1}).json()["model"]
+        self.assertEqual(r.json()["model"], default)
+
     def test_unknown_fields_are_ignored(self):
         r = self.cmpl(max_tokens=3, frobnicate={"a": 1}, suffix="x", best_of=1, n_predict=4)
         self.assertEqual(r["usage"]["completion_tokens"], 3)
