@@ -19,8 +19,9 @@ import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const ATTND = process.env.ATTND || join(REPO, 'build', 'attnd');
-export const ATTN = process.env.ATTN || join(REPO, 'build', 'attn');
+// attnd runs in a directory of its own: relative paths are made absolute here
+export const ATTND = resolve(process.env.ATTND || join(REPO, 'build', 'attnd'));
+export const ATTN = resolve(process.env.ATTN || join(REPO, 'build', 'attn'));
 
 const LISTEN_RE = /^attnd: listening on http:\/\/([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)\s*$/;
 const START_TIMEOUT_MS = 30000;
