@@ -5,7 +5,8 @@
  * CMakeLists.txt): every call goes through the counters below.  After a
  * warm-up (the first sgemm call lets OpenBLAS set up its buffers), decode
  * steps at batch 1, 3 and 12 (kernel and sgemm paths) and sampling must
- * leave the counters where they were.
+ * leave the counters where they were, with every option of
+ * tfm_sampler_params on as well.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,6 +118,61 @@ static void test_noalloc_decode_and_sample(void **state)
     tfm_model_destroy(m);
 }
 
+/* Beside the decode loop above: a 32000-entry vocabulary, a 1000-token
+ * prompt and a history growing over 300 steps per params set, through each
+ * option — logit_bias (and a ban), the three penalties, min_p alone and
+ * after top_k / top_p, greedy with options, log-probabilities with 0, 5 and
+ * 20 alternatives — and set_prompt and reset (which clears the history):
+ * the counters stay where they were. */
+static void test_noalloc_sampler_options(void **state)
+{
+    enum { V = 32000, STEPS = 300 };
+    static const tfm_logit_bias bias[] = {{3, 2.0f}, {4, -100.0f}, {5, -1.5f}};
+    const tfm_sampler_params ps[] = {
+        {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 1, .min_p = 0.05f,
+         .repetition_penalty = 1.3f, .presence_penalty = 0.5f, .frequency_penalty = 0.5f,
+         .logit_bias = bias, .n_logit_bias = 3, .top_logprobs = TFM_MAX_TOP_LOGPROBS},
+        {.temperature = 1.0f, .top_p = 1.0f, .seed = 2, .min_p = 0.1f,
+         .repetition_penalty = 0.8f, .logit_bias = bias, .n_logit_bias = 3, .top_logprobs = 5},
+        {.temperature = 0.7f, .top_p = 0.95f, .seed = 3, .presence_penalty = -1.0f,
+         .frequency_penalty = 2.0f, .top_logprobs = 0},
+        {.temperature = 0.0f, .top_p = 1.0f, .repetition_penalty = 1.5f,
+         .presence_penalty = 1.0f, .logit_bias = bias, .n_logit_bias = 3, .top_logprobs = 3},
+        {.temperature = 0.0f, .top_p = 1.0f},
+    };
+    float *logits = malloc((size_t)V * sizeof *logits);
+    int *prompt = malloc(1000 * sizeof *prompt);
+    tfm_token_logprob lp[1 + TFM_MAX_TOP_LOGPROBS];
+    assert_non_null(logits);
+    assert_non_null(prompt);
+    for (int i = 0; i < 1000; i++)
+        prompt[i] = (i * 7919) % V;
+    tfm_sampler *smp;
+    assert_int_equal(tfm_sampler_create(V, &ps[0], &smp), TFM_OK);
+    uint64_t rng = 99;
+    long before = atomic_load(&allocs);
+    for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
+        assert_int_equal(tfm_sampler_reset(smp, &ps[k]), TFM_OK);
+        tfm_sampler_set_prompt(smp, prompt, 1000);
+        for (int step = 0; step < STEPS; step++) {
+            for (int i = 0; i < V; i++) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                logits[i] = (float)(rng >> 40) * (6.0f / 16777216.0f);
+            }
+            int id = step % 2 ? tfm_sampler_sample(smp, logits)
+                              : tfm_sampler_sample_lp(smp, logits, lp);
+            assert_true(id >= 0 && id < V && id != 4);
+        }
+    }
+    long after = atomic_load(&allocs);
+    assert_int_equal(after - before, 0);
+    tfm_sampler_destroy(smp);
+    free(prompt);
+    free(logits);
+}
+
 /* The counter itself works: otherwise the test above could not fail. */
 static void test_noalloc_counter_sees_malloc(void **state)
 {
@@ -131,6 +187,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_noalloc_counter_sees_malloc),
         cmocka_unit_test(test_noalloc_decode_and_sample),
+        cmocka_unit_test(test_noalloc_sampler_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
