@@ -98,6 +98,31 @@ bad:
 }
 
 /* A number field in [lo, hi]; 1 when absent (out keeps its default). */
+int srv_field_bool(const srv_parse_ctx *pc, json_t *o, const char *key, int *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v)
+        return 1;
+    if (!json_is_boolean(v)) {
+        srv_error_set(pc->e, 422, "invalid_argument", key, "%s must be true or false", key);
+        return 0;
+    }
+    *out = json_is_true(v);
+    return 1;
+}
+
+void srv_json_drop_nulls(json_t *o)
+{
+    const char *key;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(o, tmp, key, v)
+    {
+        if (json_is_null(v))
+            json_object_del(o, key);
+    }
+}
+
 /* No seed: a fresh one per request, from the clock and a counter. */
 uint64_t srv_fresh_seed(void)
 {
@@ -288,18 +313,9 @@ static int fill_job(const srv_parse_ctx *pc, json_t *body, const srv_models *mod
     json_t *stop = json_object_get(body, "stop");
     if (stop && !json_is_null(stop) && !srv_field_stop(pc, stop, j))
         return 0;
-    json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream)) {
-        srv_error_set(e, 422, "invalid_argument", "stream", "stream must be true or false");
+    if (!srv_field_bool(pc, body, "stream", &j->stream) ||
+        !srv_field_bool(pc, body, "ignore_eos", &j->ignore_eos))
         return 0;
-    }
-    j->stream = stream && json_is_true(stream);
-    json_t *ignore_eos = json_object_get(body, "ignore_eos");
-    if (ignore_eos && !json_is_boolean(ignore_eos)) {
-        srv_error_set(e, 422, "invalid_argument", "ignore_eos", "ignore_eos must be true or false");
-        return 0;
-    }
-    j->ignore_eos = ignore_eos && json_is_true(ignore_eos);
     json_t *attention = json_object_get(body, "attention");
     if (attention) {
         const char *k = json_is_string(attention) ? json_string_value(attention) : "";

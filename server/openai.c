@@ -59,19 +59,6 @@ static int fail(const srv_parse_ctx *pc, int status, const char *code, const cha
     return 0;
 }
 
-static int field_bool(const srv_parse_ctx *pc, json_t *body, const char *key, int *out)
-{
-    json_t *v = json_object_get(body, key);
-    if (!v)
-        return 1;
-    if (!json_is_boolean(v)) {
-        srv_error_set(pc->e, 422, "invalid_argument", key, "%s must be true or false", key);
-        return 0;
-    }
-    *out = json_is_true(v);
-    return 1;
-}
-
 static int field_model(const srv_parse_ctx *pc, json_t *body, const srv_models *models,
                        srv_job *t)
 {
@@ -180,8 +167,8 @@ static int parse_common(const srv_parse_ctx *pc, json_t *body, srv_app *app, int
     json_t *stop = json_object_get(body, "stop");
     if (stop && !srv_field_stop(pc, stop, t))
         return 0;
-    if (!field_bool(pc, body, "stream", &t->stream) ||
-        !field_bool(pc, body, "ignore_eos", &t->ignore_eos))
+    if (!srv_field_bool(pc, body, "stream", &t->stream) ||
+        !srv_field_bool(pc, body, "ignore_eos", &t->ignore_eos))
         return 0;
     json_t *so = json_object_get(body, "stream_options");
     if (so) {
@@ -197,7 +184,7 @@ static int parse_common(const srv_parse_ctx *pc, json_t *body, srv_app *app, int
     json_int_t lp = -1;
     if (chat) {
         int want = 0;
-        if (!field_bool(pc, body, "logprobs", &want) ||
+        if (!srv_field_bool(pc, body, "logprobs", &want) ||
             !srv_field_integer(pc, body, "top_logprobs", 0, TFM_MAX_TOP_LOGPROBS, &lp))
             return 0;
         if (lp >= 0 && !want)
@@ -207,7 +194,7 @@ static int parse_common(const srv_parse_ctx *pc, json_t *body, srv_app *app, int
             lp = 0;
     } else {
         if (!srv_field_integer(pc, body, "logprobs", 0, OAI_MAX_LOGPROBS, &lp) ||
-            !field_bool(pc, body, "echo", &c->echo))
+            !srv_field_bool(pc, body, "echo", &c->echo))
             return 0;
     }
     t->logprobs = (int)lp;
@@ -401,14 +388,7 @@ static json_t *load_body(srv_req *r, srv_parse_ctx *pc)
         srv_error_set(pc->e, 422, "invalid_argument", NULL, "the body must be a JSON object");
         return NULL;
     }
-    const char *key;
-    json_t *v;
-    void *tmp;
-    json_object_foreach_safe(body, tmp, key, v)
-    {
-        if (json_is_null(v))
-            json_object_del(body, key);
-    }
+    srv_json_drop_nulls(body);
     return body;
 }
 

@@ -333,32 +333,6 @@ static int fail(const srv_parse_ctx *pc, int status, const char *field, const ch
     return 0;
 }
 
-static int field_bool(const srv_parse_ctx *pc, json_t *o, const char *key, int *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v)
-        return 1;
-    if (!json_is_boolean(v)) {
-        srv_error_set(pc->e, 422, "invalid_argument", key, "%s must be true or false", key);
-        return 0;
-    }
-    *out = json_is_true(v);
-    return 1;
-}
-
-/* The members whose value is null, removed (null counts as absent). */
-static void drop_nulls(json_t *o)
-{
-    const char *key;
-    json_t *v;
-    void *tmp;
-    json_object_foreach_safe(o, tmp, key, v)
-    {
-        if (json_is_null(v))
-            json_object_del(o, key);
-    }
-}
-
 /* parameters.seed: any unsigned 64-bit integer.  Beyond int64 jansson has
  * it as a real; then its literal is read from the raw text of the
  * parameters object (srv_field_seed reads a top-level member). */
@@ -400,7 +374,7 @@ static const char *const unsupported[] = {"typical_p", "truncate", "grammar"};
 static int parse_parameters(const srv_parse_ctx *pc, json_t *p, int route, srv_job *j,
                             tgi_ctx *c)
 {
-    drop_nulls(p);
+    srv_json_drop_nulls(p);
     for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++)
         if (json_object_get(p, unsupported[i])) {
             srv_error_set(pc->e, 422, "invalid_argument", unsupported[i],
@@ -417,10 +391,11 @@ static int parse_parameters(const srv_parse_ctx *pc, json_t *p, int route, srv_j
         !srv_field_number(pc, p, "repetition_penalty", 0, 10, 1, &rep) ||
         !srv_field_number(pc, p, "frequency_penalty", -2, 2, 0, &freq) ||
         !srv_field_integer(pc, p, "top_n_tokens", 0, TGI_MAX_TOP_N, &top_n) ||
-        !field_bool(pc, p, "do_sample", &do_sample) || !field_bool(pc, p, "details", &c->details) ||
-        !field_bool(pc, p, "decoder_input_details", &c->prefill) ||
-        !field_bool(pc, p, "return_full_text", &c->full_text) ||
-        !field_bool(pc, p, "watermark", &watermark))
+        !srv_field_bool(pc, p, "do_sample", &do_sample) ||
+        !srv_field_bool(pc, p, "details", &c->details) ||
+        !srv_field_bool(pc, p, "decoder_input_details", &c->prefill) ||
+        !srv_field_bool(pc, p, "return_full_text", &c->full_text) ||
+        !srv_field_bool(pc, p, "watermark", &watermark))
         return 0;
     if (json_object_get(p, "best_of") &&
         (!srv_field_integer(pc, p, "best_of", 1, 1 << 30, &best_of) || best_of != 1))
@@ -462,7 +437,7 @@ static int parse_parameters(const srv_parse_ctx *pc, json_t *p, int route, srv_j
 static int parse(const srv_parse_ctx *pc, json_t *body, const srv_models *models, int route,
                  srv_job *j, tgi_ctx *c)
 {
-    drop_nulls(body);
+    srv_json_drop_nulls(body);
     json_t *inputs = json_object_get(body, "inputs");
     if (!json_is_string(inputs))
         return fail(pc, 422, "inputs", inputs ? "inputs must be a string" : "inputs is required");
@@ -497,7 +472,7 @@ static int parse(const srv_parse_ctx *pc, json_t *body, const srv_models *models
     /* "stream": TGI's compat route reads it; attnd's /generate too (a client
      * whose endpointUrl is .../generate streams to it) */
     j->stream = route == TGI_STREAM;
-    if (route != TGI_STREAM && !field_bool(pc, body, "stream", &j->stream))
+    if (route != TGI_STREAM && !srv_field_bool(pc, body, "stream", &j->stream))
         return 0;
     json_t *params = json_object_get(body, "parameters");
     if (params && !json_is_object(params))

@@ -68,6 +68,11 @@ typedef struct srv_parse_ctx {
 int srv_raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen);
 /* "seed" (must be present): any unsigned 64-bit integer, from the raw text. */
 int srv_field_seed(const srv_parse_ctx *pc, uint64_t *out);
+/* A boolean. */
+int srv_field_bool(const srv_parse_ctx *pc, json_t *o, const char *key, int *out);
+/* Removes o's members whose value is null (the client routes count null as
+ * absent). */
+void srv_json_drop_nulls(json_t *o);
 /* A seed for a request without one: the clock and a counter. */
 uint64_t srv_fresh_seed(void);
 /* A number in [lo, hi] (lo excluded when lo_open). */
