@@ -43,11 +43,27 @@ void srv_route_generate(srv_req *r)
         srv_reply_err(r, &e);
         return;
     }
+    srv_req_run_job(r, j);
+}
+
+/* Engine thread: hand the job to the loop (main.c's inbox). */
+static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }
+
+void srv_req_run_job(srv_req *r, srv_job *j)
+{
+    srv_app *app = r->app;
     j->client = r->client;
     j->deadline = r->t0 + j->timeout_ms * 1e-3;
     j->notify = on_job;
     j->notify_ctx = app;
-    if (srv_engine_submit(app->engine, j) != 0) {
+    for (int i = 0; i < j->n_children; i++) { /* a group's one deadline */
+        j->children[i]->client = j->client;
+        j->children[i]->timeout_ms = j->timeout_ms;
+        j->children[i]->deadline = j->deadline;
+    }
+    int full = j->n_children ? srv_engine_submit_group(app->engine, j)
+                             : srv_engine_submit(app->engine, j);
+    if (full) {
         srv_job_unref(j);
         srv_reply_error(r, 503, "overloaded", NULL,
                         "the queue is full (%d waiting); retry shortly", app->cfg.queue_depth);
@@ -58,6 +74,3 @@ void srv_route_generate(srv_req *r)
     srv_req_wait(r, j);
     srv_job_unref(j); /* the request and the engine hold it now */
 }
-
-/* Engine thread: hand the job to the loop (main.c's inbox). */
-static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }

@@ -90,6 +90,11 @@ void srv_req_json_limits(const srv_req *r, srv_json_limits *lim);
 struct json_t *srv_req_json_body(srv_req *r);
 /* Attach a submitted job to the request and park until it reports. */
 void srv_req_wait(srv_req *r, srv_job *job);
+/* A filled job (or group) of the request: its client, its deadline from
+ * timeout_ms and r->t0, and its notice set; queued (a group's children,
+ * all or none) and waited for, or 503 when the queue has no room.  Takes
+ * the caller's reference (generate.c). */
+void srv_req_run_job(srv_req *r, srv_job *job);
 
 /* Route handlers (routes.c, generate.c). */
 void srv_route_generate(srv_req *r);

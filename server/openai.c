@@ -306,7 +306,6 @@ static int render_chat(const srv_parse_ctx *pc, json_t *body, const srv_model *m
 
 /* ---- the completion routes ---------------------------------------------------- */
 
-static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }
 
 static char *dup_bytes(const char *s, size_t n)
 {
@@ -336,8 +335,6 @@ static int fill_children(srv_req *r, srv_job *g, const srv_job *t, const srv_ope
         ch->keep_prompt_ids = t->keep_prompt_ids;
         ch->ignore_eos = t->ignore_eos;
         ch->timeout_ms = t->timeout_ms;
-        ch->deadline = g->deadline;
-        ch->client = r->client;
         ch->share = k ? g->children[i * c->n] : NULL;
         if (!(ch->prompt = dup_bytes(prompts[i], lens[i])))
             return -1;
@@ -476,23 +473,13 @@ static void completion_route(srv_req *r, int chat)
     g->free_fmt_ctx = srv_openai_ctx_free;
     c = NULL; /* the group's now */
     g->timeout_ms = t->timeout_ms;
-    g->deadline = r->t0 + t->timeout_ms * 1e-3;
-    g->client = r->client;
-    g->notify = on_job;
-    g->notify_ctx = app;
     if (srv_job_make_group(g, np * ((srv_openai_ctx *)g->fmt_ctx)->n) ||
         fill_children(r, g, t, g->fmt_ctx, prompts, lens))
         goto oom;
-    if (srv_engine_submit_group(app->engine, g) != 0) {
-        srv_error_set(&e, 503, "overloaded", NULL, "the queue is full (%d waiting); retry shortly",
-                      app->cfg.queue_depth);
-        goto fail;
-    }
     srv_buf_free(&rendered);
     srv_job_unref(t);
     json_decref(body);
-    srv_req_wait(r, g);
-    srv_job_unref(g); /* the request and the engine hold it now */
+    srv_req_run_job(r, g);
     return;
 oom:
     srv_error_set(&e, 500, "internal", NULL, "out of memory");

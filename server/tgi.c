@@ -516,7 +516,6 @@ static json_t *load_body(srv_req *r, srv_parse_ctx *pc)
 
 /* ---- routes --------------------------------------------------------------- */
 
-static void on_job(srv_job *j, void *ctx) { srv_app_post(ctx, j); }
 
 static void tgi_route(srv_req *r, int route)
 {
@@ -553,19 +552,8 @@ static void tgi_route(srv_req *r, int route)
         srv_reply_err(r, &e);
         return;
     }
-    j->client = r->client;
     j->timeout_ms = app->cfg.request_timeout_s * 1000;
-    j->deadline = r->t0 + j->timeout_ms * 1e-3;
-    j->notify = on_job;
-    j->notify_ctx = app;
-    if (srv_engine_submit(app->engine, j) != 0) {
-        srv_job_unref(j);
-        srv_reply_error(r, 503, "overloaded", NULL,
-                        "the queue is full (%d waiting); retry shortly", app->cfg.queue_depth);
-        return;
-    }
-    srv_req_wait(r, j);
-    srv_job_unref(j);
+    srv_req_run_job(r, j);
 }
 
 void srv_route_tgi_generate(srv_req *r) { tgi_route(r, TGI_GENERATE); }
