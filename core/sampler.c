@@ -12,8 +12,10 @@
  *   they cost O(distinct tokens seen): a long vocabulary with penalties on
  *   pays nothing per token beyond the tokens already in the sequence.
  * - Plain greedy (temperature 0, no bias, no penalty, no logprobs) is one
- *   argmax and one history update, as before these options existed: the
- *   processors are skipped by two tests on the params.
+ *   argmax, as before these options existed: flags set at create/reset skip
+ *   the processors, and the history is kept only when a penalty will read
+ *   it (the next reset clears it anyway), so set_prompt is a no-op without
+ *   repetition_penalty.
  * - Candidates are ranked by (scaled logit desc, id asc).  Ranking by logit
  *   rather than by probability keeps top_k = 1 and a tiny top_p identical to
  *   argmax even when expf rounds two nearby logits to the same probability,
@@ -63,6 +65,10 @@ struct tfm_sampler {
     unsigned char *prompt; /* (vocab_size) 1: the token is in the prompt */
     int *touched;          /* (vocab_size) distinct ids with count > 0 or prompt set */
     int n_touched;
+    int process; /* the params have a bias or a penalty: the greedy fast path is off */
+    int history; /* the params have a penalty: the history is kept (else nothing reads it
+                  * before the next reset clears it) */
+    int plain_greedy; /* temperature 0 and no processing: tfm_sampler_sample is argmax */
 };
 
 static int rep_on(const tfm_sampler_params *p)
@@ -121,6 +127,16 @@ static float rng_f32(tfm_sampler *s) /* [0, 1) */
     return (float)(rng_u32(s) >> 8) / 16777216.0f;
 }
 
+/* The params and the flags derived from them; the RNG restarts. */
+static void set_params(tfm_sampler *s, const tfm_sampler_params *p)
+{
+    s->params = *p;
+    s->process = p->n_logit_bias > 0 || penalties_on(p);
+    s->history = penalties_on(p);
+    s->plain_greedy = p->temperature == 0.0f && !s->process;
+    seed_rng(s, p->seed);
+}
+
 tfm_status tfm_sampler_create(int vocab_size, const tfm_sampler_params *p, tfm_sampler **out)
 {
     if (!out)
@@ -139,8 +155,7 @@ tfm_status tfm_sampler_create(int vocab_size, const tfm_sampler_params *p, tfm_s
     if (!s->cands || !s->count || !s->prompt || !s->touched)
         goto fail;
     s->vocab_size = vocab_size;
-    s->params = *p;
-    seed_rng(s, p->seed);
+    set_params(s, p);
     *out = s;
     return TFM_OK;
 fail:
@@ -158,8 +173,7 @@ tfm_status tfm_sampler_reset(tfm_sampler *s, const tfm_sampler_params *p)
         s->prompt[id] = 0;
     }
     s->n_touched = 0;
-    s->params = *p;
-    seed_rng(s, p->seed);
+    set_params(s, p);
     return TFM_OK;
 }
 
@@ -184,8 +198,8 @@ static void touch(tfm_sampler *s, int id)
 
 void tfm_sampler_set_prompt(tfm_sampler *s, const int *ids, int n)
 {
-    if (!s || !ids)
-        return;
+    if (!s || !ids || !rep_on(&s->params))
+        return; /* only repetition_penalty reads the prompt */
     for (int i = 0; i < n; i++) {
         int id = ids[i];
         if (id < 0 || id >= s->vocab_size)
@@ -197,7 +211,7 @@ void tfm_sampler_set_prompt(tfm_sampler *s, const int *ids, int n)
 
 static void record(tfm_sampler *s, int id)
 {
-    if (id < 0 || id >= s->vocab_size)
+    if (!s->history || id < 0 || id >= s->vocab_size)
         return;
     touch(s, id);
     if (s->count[id] < INT_MAX)
@@ -451,7 +465,11 @@ static void top_alternatives(const cand *c, int n, double lse, int K, tfm_token_
     if (K <= 0)
         return;
     int have = 0;
+    float worst = -INFINITY; /* the scaled logit of top[K-1] once the list is full */
     for (int i = 0; i < n; i++) {
+        /* logprob is non-decreasing in the logit: most tokens stop here */
+        if (have == K && c[i].logit < worst)
+            continue;
         float lp = (float)((double)c[i].logit - lse);
         /* ids ascend: an equal logprob already listed has the lower id */
         if (have == K && !(lp > top[K - 1].logprob))
@@ -460,6 +478,8 @@ static void top_alternatives(const cand *c, int n, double lse, int K, tfm_token_
         for (; j > 0 && lp > top[j - 1].logprob; j--)
             top[j] = top[j - 1];
         top[j] = (tfm_token_logprob){c[i].id, lp};
+        if (have == K)
+            worst = c[top[K - 1].id].logit; /* c is in id order */
     }
     for (; have < K; have++)
         top[have] = (tfm_token_logprob){-1, -INFINITY};
@@ -486,7 +506,7 @@ static int sample(tfm_sampler *s, float *logits, tfm_token_logprob *out)
 {
     const tfm_sampler_params *prm = &s->params;
     int n = s->vocab_size;
-    if (prm->n_logit_bias > 0 || (s->n_touched > 0 && penalties_on(prm)))
+    if (s->process)
         process(s, logits);
     int best = tfm_argmax(logits, n);
     int greedy = prm->temperature == 0.0f;
@@ -524,6 +544,8 @@ static int sample(tfm_sampler *s, float *logits, tfm_token_logprob *out)
 
 int tfm_sampler_sample(tfm_sampler *s, float *logits)
 {
+    if (s->plain_greedy) /* the hot path of greedy decode: nothing but the argmax */
+        return tfm_argmax(logits, s->vocab_size);
     return sample(s, logits, NULL);
 }
 

@@ -50,6 +50,9 @@ static void usage(FILE *f)
             "  attn bench-recall [--runs 5] ...\n"
             "      exact recall (attention) latency against the number of pairs, beside a\n"
             "      hash map, with the fitted exponent, as JSON lines.\n"
+            "  attn bench-sampler [--rounds 21] [--round-ms 20]\n"
+            "      greedy sampling against the sampler before the sampling options\n"
+            "      (alternated rounds, medians, ratio) and the options path per token.\n"
             "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
             "      prefill attention time and peak memory against N, naive and tiled\n"
             "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
@@ -412,6 +415,8 @@ int main(int argc, char **argv)
         return attn_bench_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-recall"))
         return attn_bench_recall_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-sampler"))
+        return attn_bench_sampler_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
         return attn_cost_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))

@@ -14,6 +14,12 @@ int attn_bench_main(int argc, char **argv);
  * arguments). */
 int attn_bench_recall_main(int argc, char **argv);
 
+/* `attn bench-sampler ...` (tools/bench_sampler.c): greedy sampling today
+ * against the sampler before issue 12's options (tools/sampler_base.c),
+ * alternated rounds, and the options path per token.  argv[0] is
+ * "bench-sampler".  Exit codes as above. */
+int attn_bench_sampler_main(int argc, char **argv);
+
 /* `attn cost ...` (tools/cost.c): prefill attention time and peak memory
  * against the context length for the naive and tiled kernels; writes
  * cost.csv and cost.md.  argv[0] is "cost".  Returns the process exit code
