@@ -138,6 +138,42 @@ if [ "${COMPAT_BENCH:-1}" != 0 ]; then
     --long-prompt --jsonl "$BUILD/compat_bench.jsonl"
 fi
 
+# Sampling (`attn bench-sampler`, tools/bench_sampler.c): plain greedy
+# (temperature 0, no option) today against the sampler before issue 12's
+# options (tools/sampler_base.c, 12e3009's core/sampler.c) on 32000 and 258
+# entries, alternated ABBA rounds, medians and the ratio (1.00: unchanged);
+# and the per-token cost of every option (penalties, bias, min_p, 5
+# logprobs at T 0.8, top_k 40, top_p 0.95) beside the base at the same
+# T/top_k/top_p — about ten seconds.  Its JSON lines go to
+# BUILD_DIR/bench_sampler.jsonl.  SAMPLER_BENCH=0 skips it.
+if [ "${SAMPLER_BENCH:-1}" != 0 ]; then
+  echo
+  "$ATTN" bench-sampler | tee "$BUILD/bench_sampler.jsonl"
+  echo
+  python3 - "$BUILD/bench_sampler.jsonl" <<'EOF4'
+import json, sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+out = ["## attn bench-sampler", "",
+       "Greedy sampling (temperature 0, no option): ns per call, medians of alternated rounds; "
+       "ratio = today / before the sampling options (1.00: unchanged).", "",
+       "| vocab | before ns | today ns | ratio |", "|---|---|---|---|"]
+for r in rows:
+    if r["bench"] == "sampler_greedy":
+        out.append(f"| {r['vocab']} | {r['base_median_ns']:.1f} | {r['today_median_ns']:.1f} "
+                   f"| {r['ratio']:.2f}x |")
+out += ["", "Every option (penalties, logit_bias, min_p, 5 logprobs) at T 0.8, top_k 40, "
+        "top_p 0.95: µs per token, beside the sampler before the options at the same "
+        "T/top_k/top_p.", "",
+        "| vocab | options µs | same sampling, before µs | added µs |", "|---|---|---|---|"]
+for r in rows:
+    if r["bench"] == "sampler_options":
+        a, b = r["median_ns_per_token"] / 1e3, r["base_same_sampling_median_ns"] / 1e3
+        out.append(f"| {r['vocab']} | {a:.1f} | {b:.1f} | {a - b:.1f} |")
+print("\n".join(out))
+EOF4
+fi
+
 # Associative recall (`attn bench-recall`, tools/bench_recall.c): the
 # latency of POST /recall's engine, tfm_recall_exact (the lecture's
 # one-layer attention, exact), against the number of pairs (64 .. 4096) with
