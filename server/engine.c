@@ -1,6 +1,7 @@
 /*
- * engine.c — the scheduler thread: admission, chunked prefill, batched
- * decode, sampling, stop conditions and the job's output (see engine.h).
+ * engine.c — the scheduler thread: admission, chunked prefill (shared by
+ * a group's choices of one prompt), batched decode, sampling and stop
+ * conditions (see engine.h; a job's end and output: job.c, format.h).
  *
  * One iteration of the loop:
  *   1. drop queued jobs that were cancelled or whose deadline passed, then
@@ -99,150 +100,6 @@ struct srv_engine {
     srv_engine_hooks hooks;
 };
 
-/* ---- jobs ----------------------------------------------------------------- */
-
-srv_job *srv_job_create(void)
-{
-    srv_job *j = calloc(1, sizeof *j);
-    if (!j)
-        return NULL;
-    atomic_init(&j->refs, 1);
-    atomic_init(&j->cancelled, 0);
-    pthread_mutex_init(&j->mu, NULL);
-    j->max_tokens = 128;
-    j->sampling.temperature = 1.0f;
-    j->sampling.top_p = 1.0f;
-    j->http_status = 200;
-    j->logprobs = -1;
-    return j;
-}
-
-int srv_job_make_group(srv_job *g, int n)
-{
-    g->children = calloc((size_t)n, sizeof *g->children);
-    if (!g->children)
-        return -1;
-    for (int i = 0; i < n; i++) {
-        srv_job *c = srv_job_create();
-        if (!c)
-            return -1; /* the children made so far go with the group */
-        c->parent = g;
-        c->index = i;
-        g->children[g->n_children++] = c;
-    }
-    return 0;
-}
-
-void srv_job_ref(srv_job *j) { atomic_fetch_add(&j->refs, 1); }
-
-void srv_job_unref(srv_job *j)
-{
-    if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
-        return;
-    free(j->prompt);
-    for (int i = 0; i < j->n_stop; i++)
-        free(j->stop[i]);
-    free(j->tokens);
-    free(j->lps);
-    free(j->prompt_ids);
-    free(j->bias);
-    if (j->free_fmt_ctx)
-        j->free_fmt_ctx(j->fmt_ctx);
-    for (int i = 0; i < j->n_children; i++)
-        srv_job_unref(j->children[i]);
-    free(j->children);
-    srv_buf_free(&j->text);
-    srv_buf_free(&j->out);
-    if (j->free_task)
-        j->free_task(j->task);
-    pthread_mutex_destroy(&j->mu);
-    free(j);
-}
-
-static void notify(srv_job *j)
-{
-    if (j->notify)
-        j->notify(j, j->notify_ctx);
-}
-
-static const srv_format *fmt_of(const srv_job *j) { return j->fmt ? j->fmt : &srv_format_attnd; }
-
-/* Whether the engine should stop a job: its client left or the server is
- * shutting down (for a child: its group's), or a sibling failed. */
-static int job_cancelled(const srv_job *j)
-{
-    if (atomic_load(&j->cancelled))
-        return 1;
-    return j->parent && (atomic_load(&j->parent->cancelled) || j->parent->failed);
-}
-
-/* With o->mu held: one job of o ended; o is done when all have.  Returns
- * with the lock held. */
-static void ended(srv_job *j, srv_job *o)
-{
-    j->done = 1;
-    if (o == j)
-        return;
-    if (--o->pending > 0)
-        return;
-    if (!o->failed && o->finish != SRV_FINISH_CANCELLED && fmt_of(o)->group_end)
-        fmt_of(o)->group_end(o, &o->out);
-    o->done = 1;
-}
-
-/* After ended(), outside the lock: tell the HTTP side, and drop a child's
- * hold on its group. */
-static void ended_notify(srv_job *j, srv_job *o)
-{
-    notify(o);
-    if (o != j)
-        srv_job_unref(o);
-}
-
-/* Ends a job with an error reply (status, code, message, field).  In a
- * group the first error is the reply; the siblings are cancelled. */
-static void fail_job(srv_job *j, int status, const char *code, const char *msg, const char *field)
-{
-    srv_job *o = srv_job_out(j);
-    pthread_mutex_lock(&o->mu);
-    j->finish = SRV_FINISH_ERROR;
-    j->t_end = tfm_now();
-    if (j != o)
-        j->http_status = status;
-    if (!o->failed) {
-        o->failed = 1;
-        if (!srv_job_began(j)) {
-            o->out.len = 0;
-            o->http_status = status;
-        }
-        o->finish = SRV_FINISH_ERROR;
-        fmt_of(j)->error(j, &o->out, status, code, msg, field);
-    }
-    ended(j, o);
-    pthread_mutex_unlock(&o->mu);
-    ended_notify(j, o);
-}
-
-/* The final output: the whole body, or the stream's last events. */
-static void finish_job(srv_job *j, srv_finish why)
-{
-    srv_job *o = srv_job_out(j);
-    pthread_mutex_lock(&o->mu);
-    j->finish = why;
-    j->t_end = tfm_now();
-    if (!o->failed) {
-        if (why == SRV_FINISH_CANCELLED)
-            o->finish = why; /* no reply: the client left, or 503 at shutdown */
-        else
-            fmt_of(j)->end(j, &o->out, why);
-        if (o != j && o->finish != SRV_FINISH_CANCELLED)
-            o->finish = why;
-    }
-    ended(j, o);
-    pthread_mutex_unlock(&o->mu);
-    ended_notify(j, o);
-}
-
 /* ---- slots ---------------------------------------------------------------- */
 
 static void release_slot(srv_engine *e, slot *s)
@@ -266,7 +123,7 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
     tfm_status st = tfm_tokenizer_encode(mc->m->tok, j->prompt, j->prompt_len, 1, 0, s->ids,
                                          c->seq_len, &n);
     if (st != TFM_OK && st != TFM_E_RANGE) {
-        fail_job(j, 500, "internal", tfm_strerror(st), NULL);
+        srv_job_fail(j, 500, "internal", tfm_strerror(st), NULL);
         return -1;
     }
     if (n >= c->seq_len) {
@@ -275,13 +132,13 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
                  "the prompt is %d tokens; model %s has a context of %d, leaving no room to "
                  "generate",
                  n, mc->m->name, c->seq_len);
-        fail_job(j, 422, "invalid_argument", msg, "prompt");
+        srv_job_fail(j, 422, "invalid_argument", msg, "prompt");
         return -1;
     }
     if (j->logprobs >= 0)
         j->sampling.top_logprobs = j->logprobs;
     if (tfm_sampler_reset(s->smp, &j->sampling) != TFM_OK) {
-        fail_job(j, 422, "invalid_argument", "invalid sampling parameters", "temperature");
+        srv_job_fail(j, 422, "invalid_argument", "invalid sampling parameters", "temperature");
         return -1;
     }
     if (j->sampling.repetition_penalty != 0.0f && j->sampling.repetition_penalty != 1.0f)
@@ -298,7 +155,7 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
     pthread_mutex_unlock(&o->mu);
     if (!j->tokens || (j->logprobs >= 0 && !j->lps) || (j->keep_prompt_ids && !j->prompt_ids) ||
         srv_buf_reserve(&j->text, (size_t)j->max_tokens * 8 + 64) || oom) {
-        fail_job(j, 500, "internal", "out of memory", NULL);
+        srv_job_fail(j, 500, "internal", "out of memory", NULL);
         return -1;
     }
     j->prompt_tokens = n;
@@ -310,11 +167,11 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
         pthread_mutex_lock(&o->mu);
         int first = !o->started;
         o->started = 1;
-        if (first && fmt_of(j)->begin)
-            fmt_of(j)->begin(j, &o->out);
+        if (first && srv_job_format(j)->begin)
+            srv_job_format(j)->begin(j, &o->out);
         pthread_mutex_unlock(&o->mu);
         if (first)
-            notify(o);
+            srv_job_notify(o);
     }
     return 0;
 }
@@ -348,7 +205,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     }
     j->t_last = now;
     if ((tok == mc->eos || tok == mc->stop2) && !j->ignore_eos) {
-        finish_job(j, SRV_FINISH_EOS);
+        srv_job_finish(j, SRV_FINISH_EOS);
         release_slot(e, s);
         return 1;
     }
@@ -390,14 +247,14 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
             upto = j->released;
         pthread_mutex_lock(&o->mu);
         if (!o->failed)
-            fmt_of(j)->token(j, &o->out, tok, j->text.p + j->released, upto - j->released, lp);
+            srv_job_format(j)->token(j, &o->out, tok, j->text.p + j->released, upto - j->released, lp);
         j->released = upto;
         pthread_mutex_unlock(&o->mu);
         if (fin == SRV_FINISH_NONE)
-            notify(o);
+            srv_job_notify(o);
     }
     if (fin != SRV_FINISH_NONE) {
-        finish_job(j, fin);
+        srv_job_finish(j, fin);
         release_slot(e, s);
         return 1;
     }
@@ -493,7 +350,7 @@ static int prefill_step(srv_engine *e, int budget)
                                 last ? mc->logits : NULL);
     tfm_workspace_set_attention(mc->ws, mc->attention);
     if (st != TFM_OK) {
-        fail_job(j, 500, "internal", tfm_strerror(st), NULL);
+        srv_job_fail(j, 500, "internal", tfm_strerror(st), NULL);
         release_slot(e, s);
         return chunk;
     }
@@ -535,7 +392,7 @@ static void decode_step(srv_engine *e, mctx *mc)
     for (int b = 0; b < B; b++) {
         slot *s = &mc->slots[mc->bslot[b]];
         if (st != TFM_OK) {
-            fail_job(s->job, 500, "internal", tfm_strerror(st), NULL);
+            srv_job_fail(s->job, 500, "internal", tfm_strerror(st), NULL);
             release_slot(e, s);
             continue;
         }
@@ -552,7 +409,7 @@ static void ctx_destroy(srv_engine *e, mctx *mc)
     for (int k = 0; mc->slots && k < e->max_batch; k++) {
         slot *s = &mc->slots[k];
         if (s->phase != SLOT_FREE) {
-            finish_job(s->job, SRV_FINISH_CANCELLED);
+            srv_job_finish(s->job, SRV_FINISH_CANCELLED);
             release_slot(e, s);
         }
         tfm_state_destroy(s->st);
@@ -651,7 +508,7 @@ static void time_out(srv_job *j, double now)
     int begun = j->n_tokens > 0 || srv_job_began(j);
     pthread_mutex_unlock(&o->mu);
     if (begun) {
-        finish_job(j, SRV_FINISH_TIMEOUT);
+        srv_job_finish(j, SRV_FINISH_TIMEOUT);
         return;
     }
     char msg[256];
@@ -660,7 +517,7 @@ static void time_out(srv_job *j, double now)
              "--request-timeout-seconds): %s for %.0f ms",
              j->timeout_ms, j->t_admit > 0 ? "admitted, prefilling" : "queued",
              (now - j->t_submit) * 1e3);
-    fail_job(j, 504, "timeout", msg, NULL);
+    srv_job_fail(j, 504, "timeout", msg, NULL);
 }
 
 /* With e->mu held: removes the i-th queued job (order kept). */
@@ -728,7 +585,7 @@ static void *engine_main(void *arg)
         int n_dropped = 0;
         for (int i = 0; i < e->q_len && n_dropped < 16;) {
             srv_job *j = e->q[i];
-            if (job_cancelled(j) || past(j, now) || e->mc_failed[j->model->index]) {
+            if (srv_job_cancelled(j) || past(j, now) || e->mc_failed[j->model->index]) {
                 dropped[n_dropped++] = j;
                 queue_remove(e, i);
             } else {
@@ -740,14 +597,14 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
         for (int i = 0; i < n_dropped; i++) {
             srv_job *j = dropped[i];
-            if (job_cancelled(j))
-                finish_job(j, SRV_FINISH_CANCELLED);
+            if (srv_job_cancelled(j))
+                srv_job_finish(j, SRV_FINISH_CANCELLED);
             else if (past(j, now))
                 time_out(j, now);
             else if (strcmp(j->model->kind, "text"))
-                fail_job(j, 422, "invalid_argument", "the model is not a text model", "model");
+                srv_job_fail(j, 422, "invalid_argument", "the model is not a text model", "model");
             else
-                fail_job(j, 500, "internal", "out of memory for the model's batch slots", NULL);
+                srv_job_fail(j, 500, "internal", "out of memory for the model's batch slots", NULL);
             srv_job_unref(j);
         }
         /* 2, 3: start new jobs, drop cancelled ones, end those past their
@@ -757,8 +614,8 @@ static void *engine_main(void *arg)
                 slot *s = &e->live[m]->slots[i];
                 if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0) {
                     release_slot(e, s);
-                } else if (s->phase != SLOT_FREE && job_cancelled(s->job)) {
-                    finish_job(s->job, SRV_FINISH_CANCELLED);
+                } else if (s->phase != SLOT_FREE && srv_job_cancelled(s->job)) {
+                    srv_job_finish(s->job, SRV_FINISH_CANCELLED);
                     release_slot(e, s);
                 } else if (s->phase != SLOT_FREE && past(s->job, now)) {
                     time_out(s->job, now);
@@ -833,7 +690,7 @@ void srv_engine_destroy(srv_engine *e)
     if (e->thread_started)
         pthread_join(e->thread, NULL);
     for (int i = 0; i < e->q_len; i++) {
-        finish_job(e->q[i], SRV_FINISH_CANCELLED);
+        srv_job_finish(e->q[i], SRV_FINISH_CANCELLED);
         srv_job_unref(e->q[i]);
     }
     e->q_len = 0;

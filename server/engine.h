@@ -151,6 +151,17 @@ srv_job *srv_job_create(void);
 void srv_job_ref(srv_job *j);
 void srv_job_unref(srv_job *j); /* frees at zero */
 
+/* For the engine (job.c): a job's format (attnd's when it names none);
+ * whether it should stop (its client left, the server is stopping, or
+ * for a child: its group's did, or a sibling failed); its end with the
+ * given finish reason, or with an error reply (status, code, message,
+ * field); and the notice to the HTTP side.  Engine thread only. */
+const srv_format *srv_job_format(const srv_job *j);
+int srv_job_cancelled(const srv_job *j);
+void srv_job_finish(srv_job *j, srv_finish why);
+void srv_job_fail(srv_job *j, int status, const char *code, const char *msg, const char *field);
+void srv_job_notify(srv_job *j);
+
 /* What the engine reports as it runs, for the metrics (called on the
  * engine thread; may be NULL). */
 typedef struct srv_engine_hooks {
