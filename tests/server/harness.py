@@ -1088,6 +1088,61 @@ def run_threads(fns, start_together=True):
 # the runner
 
 
+class DisconnectChecks:
+    """Mixin for a TestCase with self.srv: a request sent on a raw socket
+    that the test then closes, and what must hold after the client left."""
+
+    def open_request(self, path, body):
+        data = json.dumps(body).encode()
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
+        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
+        return s
+
+    def first_event(self, s):
+        """Reads until the stream's first whole event; the status must be 200."""
+        buf = b""
+        deadline = time.monotonic() + 20
+        while b"data:" not in buf or not buf.split(b"data:", 1)[1].count(b"\n\n"):
+            self.assertLess(time.monotonic(), deadline, "no first event: %r" % buf[:300])
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, "connection closed before the first event: %r" % buf[:300])
+            buf += chunk
+        self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf[:100])
+
+    def after_disconnect(self, next_request):
+        """Checks, all reported together: the in-flight gauge returns to 0
+        within 2 s; the process goes quiet (the generation's compute
+        stopped, not just its bookkeeping); next_request() (which checks
+        its own answer) is prompt; the queue is empty."""
+        problems = []
+        t0 = time.monotonic()
+        v = None
+        while time.monotonic() - t0 < 2.0:
+            v = self.srv.in_flight()
+            if v == 0:
+                break
+            time.sleep(0.1)
+        if v != 0:
+            problems.append("attnd_requests_in_flight still %s 2.0s after the client left" % v)
+        time.sleep(0.3)
+        c0, w0 = self.srv.cpu_seconds(), time.monotonic()
+        time.sleep(1.0)
+        cpu, wall = self.srv.cpu_seconds() - c0, time.monotonic() - w0
+        if cpu > 0.5 * wall:
+            problems.append("attnd used %.2fs CPU in the %.2fs after that: still generating for nobody?"
+                            % (cpu, wall))
+        t = time.monotonic()
+        next_request()
+        if time.monotonic() - t > 2.0:
+            problems.append("the next request took %.2fs" % (time.monotonic() - t))
+        fams, _, _ = self.srv.metrics()
+        if sample_value(fams, "attnd_queue_depth") != 0:
+            problems.append("attnd_queue_depth is %s" % sample_value(fams, "attnd_queue_depth"))
+        if problems:
+            self.fail("after the client disconnected:\n  " + "\n  ".join(problems))
+
+
 class ContractTest(unittest.TestCase):
     """Put last in a test file (e.g. class Test99...(H.ContractTest)): fails
     listing every answer of the run that did not match api/openapi.yaml."""

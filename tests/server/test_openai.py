@@ -25,7 +25,6 @@ api/openapi.yaml; mismatches are listed by the last test class.
 import json
 import os
 import re
-import socket
 import struct
 import sys
 import time
@@ -778,51 +777,12 @@ class Test06Metrics(Base):
 # clients that go away
 
 
-class Test07Disconnect(Base):
+class Test07Disconnect(H.DisconnectChecks, Base):
     LONG = {"model": "slow4k", "prompt": "Hello", "max_tokens": 4096, "temperature": 0, "ignore_eos": True}
 
-    def after_disconnect(self):
-        problems = []
-        t0 = time.monotonic()
-        v = None
-        while time.monotonic() - t0 < 2.0:
-            v = self.srv.in_flight()
-            if v == 0:
-                break
-            time.sleep(0.1)
-        if v != 0:
-            problems.append("attnd_requests_in_flight still %s 2.0s after the client left" % v)
-        time.sleep(0.3)
-        c0, w0 = self.srv.cpu_seconds(), time.monotonic()
-        time.sleep(1.0)
-        cpu, wall = self.srv.cpu_seconds() - c0, time.monotonic() - w0
-        if cpu > 0.5 * wall:
-            problems.append("attnd used %.2fs CPU in the %.2fs after that: still generating for nobody?"
-                            % (cpu, wall))
-        t = time.monotonic()
+    def next_request(self):
         r = self.cmpl(max_tokens=8, ignore_eos=True)
         self.assertEqual(r["usage"]["completion_tokens"], 8)
-        if time.monotonic() - t > 2.0:
-            problems.append("the next request took %.2fs" % (time.monotonic() - t))
-        if problems:
-            self.fail("after the client disconnected:\n  " + "\n  ".join(problems))
-
-    def open_request(self, path, body):
-        data = json.dumps(body).encode()
-        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
-        s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
-        return s
-
-    def first_event(self, s):
-        buf = b""
-        deadline = time.monotonic() + 20
-        while b"data: " not in buf or not buf.split(b"data: ", 1)[1].count(b"\n\n"):
-            self.assertLess(time.monotonic(), deadline, "no first event: %r" % buf[:300])
-            chunk = s.recv(4096)
-            self.assertTrue(chunk, "connection closed before the first event: %r" % buf[:300])
-            buf += chunk
-        self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf[:100])
 
     def test_stream_disconnect_frees_the_slots(self):
         for path, extra in ((CMPL, {"n": 3}), (CHAT, {})):
@@ -836,7 +796,7 @@ class Test07Disconnect(Base):
                     self.assertGreaterEqual(self.srv.in_flight(), 1, "premise: the stream is in flight")
                 finally:
                     s.close()
-                self.after_disconnect()
+                self.after_disconnect(self.next_request)
 
     def test_non_stream_disconnect(self):
         s = self.open_request(CMPL, dict(self.LONG, n=2))
@@ -845,7 +805,7 @@ class Test07Disconnect(Base):
             self.assertGreaterEqual(self.srv.in_flight(), 1, "premise: the request is in flight")
         finally:
             s.close()
-        self.after_disconnect()
+        self.after_disconnect(self.next_request)
 
 
 # ==========================================================================

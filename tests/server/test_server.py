@@ -1078,74 +1078,32 @@ class Test09Metrics(Base):
 # clients that go away
 
 
-class Test10Disconnect(Base):
+class Test10Disconnect(H.DisconnectChecks, Base):
     LONG = {"model": "slow4k", "prompt": "Hello", "max_tokens": 4096, "temperature": 0}
 
-    def after_disconnect(self):
-        """Three checks, all reported together: the in-flight gauge returns
-        to 0 within 2 s; the process goes quiet (the generation's compute
-        stopped, not just its bookkeeping); the next request is prompt."""
-        problems = []
-        t0 = time.monotonic()
-        v = None
-        while time.monotonic() - t0 < 2.0:
-            v = self.srv.in_flight()
-            if v == 0:
-                break
-            time.sleep(0.1)
-        if v != 0:
-            problems.append("attnd_requests_in_flight still %s 2.0s after the client left" % v)
-        time.sleep(0.3)
-        c0, w0 = self.srv.cpu_seconds(), time.monotonic()
-        time.sleep(1.0)
-        cpu, wall = self.srv.cpu_seconds() - c0, time.monotonic() - w0
-        if cpu > 0.5 * wall:
-            problems.append("attnd used %.2fs CPU in the %.2fs after that: still generating for nobody?"
-                            % (cpu, wall))
-        t = time.monotonic()
+    def next_request(self):
         r = self.greedy(n=8)
         self.assertEqual(len(r["tokens"]), 8)
-        if time.monotonic() - t > 2.0:
-            problems.append("the next request took %.2fs" % (time.monotonic() - t))
-        fams, _, _ = self.srv.metrics()
-        if H.sample_value(fams, "attnd_queue_depth") != 0:
-            problems.append("attnd_queue_depth is %s" % H.sample_value(fams, "attnd_queue_depth"))
-        if problems:
-            self.fail("after the client disconnected:\n  " + "\n  ".join(problems))
-
-    def open_request(self, body):
-        data = json.dumps(body).encode()
-        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
-        s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
-        return s
 
     def test_stream_client_disconnects(self):
         b = dict(self.LONG)
         b["stream"] = True
-        s = self.open_request(b)
+        s = self.open_request("/generate", b)
         try:
-            buf = b""
-            deadline = time.monotonic() + 20
-            while b"data: " not in buf or not buf.split(b"data: ", 1)[1].count(b"\n\n"):
-                self.assertLess(time.monotonic(), deadline, "no first event: %r" % buf[:300])
-                chunk = s.recv(4096)
-                self.assertTrue(chunk, "connection closed before the first event: %r" % buf[:300])
-                buf += chunk
-            self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf[:100])
+            self.first_event(s)
             self.assertGreaterEqual(self.srv.in_flight(), 1, "premise: the stream should be in flight")
         finally:
             s.close()
-        self.after_disconnect()
+        self.after_disconnect(self.next_request)
 
     def test_non_stream_client_disconnects(self):
-        s = self.open_request(self.LONG)
+        s = self.open_request("/generate", self.LONG)
         try:
             time.sleep(0.2)
             self.assertGreaterEqual(self.srv.in_flight(), 1, "premise: the request should be in flight")
         finally:
             s.close()
-        self.after_disconnect()
+        self.after_disconnect(self.next_request)
 
 
 # ==========================================================================
