@@ -332,32 +332,46 @@ static int fill_job(const srv_parse_ctx *pc, json_t *body, const srv_models *mod
     return srv_field_timeout_ms(pc, body, cfg, &j->timeout_ms);
 }
 
-int srv_generate_parse(const char *raw, size_t len, const srv_json_limits *lim,
-                       const srv_models *models, const srv_config *cfg, srv_job *j,
-                       srv_error *e)
+json_t *srv_parse_object(const char *raw, size_t len, const srv_json_limits *lim,
+                         srv_parse_ctx *pc)
 {
     raw = raw ? raw : "";
-    if (srv_json_guard(raw, len, lim, e))
-        return -1;
+    pc->raw = raw;
+    pc->raw_len = len;
+    pc->reals = 0;
+    if (srv_json_guard(raw, len, lim, pc->e))
+        return NULL;
     json_error_t err;
     size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
-    srv_parse_ctx pc = {0, raw, len, e};
     json_t *body = json_loadb(raw, len, flags, &err);
     if (!body && json_error_code(&err) == json_error_numeric_overflow) {
         /* valid JSON with an integer beyond int64: parse again with
          * integers as reals, so that the field gets its 422 (or, for a
          * seed, its exact value from the raw text) */
-        pc.reals = 1;
+        pc->reals = 1;
         body = json_loadb(raw, len, flags | JSON_DECODE_INT_AS_REAL, &err);
     }
-    if (!body)
-        return srv_error_set(e, 400, "invalid_json", NULL,
-                             "malformed JSON at line %d, column %d: %s", err.line, err.column,
-                             err.text);
+    if (!body) {
+        srv_error_set(pc->e, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                      err.line, err.column, err.text);
+        return NULL;
+    }
     if (!json_is_object(body)) {
         json_decref(body);
-        return srv_error_set(e, 422, "invalid_argument", NULL, "the body must be a JSON object");
+        srv_error_set(pc->e, 422, "invalid_argument", NULL, "the body must be a JSON object");
+        return NULL;
     }
+    return body;
+}
+
+int srv_generate_parse(const char *raw, size_t len, const srv_json_limits *lim,
+                       const srv_models *models, const srv_config *cfg, srv_job *j,
+                       srv_error *e)
+{
+    srv_parse_ctx pc = {0, NULL, 0, e};
+    json_t *body = srv_parse_object(raw, len, lim, &pc);
+    if (!body)
+        return -1;
     int ok = fill_job(&pc, body, models, cfg, j);
     json_decref(body);
     return ok ? 0 : -1;

@@ -355,37 +355,16 @@ static int fill_children(srv_req *r, srv_job *g, const srv_job *t, const srv_ope
     return 0;
 }
 
-/* The body parsed as generate_parse.c does (the guard, duplicate keys
- * refused, integers beyond int64 read as reals), members that are null
- * removed; NULL with e filled. */
+/* The body as the generation routes read it (srv_parse_object), members
+ * that are null removed; NULL with pc->e filled. */
 static json_t *load_body(srv_req *r, srv_parse_ctx *pc)
 {
     srv_json_limits lim;
     srv_req_json_limits(r, &lim);
     lim.max_string = r->app->cfg.max_body_bytes; /* a prompt may fill the body */
-    const char *raw = r->body.p ? r->body.p : "";
-    pc->raw = raw;
-    pc->raw_len = r->body.len;
-    if (srv_json_guard(raw, r->body.len, &lim, pc->e))
-        return NULL;
-    json_error_t err;
-    size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
-    json_t *body = json_loadb(raw, r->body.len, flags, &err);
-    if (!body && json_error_code(&err) == json_error_numeric_overflow) {
-        pc->reals = 1;
-        body = json_loadb(raw, r->body.len, flags | JSON_DECODE_INT_AS_REAL, &err);
-    }
-    if (!body) {
-        srv_error_set(pc->e, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                      err.line, err.column, err.text);
-        return NULL;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        srv_error_set(pc->e, 422, "invalid_argument", NULL, "the body must be a JSON object");
-        return NULL;
-    }
-    srv_json_drop_nulls(body);
+    json_t *body = srv_parse_object(r->body.p, r->body.len, &lim, pc);
+    if (body)
+        srv_json_drop_nulls(body);
     return body;
 }
 

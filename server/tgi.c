@@ -483,35 +483,14 @@ static int parse(const srv_parse_ctx *pc, json_t *body, const srv_models *models
     return ok;
 }
 
-/* The body parsed as generate_parse.c does: the guard, duplicate keys
- * refused, integers beyond int64 read as reals.  NULL with e filled. */
+/* The body as the generation routes read it (srv_parse_object); NULL
+ * with pc->e filled. */
 static json_t *load_body(srv_req *r, srv_parse_ctx *pc)
 {
     srv_json_limits lim;
     srv_req_json_limits(r, &lim);
     lim.max_string = r->app->cfg.max_body_bytes; /* the inputs may fill the body */
-    pc->raw = r->body.p ? r->body.p : "";
-    pc->raw_len = r->body.len;
-    if (srv_json_guard(pc->raw, pc->raw_len, &lim, pc->e))
-        return NULL;
-    json_error_t err;
-    size_t flags = JSON_REJECT_DUPLICATES | JSON_DECODE_ANY;
-    json_t *body = json_loadb(pc->raw, pc->raw_len, flags, &err);
-    if (!body && json_error_code(&err) == json_error_numeric_overflow) {
-        pc->reals = 1;
-        body = json_loadb(pc->raw, pc->raw_len, flags | JSON_DECODE_INT_AS_REAL, &err);
-    }
-    if (!body) {
-        srv_error_set(pc->e, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                      err.line, err.column, err.text);
-        return NULL;
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        srv_error_set(pc->e, 422, "invalid_argument", NULL, "the body must be a JSON object");
-        return NULL;
-    }
-    return body;
+    return srv_parse_object(r->body.p, r->body.len, &lim, pc);
 }
 
 /* ---- routes --------------------------------------------------------------- */

@@ -64,6 +64,13 @@ typedef struct srv_parse_ctx {
     srv_error *e;
 } srv_parse_ctx;
 
+/* A body as the generation routes read it: srv_json_guard (lim), then
+ * jansson with duplicate keys refused and, for a body with an integer
+ * beyond int64, integers as reals (pc->reals); the object, or NULL with
+ * pc->e filled (400 invalid_json, 422 when not an object).  Sets pc->raw
+ * and pc->raw_len; pc->e must be set. */
+json_t *srv_parse_object(const char *raw, size_t len, const srv_json_limits *lim,
+                         srv_parse_ctx *pc);
 /* The raw text of a top-level member's value (for seeds beyond int64). */
 int srv_raw_member(const char *p, size_t n, const char *key, const char **val, size_t *vlen);
 /* "seed" (must be present): any unsigned 64-bit integer, from the raw text. */
