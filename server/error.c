@@ -19,3 +19,14 @@ int srv_error_set(srv_error *e, int status, const char *code, const char *field,
     va_end(ap);
     return -1;
 }
+
+const char *srv_openai_error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}

@@ -22,4 +22,9 @@ typedef struct srv_error {
 int srv_error_set(srv_error *e, int status, const char *code, const char *field,
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* OpenAI's error type for a status: authentication_error (401),
+ * permission_error (403), not_found_error (404), rate_limit_error (429),
+ * server_error (5xx), else invalid_request_error. */
+const char *srv_openai_error_type(int status);
+
 #endif

@@ -121,17 +121,6 @@ void srv_reply_json(srv_req *r, int status, const char *json)
     srv_reply(r, status, "application/json", json, strlen(json));
 }
 
-const char *srv_openai_error_type(int status)
-{
-    switch (status) {
-    case 401: return "authentication_error";
-    case 403: return "permission_error";
-    case 404: return "not_found_error";
-    case 429: return "rate_limit_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
-
 void srv_reply_error(srv_req *r, int status, const char *code, const char *field,
                      const char *fmt, ...)
 {

@@ -28,9 +28,6 @@
  * {"error": message, "error_type": type}. */
 enum { SRV_ERR_ATTND = 0, SRV_ERR_OPENAI, SRV_ERR_TGI };
 
-/* OpenAI's error type for a status (invalid_request_error, ...). */
-const char *srv_openai_error_type(int status);
-
 struct srv_req {
     srv_app *app;
     struct MHD_Connection *conn;

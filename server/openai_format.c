@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "engine.h"
-#include "http.h"
+#include "error.h"
 #include "openai.h"
 
 void srv_openai_ctx_free(void *p)

@@ -93,6 +93,28 @@ int srv_field_timeout_ms(const srv_parse_ctx *pc, json_t *body, const srv_config
 /* A stop value v (a string or up to SRV_MAX_STOP strings) into j->stop. */
 int srv_field_stop(const srv_parse_ctx *pc, json_t *v, srv_job *j);
 
+/* POST /v1/completions (chat 0) and /v1/chat/completions (chat 1),
+ * openai.c: fills g (from srv_job_create) as the request's group, one
+ * child per prompt and choice, their prompts, sampling, stop strings,
+ * logprobs and OpenAI's output format (openai.h).  Unknown fields are
+ * ignored and null members count as absent; a bad value is a 422 naming
+ * it.  Returns 0, or -1 with e filled (g may hold partial allocations,
+ * which srv_job_unref frees).  Links openai_format.c and job.c. */
+int srv_openai_parse(const char *body, size_t len, const srv_json_limits *lim,
+                     const srv_models *models, const srv_config *cfg, int chat, srv_job *g,
+                     srv_error *e);
+
+/* TGI's bodies (tgi_parse.c): route TGI_GENERATE (/generate with
+ * "inputs"), TGI_STREAM (/generate_stream) or TGI_COMPAT (POST /), tgi.h.
+ * Fills j (from srv_job_create) with the inputs, model, parameters and
+ * TGI's output format; timeout_ms is --request-timeout-seconds.  Unknown
+ * members are ignored and nulls count as absent; what attnd cannot do
+ * (typical_p, truncate, grammar, watermark, best_of > 1) is a 422.
+ * Returns 0, or -1 with e filled.  Links tgi_format.c and job.c. */
+int srv_tgi_parse(const char *body, size_t len, const srv_json_limits *lim,
+                  const srv_models *models, const srv_config *cfg, int route, srv_job *j,
+                  srv_error *e);
+
 /* A validated /recall: the symbols interned (engine "exact") or mapped to
  * the model's integers (engine "model"). */
 typedef struct srv_recall_task {

@@ -12,7 +12,7 @@
 option(ATTND_FUZZ "Build the libFuzzer targets of tests/fuzz (clang)" OFF)
 set(ATTND_FUZZ_TARGETS
   safetensors llama2c tokenizer_bin byte_encode bpe_encode utf8_stream
-  json_guard train_params generate recall train_record)
+  json_guard train_params generate recall train_record openai tgi)
 set(ATTND_FUZZ_DIR ${CMAKE_SOURCE_DIR}/tests/fuzz)
 
 if(ATTND_FUZZ)
@@ -34,6 +34,7 @@ if(ATTND_FUZZ OR BUILD_TESTING)
   add_library(attnd_fuzz_srv STATIC EXCLUDE_FROM_ALL
     server/text.c server/json_guard.c server/error.c server/train_params.c
     server/train_record.c server/generate_parse.c server/recall_parse.c server/engine.c server/job.c server/format_attnd.c
+    server/openai_parse.c server/openai_format.c server/tgi_parse.c server/tgi_format.c
     server/models.c server/config.c server/datadir.c server/stats.c server/metrics.c)
   target_include_directories(attnd_fuzz_srv PUBLIC ${CMAKE_SOURCE_DIR}/server)
   target_compile_definitions(attnd_fuzz_srv PRIVATE

@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 c=$here/corpus
 rm -rf "$c"
-mkdir -p "$c"/{safetensors,llama2c,tokenizer_bin,byte_encode,bpe_encode,utf8_stream,json_guard,train_params,generate,recall,train_record}
+mkdir -p "$c"/{safetensors,llama2c,tokenizer_bin,byte_encode,bpe_encode,utf8_stream,json_guard,train_params,generate,recall,train_record,openai,tgi}
 
 # models: the smallest shapes the config allows, tied and untied, both kinds
 tiny="--dim 4 --hidden 8 --layers 1 --heads 2 --kv-heads 1 --vocab 6 --seq-len 4"
@@ -95,6 +95,50 @@ put("recall", "model-engine", b'{"engine":"model","model":"mqar","pairs":[[1,2],
 put("recall", "model-query", b'{"engine":"model","pairs":[[0,15]],"query":0,"timeout_ms":50}')
 put("recall", "symbols", b'{"pairs":[["1",1],[1,"1"],[null,2]],"queries":["1",1,true]}')
 put("train_params", "text-corpus-record", b'{"task":"text","name":"t","text":{"text_bytes":500,"eval_fraction":0.2}}')
+# /v1 bodies: the first byte picks the route (0 completions, 1 chat)
+oai = {
+    "cmpl-minimal": b'\x00{"prompt":"Hi"}',
+    "cmpl-all": b'\x00{"model":"tiny","prompt":["Once","Hi \\u00e9"],"max_tokens":4,"temperature":0.8,'
+        b'"top_p":0.9,"n":3,"stop":["\\n","end"],"seed":18446744073709551615,"stream":true,'
+        b'"stream_options":{"include_usage":true},"logprobs":5,"echo":true,"presence_penalty":0.5,'
+        b'"frequency_penalty":-0.5,"logit_bias":{"10":-100,"65":2.5},"user":"u","top_k":5,'
+        b'"min_p":0.1,"repetition_penalty":1.3,"ignore_eos":false,"timeout_ms":1000,"extra":{"a":[1]}}',
+    "cmpl-nulls": b'\x00{"prompt":"x","max_tokens":null,"stop":null,"logprobs":null,"seed":null}',
+    "cmpl-bad-bias": b'\x00{"prompt":"x","logit_bias":{"999999":1,"x":2}}',
+    "cmpl-too-many": b'\x00{"prompt":["a","b","c","d","e"],"n":16}',
+    "cmpl-recall-model": b'\x00{"model":"mqar","prompt":"x"}',
+    "cmpl-url-model": b'\x00{"model":"http://127.0.0.1:8080","prompt":"x"}',
+    "cmpl-big-int": b'\x00{"prompt":"x","max_tokens":123456789012345678901234567890}',
+    "chat-minimal": b'\x01{"messages":[{"role":"user","content":"Hi"}]}',
+    "chat-all": b'\x01{"model":"tiny","messages":[{"role":"system","content":"Be brief."},'
+        b'{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},'
+        b'{"role":"user","content":"Hi","name":"me"},{"role":"assistant","content":"Hello"}],'
+        b'"max_completion_tokens":8,"logprobs":true,"top_logprobs":20,"n":2,"stream":true,'
+        b'"tools":[],"response_format":{"type":"text"}}',
+    "chat-bad-part": b'\x01{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}',
+    "chat-bad-role": b'\x01{"messages":[{"role":"tool","content":"x"}]}',
+}
+for name, body in oai.items():
+    put("openai", name, body)
+# TGI bodies: the first byte picks the route (0 /generate, 1 /generate_stream, 2 POST /)
+tgi = {
+    "generate-minimal": b'\x00{"inputs":"Hi"}',
+    "generate-all": b'\x00{"inputs":"Once \\u00e9","model":"tiny","stream":false,"parameters":{'
+        b'"max_new_tokens":8,"temperature":0.7,"top_k":5,"top_p":0.9,"seed":18446744073709551615,'
+        b'"stop":["\\n","end"],"do_sample":true,"repetition_penalty":1.2,"frequency_penalty":0.5,'
+        b'"details":true,"decoder_input_details":true,"return_full_text":true,"top_n_tokens":5,'
+        b'"best_of":1,"watermark":false,"truncate":null,"typical_p":null,"extra":[1]}}',
+    "generate-greedy": b'\x00{"inputs":"Hi","parameters":{"max_new_tokens":4,"do_sample":false}}',
+    "stream-minimal": b'\x01{"inputs":"Hi","parameters":{"max_new_tokens":2}}',
+    "compat-stream": b'\x02{"inputs":"Hi","stream":true,"parameters":{"details":true}}',
+    "compat-array": b'\x02{"inputs":"Hi","parameters":{"max_new_tokens":3}}',
+    "bad-typical": b'\x00{"inputs":"Hi","parameters":{"typical_p":0.5}}',
+    "bad-best-of": b'\x00{"inputs":"Hi","parameters":{"best_of":2}}',
+    "recall-model": b'\x00{"inputs":"x","model":"mqar"}',
+    "big-seed": b'\x01{"inputs":"x","parameters":{"seed":123456789012345678901234567890}}',
+}
+for name, body in tgi.items():
+    put("tgi", name, body)
 
 # job records: a real one (finished recall job) and variants
 rec = {"id": "tr-1", "name": "probe-1", "task": "recall", "status": "succeeded", "step": 30,

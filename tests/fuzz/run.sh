@@ -21,7 +21,7 @@ shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(safetensors llama2c tokenizer_bin byte_encode bpe_encode
-  utf8_stream json_guard train_params generate recall train_record)
+  utf8_stream json_guard train_params generate recall train_record openai tgi)
 work=$build/fuzz-work
 mkdir -p "$work"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1}
@@ -29,7 +29,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 dict_of() {
   case $1 in
-    json_guard | train_params | generate | recall | train_record) echo "-dict=$here/json.dict" ;;
+    json_guard | train_params | generate | recall | train_record | openai | tgi) echo "-dict=$here/json.dict" ;;
     safetensors) echo "-dict=$here/safetensors.dict" ;;
   esac
 }
