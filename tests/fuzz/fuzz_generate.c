@@ -16,7 +16,7 @@
 
 #include <jansson.h>
 
-#include "engine.h"
+#include "fuzz_job.h"
 #include "validate.h"
 
 static srv_config cfg;
@@ -37,23 +37,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     srv_error e = {0};
     int rc = srv_generate_parse(raw, size, &lim, &reg, &cfg, j, &e);
     if (rc != 0) {
-        FUZZ_CHECK(rc == -1, "returned %d", rc);
-        FUZZ_CHECK(e.status == 400 || e.status == 413 || e.status == 422 || e.status == 404 ||
-                       e.status == 503,
-                   "status %d (%s: %s)", e.status, e.code, e.message);
-        FUZZ_CHECK(e.code[0] && e.message[0], "an error without code or message");
+        fuzz_check_refusal(rc, &e);
         srv_job_unref(j);
         free(raw);
         return 0;
     }
-    FUZZ_CHECK(j->model && !strcmp(j->model->kind, "text"), "not a text model");
-    FUZZ_CHECK(j->prompt && strlen(j->prompt) <= j->prompt_len, "prompt");
-    FUZZ_CHECK(j->max_tokens >= 1 && j->max_tokens <= 4096, "max_tokens %d", j->max_tokens);
-    FUZZ_CHECK(j->n_stop >= 0 && j->n_stop <= SRV_MAX_STOP, "%d stop strings", j->n_stop);
-    for (int i = 0; i < j->n_stop; i++)
-        FUZZ_CHECK(j->stop[i] && j->stop_len[i] > 0, "stop string %d is empty", i);
-    FUZZ_CHECK(j->timeout_ms >= 0 && j->timeout_ms <= cfg.request_timeout_s * 1000,
-               "timeout_ms %d", j->timeout_ms);
+    fuzz_check_sequence(j, 4096, cfg.request_timeout_s * 1000);
     FUZZ_CHECK(j->sampling.temperature >= 0 && j->sampling.top_p >= 0 &&
                    j->sampling.top_p <= 1 && j->sampling.top_k >= 0,
                "sampling");
@@ -67,15 +56,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                    (unsigned long long)j->sampling.seed, (long long)json_integer_value(seed));
     json_decref(body);
 
-    /* what the engine does first with it */
-    const tfm_config *c = &j->model->model->cfg;
-    int *ids = malloc((size_t)c->seq_len * sizeof *ids), n = 0;
-    tfm_status st = tfm_tokenizer_encode(j->model->tok, j->prompt, j->prompt_len, 1, 0, ids,
-                                         c->seq_len, &n);
-    FUZZ_CHECK(st == TFM_OK || st == TFM_E_RANGE, "encode: %d", (int)st);
-    for (int i = 0; i < n && i < c->seq_len; i++)
-        FUZZ_CHECK(ids[i] >= 0 && ids[i] < c->vocab_size, "token %d", ids[i]);
-    free(ids);
     srv_job_unref(j);
     free(raw);
     return 0;

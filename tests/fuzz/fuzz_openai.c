@@ -17,9 +17,8 @@
  */
 #include "fuzz_registry.h"
 
-#include "engine.h"
+#include "fuzz_job.h"
 #include "openai.h"
-#include "tfm/sampler.h"
 #include "validate.h"
 
 static srv_config cfg;
@@ -44,11 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     srv_error e = {0};
     int rc = srv_openai_parse(raw, size, &lim, &reg, &cfg, chat, g, &e);
     if (rc != 0) {
-        FUZZ_CHECK(rc == -1, "returned %d", rc);
-        FUZZ_CHECK(e.status == 400 || e.status == 413 || e.status == 422 || e.status == 404 ||
-                       e.status == 503,
-                   "status %d (%s: %s)", e.status, e.code, e.message);
-        FUZZ_CHECK(e.code[0] && e.message[0], "an error without code or message");
+        fuzz_check_refusal(rc, &e);
         srv_job_unref(g);
         free(raw);
         return 0;
@@ -56,21 +51,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(g->n_children >= 1 && g->n_children <= 64, "%d children", g->n_children);
     FUZZ_CHECK(g->model && !strcmp(g->model->kind, "text"), "not a text model");
     FUZZ_CHECK(g->fmt == &srv_format_openai && g->fmt_ctx, "format");
-    const tfm_config *c = &g->model->model->cfg;
-    int *ids = malloc((size_t)c->seq_len * sizeof *ids);
     for (int i = 0; i < g->n_children; i++) {
         srv_job *j = g->children[i];
         FUZZ_CHECK(j->parent == g && j->index == i, "child %d's links", i);
         FUZZ_CHECK(j->model == g->model, "child %d's model", i);
-        FUZZ_CHECK(j->prompt && strlen(j->prompt) <= j->prompt_len, "child %d's prompt", i);
-        FUZZ_CHECK(j->max_tokens >= 1 && j->max_tokens <= 4096, "max_tokens %d", j->max_tokens);
-        FUZZ_CHECK(j->n_stop >= 0 && j->n_stop <= SRV_MAX_STOP, "%d stop strings", j->n_stop);
-        for (int k = 0; k < j->n_stop; k++)
-            FUZZ_CHECK(j->stop[k] && j->stop_len[k] > 0, "stop string %d is empty", k);
-        FUZZ_CHECK(j->timeout_ms >= 0 && j->timeout_ms <= cfg.request_timeout_s * 1000,
-                   "timeout_ms %d", j->timeout_ms);
-        FUZZ_CHECK(j->logprobs >= -1 && j->logprobs <= TFM_MAX_TOP_LOGPROBS, "logprobs %d",
-                   j->logprobs);
+        fuzz_check_sequence(j, 4096, cfg.request_timeout_s * 1000);
         FUZZ_CHECK(j->fmt == &srv_format_openai, "child %d's format", i);
         if (j->share) {
             FUZZ_CHECK(j->share->parent == g && j->share->index < i, "child %d's share", i);
@@ -78,21 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                            !memcmp(j->share->prompt, j->prompt, j->prompt_len),
                        "child %d shares a different prompt", i);
         }
-        /* the engine's first steps with it: the sampler takes its params,
-         * its prompt tokenises */
-        tfm_sampler_params sp = j->sampling;
-        if (j->logprobs >= 0)
-            sp.top_logprobs = j->logprobs;
-        tfm_sampler *smp = NULL;
-        FUZZ_CHECK(tfm_sampler_create(c->vocab_size, &sp, &smp) == TFM_OK,
-                   "child %d: the sampler refuses its params", i);
-        tfm_sampler_destroy(smp);
-        int n = 0;
-        tfm_status st = tfm_tokenizer_encode(j->model->tok, j->prompt, j->prompt_len, 1, 0, ids,
-                                             c->seq_len, &n);
-        FUZZ_CHECK(st == TFM_OK || st == TFM_E_RANGE, "encode: %d", (int)st);
     }
-    free(ids);
     srv_job_unref(g);
     free(raw);
     return 0;

@@ -15,8 +15,7 @@
  */
 #include "fuzz_registry.h"
 
-#include "engine.h"
-#include "tfm/sampler.h"
+#include "fuzz_job.h"
 #include "tgi.h"
 #include "validate.h"
 
@@ -42,39 +41,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     srv_error e = {0};
     int rc = srv_tgi_parse(raw, size, &lim, &reg, &cfg, route, j, &e);
     if (rc != 0) {
-        FUZZ_CHECK(rc == -1, "returned %d", rc);
-        FUZZ_CHECK(e.status == 400 || e.status == 413 || e.status == 422 || e.status == 404 ||
-                       e.status == 503,
-                   "status %d (%s: %s)", e.status, e.code, e.message);
-        FUZZ_CHECK(e.code[0] && e.message[0], "an error without code or message");
+        fuzz_check_refusal(rc, &e);
         srv_job_unref(j);
         free(raw);
         return 0;
     }
-    FUZZ_CHECK(j->model && !strcmp(j->model->kind, "text"), "not a text model");
-    FUZZ_CHECK(j->prompt && strlen(j->prompt) <= j->prompt_len, "prompt");
-    FUZZ_CHECK(j->max_tokens >= 1 && j->max_tokens <= TGI_MAX_NEW_TOKENS, "max_tokens %d",
-               j->max_tokens);
-    FUZZ_CHECK(j->n_stop >= 0 && j->n_stop <= SRV_MAX_STOP, "%d stop strings", j->n_stop);
-    for (int i = 0; i < j->n_stop; i++)
-        FUZZ_CHECK(j->stop[i] && j->stop_len[i] > 0, "stop string %d is empty", i);
+    fuzz_check_sequence(j, TGI_MAX_NEW_TOKENS, cfg.request_timeout_s * 1000);
     FUZZ_CHECK(j->fmt == &srv_format_tgi && j->fmt_ctx, "format");
-    FUZZ_CHECK(j->logprobs >= -1 && j->logprobs <= TGI_MAX_TOP_N, "logprobs %d", j->logprobs);
+    FUZZ_CHECK(j->logprobs <= TGI_MAX_TOP_N, "logprobs %d", j->logprobs);
     FUZZ_CHECK(route != TGI_STREAM || j->stream, "/generate_stream without a stream");
     FUZZ_CHECK(j->timeout_ms == cfg.request_timeout_s * 1000, "timeout_ms %d", j->timeout_ms);
-    const tfm_config *c = &j->model->model->cfg;
-    tfm_sampler_params sp = j->sampling;
-    if (j->logprobs >= 0)
-        sp.top_logprobs = j->logprobs;
-    tfm_sampler *smp = NULL;
-    FUZZ_CHECK(tfm_sampler_create(c->vocab_size, &sp, &smp) == TFM_OK,
-               "the sampler refuses the params");
-    tfm_sampler_destroy(smp);
-    int *ids = malloc((size_t)c->seq_len * sizeof *ids), n = 0;
-    tfm_status st = tfm_tokenizer_encode(j->model->tok, j->prompt, j->prompt_len, 1, 0, ids,
-                                         c->seq_len, &n);
-    FUZZ_CHECK(st == TFM_OK || st == TFM_E_RANGE, "encode: %d", (int)st);
-    free(ids);
     srv_job_unref(j);
     free(raw);
     return 0;
