@@ -357,7 +357,9 @@ static int tokens_valid(const tfm_model *m, const int *tokens, int n)
     return 1;
 }
 
-tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n, float *logits)
+/* The prefill; logits of the last row (all 0) or of every row (all 1). */
+static tfm_status prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n,
+                          float *logits, int all)
 {
     if (!ws || !st || st->model != ws->m || n < 0 || (n > 0 && !tokens))
         return TFM_E_INVALID;
@@ -372,12 +374,25 @@ tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int 
         embed(ws, tokens + done, R);
         run_layers(ws, TFM_PHASE_PREFILL, st, st->pos, R);
         st->pos += R;
+        if (all && logits)
+            classify(ws, TFM_PHASE_PREFILL, 0, R, logits + (size_t)done * ws->m->cfg.vocab_size);
         done += R;
-        if (done == n && logits)
+        if (!all && done == n && logits)
             classify(ws, TFM_PHASE_PREFILL, R - 1, 1, logits);
     }
     ws->prof.tokens[TFM_PHASE_PREFILL] += (uint64_t)n;
     return TFM_OK;
+}
+
+tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n, float *logits)
+{
+    return prefill(ws, st, tokens, n, logits, 0);
+}
+
+tfm_status tfm_prefill_rows(tfm_workspace *ws, tfm_state *st, const int *tokens, int n,
+                            float *row_logits)
+{
+    return prefill(ws, st, tokens, n, row_logits, 1);
 }
 
 tfm_status tfm_decode(tfm_workspace *ws, tfm_state *const *states, const int *tokens, int n_seq,

@@ -553,3 +553,24 @@ int tfm_sampler_sample_lp(tfm_sampler *s, float *logits, tfm_token_logprob *out)
 {
     return sample(s, logits, out);
 }
+
+void tfm_sampler_logprobs(tfm_sampler *s, const float *logits, int id, tfm_token_logprob *out)
+{
+    int n = s->vocab_size, K = s->params.top_logprobs;
+    if (id < 0 || id >= n) {
+        degenerate_logprobs(out, 0, n, K);
+        out[0] = (tfm_token_logprob){id, -INFINITY};
+        return;
+    }
+    float mx = logits[tfm_argmax(logits, n)];
+    double dmass;
+    softmax_cands(s->cands, logits, n, mx, 1.0f, &dmass);
+    if (!(dmass > 0.0)) {
+        degenerate_logprobs(out, id, n, K);
+        return;
+    }
+    double lse = log(dmass);
+    top_alternatives(s->cands, n, lse, K, out + 1);
+    float l = s->cands[id].logit;
+    out[0] = (tfm_token_logprob){id, isinf(l) ? -INFINITY : (float)((double)l - lse)};
+}

@@ -45,6 +45,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "engine.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,8 @@ typedef struct mctx {
     tfm_attn_kernel attention; /* the model's ("attention" in its metadata) or --attention */
     slot *slots; /* max_batch */
     float *logits; /* (max_batch, vocab) */
+    float *row_logits; /* (PREFILL_CHUNK, vocab) for prompt log-probabilities;
+                        * NULL until a job asks for them */
     tfm_state **bst;
     int *btok, *bslot;
     int eos, stop2; /* tokens that end a sequence */
@@ -150,10 +153,16 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
         j->lps = malloc((size_t)j->max_tokens * (1 + (size_t)j->logprobs) * sizeof *j->lps);
     if (j->keep_prompt_ids && (j->prompt_ids = malloc((size_t)(n ? n : 1) * sizeof(int))))
         memcpy(j->prompt_ids, s->ids, (size_t)n * sizeof(int));
+    size_t w = 1 + (size_t)(j->logprobs > 0 ? j->logprobs : 0);
+    if (j->prompt_logprobs &&
+        (j->prompt_lps = malloc((size_t)(n ? n : 1) * w * sizeof *j->prompt_lps)))
+        for (size_t i = 0; i < (size_t)n * w; i++) /* the first token has none */
+            j->prompt_lps[i] = (tfm_token_logprob){-1, NAN};
     pthread_mutex_lock(&o->mu);
     int oom = srv_buf_reserve(&o->out, o->stream ? (size_t)j->max_tokens * per_token + 512 : 256);
     pthread_mutex_unlock(&o->mu);
     if (!j->tokens || (j->logprobs >= 0 && !j->lps) || (j->keep_prompt_ids && !j->prompt_ids) ||
+        (j->prompt_logprobs && !j->prompt_lps) ||
         srv_buf_reserve(&j->text, (size_t)j->max_tokens * 8 + 64) || oom) {
         srv_job_fail(j, 500, "internal", "out of memory", NULL);
         return -1;
@@ -282,6 +291,16 @@ static slot *slot_of(srv_engine *e, mctx *mc, const srv_job *j)
     return NULL;
 }
 
+/* A follower's prompt log-probabilities are its leader's (the same prompt
+ * and model; the same request's logprobs count). */
+static void copy_prompt_lps(srv_job *f, const srv_job *l)
+{
+    if (f->prompt_lps && l->prompt_lps && f->logprobs == l->logprobs)
+        memcpy(f->prompt_lps, l->prompt_lps,
+               (size_t)f->prompt_tokens * (1 + (size_t)(f->logprobs > 0 ? f->logprobs : 0)) *
+                   sizeof *f->prompt_lps);
+}
+
 /* A group's children with one prompt share its prefill (srv_job.share):
  * when the first of them has prefilled the whole prompt, those still
  * waiting take a copy of its KV cache and its last logits instead of
@@ -298,6 +317,7 @@ static int share_prefill(srv_engine *e, mctx *mc, slot *leader, slot **f)
             s->job->share != leader->job || s->n_ids != leader->n_ids)
             continue;
         tfm_state_copy(s->st, leader->st, leader->n_ids);
+        copy_prompt_lps(s->job, leader->job);
         s->prefilled = s->n_ids;
         s->job->t_prefill_done = tfm_now();
         s->phase = SLOT_DECODE;
@@ -316,7 +336,34 @@ static void share_late(srv_engine *e, mctx *mc, slot *s)
     if (!l || l->phase != SLOT_DECODE || l->n_ids != s->n_ids || s->n_ids < 2)
         return;
     tfm_state_copy(s->st, l->st, s->n_ids - 1);
+    copy_prompt_lps(s->job, l->job);
     s->prefilled = s->n_ids - 1;
+}
+
+/* A chunk of a prompt whose own log-probabilities were asked for: every
+ * row's logits (mc->row_logits, made on first use), each row giving the
+ * next prompt token's entries in the job's prompt_lps, and the last row's
+ * logits copied to mc->logits for the first token's sampling. */
+static tfm_status prefill_rows(mctx *mc, slot *s, int chunk)
+{
+    srv_job *j = s->job;
+    int vocab = mc->m->model->cfg.vocab_size;
+    if (!mc->row_logits &&
+        !(mc->row_logits = malloc((size_t)PREFILL_CHUNK * vocab * sizeof(float))))
+        return TFM_E_NOMEM;
+    tfm_status st = tfm_prefill_rows(mc->ws, s->st, s->ids + s->prefilled, chunk, mc->row_logits);
+    if (st != TFM_OK)
+        return st;
+    size_t w = 1 + (size_t)(j->logprobs > 0 ? j->logprobs : 0);
+    for (int r = 0; r < chunk; r++) {
+        int next = s->prefilled + r + 1; /* the prompt token row r predicts */
+        if (next < s->n_ids)
+            tfm_sampler_logprobs(s->smp, mc->row_logits + (size_t)r * vocab, s->ids[next],
+                                 j->prompt_lps + (size_t)next * w);
+        else
+            memcpy(mc->logits, mc->row_logits + (size_t)r * vocab, (size_t)vocab * sizeof(float));
+    }
+    return TFM_OK;
 }
 
 /* Prefills one chunk (at most `budget` rows) of the oldest prompt still
@@ -346,8 +393,9 @@ static int prefill_step(srv_engine *e, int budget)
     int last = s->prefilled + chunk == s->n_ids;
     if (j->attention != TFM_ATTN_AUTO) /* the request's own kernel */
         tfm_workspace_set_attention(mc->ws, (tfm_attn_kernel)j->attention);
-    tfm_status st = tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
-                                last ? mc->logits : NULL);
+    tfm_status st = j->prompt_lps ? prefill_rows(mc, s, chunk)
+                                  : tfm_prefill(mc->ws, s->st, s->ids + s->prefilled, chunk,
+                                                last ? mc->logits : NULL);
     tfm_workspace_set_attention(mc->ws, mc->attention);
     if (st != TFM_OK) {
         srv_job_fail(j, 500, "internal", tfm_strerror(st), NULL);
@@ -418,6 +466,7 @@ static void ctx_destroy(srv_engine *e, mctx *mc)
     }
     free(mc->slots);
     free(mc->logits);
+    free(mc->row_logits);
     free(mc->bst);
     free(mc->btok);
     free(mc->bslot);

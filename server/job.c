@@ -59,6 +59,7 @@ void srv_job_unref(srv_job *j)
     free(j->tokens);
     free(j->lps);
     free(j->prompt_ids);
+    free(j->prompt_lps);
     free(j->bias);
     if (j->free_fmt_ctx)
         j->free_fmt_ctx(j->fmt_ctx);

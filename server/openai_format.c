@@ -15,8 +15,10 @@
  * before it (the prompt's last for the first generated token, which is
  * why the children keep their prompt ids), made valid UTF-8 for JSON; chat
  * entries carry the raw bytes as well.  A banned token's -inf is written
- * -9999.0, as vLLM does (JSON has no infinity).  The prompt's own
- * log-probabilities are not computed: with echo they are null.
+ * -9999.0, as vLLM does (JSON has no infinity).  With echo and
+ * logprobs, a plain answer lists the prompt's own log-probabilities (the
+ * engine's prompt_lps; the first token's null, as OpenAI answers); a
+ * stream's echo chunk is written before the prefill, so its are null.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -57,6 +59,9 @@ static tok_ref tok_at(const srv_job *j, int echo, int t)
     if (t < np) {
         r.id = j->prompt_ids[t];
         r.prev = t ? j->prompt_ids[t - 1] : -1;
+        /* the first prompt token has none (null, as OpenAI answers) */
+        if (t > 0 && j->prompt_lps)
+            r.lp = j->prompt_lps + (size_t)t * (1 + (size_t)j->logprobs);
         return r;
     }
     int g = t - np;

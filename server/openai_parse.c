@@ -192,6 +192,7 @@ static int parse_common(const srv_parse_ctx *pc, json_t *body, const srv_models 
     }
     t->logprobs = (int)lp;
     t->keep_prompt_ids = c->echo || lp >= 0;
+    t->prompt_logprobs = !chat && c->echo && lp >= 0; /* the echoed prompt's */
     if (!field_logit_bias(pc, body, t))
         return 0;
     return srv_field_timeout_ms(pc, body, cfg, &t->timeout_ms);
@@ -326,6 +327,7 @@ static int fill_children(srv_job *g, const srv_job *t, const srv_openai_ctx *c,
         ch->fmt = &srv_format_openai;
         ch->logprobs = t->logprobs;
         ch->keep_prompt_ids = t->keep_prompt_ids;
+        ch->prompt_logprobs = t->prompt_logprobs;
         ch->ignore_eos = t->ignore_eos;
         ch->timeout_ms = t->timeout_ms;
         ch->share = k ? g->children[i * c->n] : NULL;

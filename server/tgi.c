@@ -29,8 +29,9 @@
  * Details.  A token's text is its decoded piece after the token before it
  * (the prompt's last for the first), invalid UTF-8 replaced; special is
  * true for BOS and EOS; an end of sequence is listed (and counted in
- * generated_tokens) as TGI does.  The prompt's log-probabilities are not
- * computed: prefill entries have logprob null.  finish_reason: attnd's
+ * generated_tokens) as TGI does.  decoder_input_details' prefill entries
+ * carry the model's own log-probabilities (the engine's prompt_lps; the
+ * first's null, as TGI's).  finish_reason: attnd's
  * length → "length", eos → "eos_token", stop → "stop_sequence", and a
  * deadline that passed after the first token (timeout) → "length", the
  * nearest of TGI's three (a budget ran out).

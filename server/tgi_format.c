@@ -197,7 +197,11 @@ static void details_json(srv_buf *b, srv_job *j, const tgi_ctx *c, srv_finish wh
     for (int i = 0; c->prefill && j->prompt_ids && i < j->prompt_tokens; i++) {
         if (i)
             put(b, ",");
-        token_json(b, j, j->prompt_ids[i], i ? j->prompt_ids[i - 1] : -1, NULL, 0, NULL, 0);
+        /* the first prompt token has none: null, as TGI answers */
+        const tfm_token_logprob *lp =
+            i && j->prompt_lps ? j->prompt_lps + (size_t)i * (1 + (size_t)j->logprobs) : NULL;
+        token_json(b, j, j->prompt_ids[i], i ? j->prompt_ids[i - 1] : -1, NULL, 0,
+                   lp ? &lp->logprob : NULL, 0);
     }
     put(b, "],\"tokens\":[");
     int n = j->n_tokens + eos;

@@ -120,6 +120,8 @@ static int parse_parameters(const srv_parse_ctx *pc, json_t *p, int route, srv_j
     /* a stream's every token has a logprob; a plain answer's only in details */
     j->logprobs = route == TGI_STREAM || j->stream || c->details ? c->top_n : -1;
     j->keep_prompt_ids = c->details || c->top_n > 0;
+    /* details.prefill's logprobs (the plain answer's details only) */
+    j->prompt_logprobs = c->details && c->prefill && j->logprobs >= 0;
     return 1;
 }
 

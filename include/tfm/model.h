@@ -179,6 +179,11 @@ const char *tfm_attn_kernel_name(tfm_attn_kernel k);
  * the cache); on error the state is unchanged. */
 tfm_status tfm_prefill(tfm_workspace *ws, tfm_state *st, const int *tokens, int n,
                        float *logits);
+/* The same, with the logits of every row: row_logits (n, vocab) receives
+ * token i's at row i (what the model predicts after it), for a prompt's
+ * own log-probabilities.  The classifier then costs n rows, not one. */
+tfm_status tfm_prefill_rows(tfm_workspace *ws, tfm_state *st, const int *tokens, int n,
+                            float *row_logits);
 
 /* Advances n_seq sequences by one token each (tokens[i] at states[i]->pos),
  * one matmul per weight matrix over the batch.  logits is (n_seq, vocab).

@@ -109,6 +109,13 @@ int tfm_sampler_sample(tfm_sampler *s, float *logits);
  * bias or a penalty add the passes they need. */
 int tfm_sampler_sample_lp(tfm_sampler *s, float *logits, tfm_token_logprob *out);
 
+/* The log-probabilities the model gives token id after logits as they are
+ * (no bias, no penalty, temperature 1: the model's own distribution, as a
+ * prompt's tokens get them): out[0] = {id, its log-probability},
+ * out[1 .. 1 + top_logprobs) the most likely, as tfm_sampler_sample_lp
+ * orders them.  Reads logits only; records nothing, allocates nothing. */
+void tfm_sampler_logprobs(tfm_sampler *s, const float *logits, int id, tfm_token_logprob *out);
+
 /* Index of the largest value (the lowest index on ties); n >= 1. */
 int tfm_argmax(const float *x, int n);
 

@@ -441,10 +441,32 @@ class Test02Completions(Base):
         lp = r["choices"][0]["logprobs"]
         n_prompt = r["usage"]["prompt_tokens"]
         self.assertEqual(len(lp["tokens"]), n_prompt + 6)
-        self.assertEqual(lp["token_logprobs"][:n_prompt], [None] * n_prompt, "prompt logprobs are null")
-        self.assertEqual(lp["top_logprobs"][:n_prompt], [None] * n_prompt)
+        # the first prompt token has none; the others the model's own
+        self.assertIsNone(lp["token_logprobs"][0])
+        self.assertIsNone(lp["top_logprobs"][0])
+        for t in range(1, n_prompt):
+            self.assertLessEqual(lp["token_logprobs"][t], 0.0)
+            self.assertEqual(len(lp["top_logprobs"][t]), 2)
+            self.assertGreaterEqual(max(lp["top_logprobs"][t].values()), lp["token_logprobs"][t] - 1e-6)
         self.assertEqual("".join(lp["tokens"]), r["choices"][0]["text"])
         self.assertEqual(lp["text_offset"][n_prompt], len("Hello"))
+
+    def test_echo_logprobs_equal_the_generated_ones(self):
+        # greedy, no penalty: a generated token's log-probability is the
+        # model's own, so echoing prompt + generated text gives it back
+        # (prefill's numbers against decode's: 1e-4)
+        gen = self.cmpl("Once upon", 8, logprobs=1)["choices"][0]
+        r = self.cmpl("Once upon" + gen["text"], 1, echo=True, logprobs=1)
+        lp = r["choices"][0]["logprobs"]
+        n_prompt = r["usage"]["prompt_tokens"]
+        echoed = lp["token_logprobs"][n_prompt - 8:n_prompt]
+        self.assertEqual(lp["tokens"][n_prompt - 8:n_prompt], gen["logprobs"]["tokens"])
+        for a, b in zip(echoed, gen["logprobs"]["token_logprobs"]):
+            self.assertAlmostEqual(a, b, delta=1e-4)
+        # with n > 1 the choices share the prefill and so the prompt's numbers
+        r2 = self.cmpl("Once upon" + gen["text"], 1, echo=True, logprobs=1, n=3)
+        for ch in r2["choices"]:
+            self.assertEqual(ch["logprobs"]["token_logprobs"][:n_prompt], lp["token_logprobs"][:n_prompt])
 
     def test_logprobs(self):
         r = self.cmpl("Once upon a time", 12, logprobs=3)

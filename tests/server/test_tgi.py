@@ -364,10 +364,25 @@ class Test02Generate(Base):
                           "/tokenize")["tokens"]
         self.assertEqual([p["id"] for p in pre], ids)
         self.assertEqual(ids[0], BOS)
-        for p in pre:
+        for i, p in enumerate(pre):
             self.assertEqual(set(p), {"id", "text", "logprob"}, p)
-            self.assertIsNone(p["logprob"], "prompt log-probabilities are not computed")
+            if i == 0:
+                self.assertIsNone(p["logprob"], "the first token has none, as in TGI")
+            else:
+                self.assertLessEqual(p["logprob"], 0.0)
         self.assertEqual(pre[1]["text"], "h")
+
+    def test_prefill_logprobs_equal_the_generated_ones(self):
+        # greedy: the generated tokens' log-probabilities come back as the
+        # prefill's when the answer is sent again as the inputs
+        gen = self.tgi("Once upon", max_new_tokens=6, details=True)
+        toks = gen["details"]["tokens"]
+        r = self.tgi("Once upon" + gen["generated_text"], max_new_tokens=1, details=True,
+                     decoder_input_details=True)
+        pre = r["details"]["prefill"][-len(toks):]
+        self.assertEqual([p["id"] for p in pre], [t["id"] for t in toks])
+        for p, t in zip(pre, toks):
+            self.assertAlmostEqual(p["logprob"], t["logprob"], delta=1e-4)
 
     def test_return_full_text(self):
         own = self.own("Hello", 5)

@@ -231,6 +231,33 @@ static void test_forward_prefill_equals_decode(void **state)
     tfm_model_destroy(m);
 }
 
+/* tfm_prefill_rows: every row's logits equal a token-by-token decode's,
+ * across chunk boundaries, and the state ends as tfm_prefill leaves it. */
+static void test_forward_prefill_rows(void **state)
+{
+    (void)state;
+    tfm_model *m = gqa_model(0);
+    int V = m->cfg.vocab_size, n = 21, toks[21];
+    prompt_tokens(toks, n, V, 5);
+    float *rows = malloc((size_t)n * V * sizeof(float)), *dec = malloc(V * sizeof(float));
+    tfm_workspace *ws, *w1;
+    tfm_state *sp, *sd;
+    assert_int_equal(tfm_workspace_create(m, 8, 2, &ws), TFM_OK); /* chunks of 8, 8, 5 */
+    assert_int_equal(tfm_workspace_create(m, 1, 1, &w1), TFM_OK);
+    assert_int_equal(tfm_state_create(m, 0, &sp), TFM_OK);
+    assert_int_equal(tfm_state_create(m, 0, &sd), TFM_OK);
+    assert_int_equal(tfm_prefill_rows(ws, sp, toks, n, rows), TFM_OK);
+    assert_int_equal(sp->pos, n);
+    for (int p = 0; p < n; p++) {
+        assert_int_equal(tfm_decode(w1, &sd, &toks[p], 1, dec), TFM_OK);
+        tu_check_tensor("row logits", rows + (size_t)p * V, dec, V, 1e-4f);
+    }
+    tfm_state_destroy(sp), tfm_state_destroy(sd);
+    tfm_workspace_destroy(ws), tfm_workspace_destroy(w1);
+    free(rows), free(dec);
+    tfm_model_destroy(m);
+}
+
 /* tfm_state_copy: a copy of a prefilled cache decodes exactly as the
  * original; a copy of all but the last position, plus that one row
  * prefilled, gives the prompt's logits; bad arguments are refused. */
@@ -424,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_forward_prefill_equals_decode),
         cmocka_unit_test(test_forward_batched_equals_single),
         cmocka_unit_test(test_forward_state_copy),
+        cmocka_unit_test(test_forward_prefill_rows),
         cmocka_unit_test(test_forward_rejects_bad_input),
         cmocka_unit_test(test_forward_profile_counts_flops),
     };

@@ -106,6 +106,12 @@ static void test_noalloc_decode_and_sample(void **state)
         all.temperature = 0.0f; /* greedy through the processed logits */
         assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
         tfm_sampler_sample_lp(smp_all, logits, lp);
+        /* a prompt's own log-probabilities: every row's logits, then each
+         * row's entries (12 rows fit the logits buffer) */
+        tfm_state_reset(st[0]);
+        assert_int_equal(tfm_prefill_rows(ws, st[0], toks, 12, logits), TFM_OK);
+        for (int r = 0; r + 1 < 12; r++)
+            tfm_sampler_logprobs(smp_all, logits + (size_t)r * V, toks[r + 1], lp);
         long after = atomic_load(&allocs);
         assert_int_equal(after - before, 0);
         free(logits);

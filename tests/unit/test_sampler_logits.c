@@ -302,6 +302,48 @@ static void test_logprobs(void **state)
     }
 }
 
+/* tfm_sampler_logprobs: the raw log-softmax of the logits (no bias, no
+ * penalty, temperature 1), of any token, the logits untouched, the
+ * history unchanged. */
+static void test_logprobs_of_a_given_token(void **state)
+{
+    (void)state;
+    tfm_logit_bias ban[] = {{7, -100.0f}};
+    tfm_sampler_params p = params(0.5f);
+    p.logit_bias = ban;
+    p.n_logit_bias = 1;
+    p.frequency_penalty = 2.0f;
+    p.top_logprobs = 3;
+    tfm_sampler *s;
+    assert_int_equal(tfm_sampler_create(V, &p, &s), TFM_OK);
+    double z = 0;
+    for (int i = 0; i < V; i++)
+        z += exp(base[i] - 2.0);
+    for (int id = 0; id < V; id++) {
+        float x[V];
+        memcpy(x, base, sizeof x);
+        tfm_token_logprob out[4];
+        tfm_sampler_logprobs(s, x, id, out);
+        assert_memory_equal(x, base, sizeof x);
+        assert_int_equal(out[0].id, id);
+        assert_true(fabs(out[0].logprob - (base[id] - 2.0 - log(z))) < 1e-5);
+        assert_int_equal(out[1].id, 7); /* 2.0, then 1.2, 0.9: the raw ranking */
+        assert_int_equal(out[2].id, 0);
+        assert_int_equal(out[3].id, 1);
+    }
+    /* nothing was recorded: greedy with the frequency penalty still
+     * starts at the argmax of what bias leaves (7 banned: 0) */
+    p.temperature = 0.0f;
+    assert_int_equal(tfm_sampler_reset(s, &p), TFM_OK);
+    float x[V];
+    memcpy(x, base, sizeof x);
+    tfm_token_logprob out[4];
+    tfm_sampler_logprobs(s, x, 3, out);
+    memcpy(x, base, sizeof x);
+    assert_int_equal(tfm_sampler_sample(s, x), 0);
+    tfm_sampler_destroy(s);
+}
+
 static void test_invalid_params(void **state)
 {
     (void)state;
@@ -339,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_logit_bias),
         cmocka_unit_test(test_greedy_penalised_is_reference_argmax),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_logprobs_of_a_given_token),
         cmocka_unit_test(test_invalid_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
