@@ -291,16 +291,6 @@ static slot *slot_of(srv_engine *e, mctx *mc, const srv_job *j)
     return NULL;
 }
 
-/* A follower's prompt log-probabilities are its leader's (the same prompt
- * and model; the same request's logprobs count). */
-static void copy_prompt_lps(srv_job *f, const srv_job *l)
-{
-    if (f->prompt_lps && l->prompt_lps && f->logprobs == l->logprobs)
-        memcpy(f->prompt_lps, l->prompt_lps,
-               (size_t)f->prompt_tokens * (1 + (size_t)(f->logprobs > 0 ? f->logprobs : 0)) *
-                   sizeof *f->prompt_lps);
-}
-
 /* A group's children with one prompt share its prefill (srv_job.share):
  * when the first of them has prefilled the whole prompt, those still
  * waiting take a copy of its KV cache and its last logits instead of
@@ -317,7 +307,7 @@ static int share_prefill(srv_engine *e, mctx *mc, slot *leader, slot **f)
             s->job->share != leader->job || s->n_ids != leader->n_ids)
             continue;
         tfm_state_copy(s->st, leader->st, leader->n_ids);
-        copy_prompt_lps(s->job, leader->job);
+        srv_job_copy_prompt_lps(s->job, leader->job);
         s->prefilled = s->n_ids;
         s->job->t_prefill_done = tfm_now();
         s->phase = SLOT_DECODE;
@@ -336,7 +326,7 @@ static void share_late(srv_engine *e, mctx *mc, slot *s)
     if (!l || l->phase != SLOT_DECODE || l->n_ids != s->n_ids || s->n_ids < 2)
         return;
     tfm_state_copy(s->st, l->st, s->n_ids - 1);
-    copy_prompt_lps(s->job, l->job);
+    srv_job_copy_prompt_lps(s->job, l->job);
     s->prefilled = s->n_ids - 1;
 }
 

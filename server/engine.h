@@ -169,6 +169,9 @@ int srv_job_cancelled(const srv_job *j);
 void srv_job_finish(srv_job *j, srv_finish why);
 void srv_job_fail(srv_job *j, int status, const char *code, const char *msg, const char *field);
 void srv_job_notify(srv_job *j);
+/* A child sharing its leader's prefill takes its prompt log-probabilities
+ * too (the same prompt and model, the same request's logprobs). */
+void srv_job_copy_prompt_lps(srv_job *f, const srv_job *l);
 
 /* What the engine reports as it runs, for the metrics (called on the
  * engine thread; may be NULL). */
