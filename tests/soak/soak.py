@@ -13,7 +13,10 @@ request) is driven from Python threads on 127.0.0.1 for --seconds:
   workers (8)  a fixed, seeded mix (each worker its own random.Random):
                greedy and seeded /generate, compared with their solo
                answers computed once before the load; full streams
-               compared with the same; streams cut off after a few
+               compared with the same; the same greedy bodies through
+               /v1/completions with n = 2 (both choices, plain or
+               streamed) and TGI's /generate and /generate_stream, each
+               text equal to the solo answer; streams cut off after a few
                events (socket closed, sometimes with a RST); /generate
                abandoned before its answer (499); /recall of both
                engines checked against a Python dict; every kind of bad
@@ -101,7 +104,8 @@ HTTP_TIMEOUT = 60.0
 MAX_TRAINED = 40      # succeeded jobs at most: each adds a model to the registry (256 max, kept)
 MAX_JOBS = 150        # jobs posted at most (records are kept unless DELETE removes them)
 
-ROUTES = ("/generate", "/recall", "/models", "/healthz", "/readyz", "/metrics", "/train")
+ROUTES = ("/generate", "/recall", "/models", "/healthz", "/readyz", "/metrics", "/train",
+          "/v1/completions", "/generate_stream")
 
 
 def route_label(path):
@@ -302,7 +306,8 @@ class Worker(threading.Thread):
     # (weight, op name)
     MIX = [(22, "greedy"), (14, "sampled"), (4, "stream_full"), (8, "stream_cut"), (3, "abandon"),
            (12, "recall_exact"), (8, "recall_model"), (16, "bad"), (2, "unauth"), (1, "metrics"),
-           (1, "models"), (1, "healthz"), (1, "readyz"), (1, "train_list"), (2, "timeout")]
+           (1, "models"), (1, "healthz"), (1, "readyz"), (1, "train_list"), (2, "timeout"),
+           (6, "v1_greedy"), (4, "tgi_greedy")]
 
     def __init__(self, idx, seed, think_ms):
         super().__init__(name="worker-%d" % idx, daemon=True)
@@ -379,6 +384,70 @@ class Worker(threading.Thread):
     def op_sampled(self):
         b = self.rng.choice(SAMPLED)
         self.expect_solo(b, self.call("POST", "/generate", b), "seeded sample differs from its solo answer")
+
+    # ---- the client routes: the same greedy answers in other shapes
+
+    def op_v1_greedy(self):
+        """/v1/completions of a greedy body, n = 2 (a group sharing its
+        prefill), plain or streamed: each choice's text is the solo one."""
+        b = self.rng.choice(GREEDY)
+        want = Ctx.solo[canon(b)]["text"]
+        body = {k: b[k] for k in ("model", "prompt", "max_tokens", "temperature", "stop") if k in b}
+        body["n"] = 2
+        stream = self.rng.random() < 0.4
+        if stream:
+            body["stream"] = True
+        r = self.call("POST", "/v1/completions", body)
+        if r is None or r.status == 503:
+            return
+        try:
+            if r.status != 200:
+                raise AssertionError("status %d %r" % (r.status, r.body[:200]))
+            texts = {0: "", 1: ""}
+            if stream:
+                datas = H.parse_sse(r.body)
+                if datas[-1] != "[DONE]":
+                    raise AssertionError("last event %r" % datas[-1][:100])
+                for d in datas[:-1]:
+                    for ch in json.loads(d)["choices"]:
+                        texts[ch["index"]] += ch["text"]
+            else:
+                obj = r.json()
+                check_schema("POST", "/v1/completions", 200, obj)
+                for ch in obj["choices"]:
+                    texts[ch["index"]] = ch["text"]
+            if texts[0] != want or texts[1] != want:
+                raise AssertionError("choices %r / %r; alone %r" % (texts[0][:60], texts[1][:60], want[:60]))
+        except (AssertionError, ValueError, KeyError) as e:
+            BOOK.fail("wrong answer: /v1 greedy choices differ from the solo answer", "%s: %s" % (canon(b), e))
+
+    def op_tgi_greedy(self):
+        """TGI's body for a greedy body, on /generate or /generate_stream:
+        the generated text is the solo one."""
+        b = self.rng.choice(GREEDY)
+        want = Ctx.solo[canon(b)]["text"]
+        params = {"max_new_tokens": b["max_tokens"]}
+        if "stop" in b:
+            params["stop"] = b["stop"]
+        body = {"inputs": b["prompt"], "model": b["model"], "parameters": params}
+        stream = self.rng.random() < 0.5
+        r = self.call("POST", "/generate_stream" if stream else "/generate", body)
+        if r is None or r.status == 503:
+            return
+        try:
+            if r.status != 200:
+                raise AssertionError("status %d %r" % (r.status, r.body[:200]))
+            if stream:
+                evs = [json.loads(d) for d in H.parse_sse(r.body)]
+                text = evs[-1]["generated_text"]
+                if "".join(e["token"]["text"] for e in evs if not e["token"]["special"]) != text:
+                    raise AssertionError("the events' texts do not make generated_text")
+            else:
+                text = r.json()["generated_text"]
+            if text != want:
+                raise AssertionError("%r; alone %r" % (text[:60], want[:60]))
+        except (AssertionError, ValueError, KeyError) as e:
+            BOOK.fail("wrong answer: TGI greedy text differs from the solo answer", "%s: %s" % (canon(b), e))
 
     def op_stream_full(self):
         b = self.rng.choice(GREEDY + SAMPLED)
