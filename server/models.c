@@ -27,6 +27,7 @@
 #include "models.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,32 @@ void srv_models_init(srv_models *reg, const srv_config *cfg)
     atomic_init(&reg->n, 0);
 }
 
+/* The installed models: <prefix>/share/attnd/models beside the running
+ * binary's <prefix>/bin (so an installed tree works wherever it is put, as
+ * cmake --install --prefix and the image lay it out), else the configured
+ * install prefix's. */
+static void share_models_dir(char *out, size_t n)
+{
+    char exe[1024];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            char dir[1100], real[PATH_MAX];
+            struct stat sb;
+            snprintf(dir, sizeof dir, "%s/../share/attnd/models", exe);
+            if (realpath(dir, real) && stat(real, &sb) == 0 && S_ISDIR(sb.st_mode) &&
+                strlen(real) < n) {
+                snprintf(out, n, "%s", real);
+                return;
+            }
+        }
+    }
+    snprintf(out, n, "%s", ATTND_SHARE_DIR "/models");
+}
+
 int srv_models_load(srv_models *reg)
 {
     const srv_config *cfg = reg->cfg;
@@ -299,8 +326,11 @@ int srv_models_load(srv_models *reg)
         struct stat sb;
         if (stat("models", &sb) == 0 && S_ISDIR(sb.st_mode))
             loaded = load_dir(reg, "models", 0, NULL);
-        else
-            loaded = load_dir(reg, ATTND_SHARE_DIR "/models", 0, NULL);
+        else {
+            char dir[1100];
+            share_models_dir(dir, sizeof dir);
+            loaded = load_dir(reg, dir, 0, NULL);
+        }
     }
     /* trained models survive restarts: what the jobs left in the data dir */
     if (cfg->data_dir[0]) {
