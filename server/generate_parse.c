@@ -302,7 +302,7 @@ static int fill_job(const srv_parse_ctx *pc, json_t *body, const srv_models *mod
         !srv_field_integer(pc, body, "top_k", 0, 1 << 30, &top_k))
         return 0;
     j->sampling.temperature = (float)temperature;
-    j->sampling.top_p = (float)top_p;
+    j->sampling.top_p = srv_top_p(top_p);
     j->sampling.top_k = (int)top_k;
     if (json_object_get(body, "seed")) {
         if (!srv_field_seed(pc, &j->sampling.seed))

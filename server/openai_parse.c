@@ -145,7 +145,7 @@ static int parse_common(const srv_parse_ctx *pc, json_t *body, const srv_models 
         return 0;
     tfm_sampler_params *s = &t->sampling;
     s->temperature = (float)temperature;
-    s->top_p = (float)top_p;
+    s->top_p = srv_top_p(top_p);
     s->top_k = (int)top_k;
     s->min_p = (float)min_p;
     s->repetition_penalty = (float)rep;

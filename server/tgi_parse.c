@@ -102,7 +102,7 @@ static int parse_parameters(const srv_parse_ctx *pc, json_t *p, int route, srv_j
     c->sampled = do_sample || temperature != 1.0 || top_k > 0 || top_p < 1.0;
     j->sampling.temperature = c->sampled ? (float)temperature : 0.0f;
     j->sampling.top_k = c->sampled ? (int)top_k : 0;
-    j->sampling.top_p = c->sampled ? (float)top_p : 1.0f;
+    j->sampling.top_p = c->sampled ? srv_top_p(top_p) : 1.0f;
     j->sampling.repetition_penalty = (float)rep;
     j->sampling.frequency_penalty = (float)freq;
     j->sampling.seed = 0;

@@ -80,6 +80,13 @@ int srv_field_bool(const srv_parse_ctx *pc, json_t *o, const char *key, int *out
 /* Removes o's members whose value is null (the client routes count null as
  * absent). */
 void srv_json_drop_nulls(json_t *o);
+/* A validated top_p in (0, 1] as the sampler's float: a value too small
+ * for a float (4e-89) is the smallest one, not 0, which the sampler
+ * refuses (found by fuzz_generate). */
+static inline float srv_top_p(double top_p)
+{
+    return top_p < 1.17549435e-38 ? 1.17549435e-38f : (float)top_p;
+}
 /* A seed for a request without one: the clock and a counter. */
 uint64_t srv_fresh_seed(void);
 /* A number in [lo, hi] (lo excluded when lo_open). */
