@@ -150,10 +150,10 @@ static int start_job(srv_engine *e, mctx *mc, slot *s)
     size_t per_token = j->logprobs >= 0 ? 96 + 48 * (size_t)j->logprobs : 48;
     j->tokens = malloc((size_t)j->max_tokens * sizeof(int));
     if (j->logprobs >= 0)
-        j->lps = malloc((size_t)j->max_tokens * (1 + (size_t)j->logprobs) * sizeof *j->lps);
+        j->lps = malloc((size_t)j->max_tokens * srv_job_lp_width(j) * sizeof *j->lps);
     if (j->keep_prompt_ids && (j->prompt_ids = malloc((size_t)(n ? n : 1) * sizeof(int))))
         memcpy(j->prompt_ids, s->ids, (size_t)n * sizeof(int));
-    size_t w = 1 + (size_t)(j->logprobs > 0 ? j->logprobs : 0);
+    size_t w = srv_job_lp_width(j);
     if (j->prompt_logprobs &&
         (j->prompt_lps = malloc((size_t)(n ? n : 1) * w * sizeof *j->prompt_lps)))
         for (size_t i = 0; i < (size_t)n * w; i++) /* the first token has none */
@@ -220,7 +220,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     }
     int prev = j->n_tokens ? j->tokens[j->n_tokens - 1] : s->ids[s->n_ids - 1];
     const tfm_token_logprob *lp =
-        j->logprobs >= 0 ? j->lps + (size_t)j->n_tokens * (1 + (size_t)j->logprobs) : NULL;
+        j->logprobs >= 0 ? j->lps + (size_t)j->n_tokens * srv_job_lp_width(j) : NULL;
     j->tokens[j->n_tokens++] = tok;
     if (e->hooks.tokens)
         e->hooks.tokens(e->hooks.ctx, 0, 1);
@@ -279,7 +279,7 @@ static int sample_tok(slot *s, float *logits)
     if (j->logprobs < 0)
         return tfm_sampler_sample(s->smp, logits);
     return tfm_sampler_sample_lp(s->smp, logits,
-                                 j->lps + (size_t)j->n_tokens * (1 + (size_t)j->logprobs));
+                                 j->lps + (size_t)j->n_tokens * srv_job_lp_width(j));
 }
 
 /* The slot of mc running job j (a group's child), or NULL. */
@@ -344,7 +344,7 @@ static tfm_status prefill_rows(mctx *mc, slot *s, int chunk)
     tfm_status st = tfm_prefill_rows(mc->ws, s->st, s->ids + s->prefilled, chunk, mc->row_logits);
     if (st != TFM_OK)
         return st;
-    size_t w = 1 + (size_t)(j->logprobs > 0 ? j->logprobs : 0);
+    size_t w = srv_job_lp_width(j);
     for (int r = 0; r < chunk; r++) {
         int next = s->prefilled + r + 1; /* the prompt token row r predicts */
         if (next < s->n_ids)

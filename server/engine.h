@@ -154,6 +154,13 @@ static inline int srv_job_began(srv_job *j)
     return srv_job_out(j)->stream && srv_job_out(j)->started;
 }
 
+/* Entries per token in lps and prompt_lps: the chosen token's, then the
+ * j->logprobs alternatives. */
+static inline size_t srv_job_lp_width(const srv_job *j)
+{
+    return 1 + (size_t)(j->logprobs > 0 ? j->logprobs : 0);
+}
+
 /* A new job with refs 1 and defaults; NULL when out of memory. */
 srv_job *srv_job_create(void);
 void srv_job_ref(srv_job *j);

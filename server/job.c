@@ -163,6 +163,5 @@ void srv_job_copy_prompt_lps(srv_job *f, const srv_job *l)
 {
     if (f->prompt_lps && l->prompt_lps && f->logprobs == l->logprobs)
         memcpy(f->prompt_lps, l->prompt_lps,
-               (size_t)f->prompt_tokens * (1 + (size_t)(f->logprobs > 0 ? f->logprobs : 0)) *
-                   sizeof *f->prompt_lps);
+               (size_t)f->prompt_tokens * srv_job_lp_width(f) * sizeof *f->prompt_lps);
 }

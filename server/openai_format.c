@@ -61,13 +61,13 @@ static tok_ref tok_at(const srv_job *j, int echo, int t)
         r.prev = t ? j->prompt_ids[t - 1] : -1;
         /* the first prompt token has none (null, as OpenAI answers) */
         if (t > 0 && j->prompt_lps)
-            r.lp = j->prompt_lps + (size_t)t * (1 + (size_t)j->logprobs);
+            r.lp = j->prompt_lps + (size_t)t * srv_job_lp_width(j);
         return r;
     }
     int g = t - np;
     r.id = j->tokens[g];
     r.prev = g ? j->tokens[g - 1] : last_prompt_id(j);
-    r.lp = j->lps + (size_t)g * (1 + (size_t)j->logprobs);
+    r.lp = j->lps + (size_t)g * srv_job_lp_width(j);
     return r;
 }
 

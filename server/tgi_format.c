@@ -79,7 +79,7 @@ static const tfm_token_logprob *lps_of(const srv_job *j, int t)
 {
     if (j->logprobs < 0 || !j->lps || t >= j->max_tokens)
         return NULL;
-    return j->lps + (size_t)t * (1 + (size_t)j->logprobs);
+    return j->lps + (size_t)t * srv_job_lp_width(j);
 }
 
 /* The id of the token that ended the sequence (EOS, or BOS for llama2.c). */
@@ -199,7 +199,7 @@ static void details_json(srv_buf *b, srv_job *j, const tgi_ctx *c, srv_finish wh
             put(b, ",");
         /* the first prompt token has none: null, as TGI answers */
         const tfm_token_logprob *lp =
-            i && j->prompt_lps ? j->prompt_lps + (size_t)i * (1 + (size_t)j->logprobs) : NULL;
+            i && j->prompt_lps ? j->prompt_lps + (size_t)i * srv_job_lp_width(j) : NULL;
         token_json(b, j, j->prompt_ids[i], i ? j->prompt_ids[i - 1] : -1, NULL, 0,
                    lp ? &lp->logprob : NULL, 0);
     }

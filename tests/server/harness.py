@@ -1110,6 +1110,20 @@ class DisconnectChecks:
             buf += chunk
         self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf[:100])
 
+    def cut(self, path, body, stream, settle=0.3):
+        """Sends body, waits until it is in flight (a stream: its first
+        event; else settle seconds), hangs up, then after_disconnect."""
+        s = self.open_request(path, body)
+        try:
+            if stream:
+                self.first_event(s)
+            else:
+                time.sleep(settle)
+            self.assertGreaterEqual(self.srv.in_flight(), 1, "premise: the request is in flight")
+        finally:
+            s.close()
+        self.after_disconnect(self.next_request)
+
     def after_disconnect(self, next_request):
         """Checks, all reported together: the in-flight gauge returns to 0
         within 2 s; the process goes quiet (the generation's compute
