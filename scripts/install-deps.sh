@@ -47,23 +47,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The npm packages of tests/clients, exactly as package-lock.json pins them
-# (`npm ci`).  Skipped when node_modules already matches: a stamp holds the
-# lockfile's hash and the node version it was installed with.
-CLIENTS="$(cd "$(dirname "$0")/.." && pwd)/tests/clients"
-if [ -f "$CLIENTS/package-lock.json" ]; then
-  node_ver="$(node -p 'process.versions.node' 2>/dev/null || echo 0)"
-  IFS=. read -r n_major n_minor _ <<<"$node_ver"
+# The npm packages of each tests/<suite> with a package-lock.json (the
+# official clients, the deploy validators, the browser test), exactly as the
+# lockfile pins them (`npm ci`).  Skipped when node_modules already matches:
+# a stamp holds the lockfile's hash and the node version it was installed
+# with.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+node_ver="$(node -p 'process.versions.node' 2>/dev/null || echo 0)"
+IFS=. read -r n_major n_minor _ <<<"$node_ver"
+for lock in "$ROOT"/tests/*/package-lock.json; do
+  [ -f "$lock" ] || continue
+  suite="$(dirname "$lock")"
   if [ "$n_major" -lt 20 ] || { [ "$n_major" -eq 20 ] && [ "$n_minor" -lt 19 ]; }; then
-    echo "install-deps: warning: node $node_ver is older than 20.19; tests/clients not installed" \
-         "(its tests will fail until a newer node is installed)" >&2
-  else
-    want="$(sha256sum "$CLIENTS/package-lock.json" | cut -d' ' -f1) node-$node_ver"
-    stamp="$CLIENTS/node_modules/.attnd-installed"
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-      echo "install-deps: npm ci in tests/clients"
-      (cd "$CLIENTS" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-      echo "$want" >"$stamp"
-    fi
+    echo "install-deps: warning: node $node_ver is older than 20.19; ${suite#"$ROOT"/} not" \
+         "installed (its tests will fail until a newer node is installed)" >&2
+    continue
   fi
-fi
+  want="$(sha256sum "$lock" | cut -d' ' -f1) node-$node_ver"
+  stamp="$suite/node_modules/.attnd-installed"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "install-deps: npm ci in ${suite#"$ROOT"/}"
+    (cd "$suite" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" >"$stamp"
+  fi
+done
