@@ -40,12 +40,15 @@ typedef struct srv_app {
     uv_async_t inbox_async;   /* engine -> loop: jobs with news */
     uv_signal_t sigint, sigterm, sighup;
     uv_work_t load_work;
+    uv_timer_t poll_timer;    /* --models-poll-seconds (models_routes.c) */
+    uv_work_t rescan_work;    /* SIGHUP's and the poll's rescan */
+    int rescan_busy;          /* rescan_work is queued or running */
 
     pthread_mutex_t inbox_mu; /* guards inbox (any thread) */
     srv_job **inbox;
     int inbox_len, inbox_cap, inbox_closed;
 
-    srv_models models;        /* thread-safe; grows as jobs finish (models.h) */
+    srv_models models;        /* thread-safe; changes as jobs finish and rescans run (models.h) */
     atomic_int ready;         /* models loaded and the engine running */
     srv_engine *engine;
     srv_stats stats;          /* thread-safe */

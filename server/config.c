@@ -61,6 +61,10 @@ static const opt opts[] = {
     {"--max-header-bytes", "ATTND_MAX_HEADER_BYTES", "N", "request line and headers, else 414 or 431 (16384)", K_SIZE, F(max_header_bytes), 0, 1024, 1L << 20},
     {"--train-queue-depth", "ATTND_TRAIN_QUEUE_DEPTH", "N", "training jobs waiting before POST /train gets 503 (64)", K_INT, F(train_queue_depth), 0, 1, 10000},
     {"--train-keep", "ATTND_TRAIN_KEEP", "N", "finished training jobs kept; older ones are removed (100)", K_INT, F(train_keep), 0, 0, 100000},
+    {"--trained-models-dir", "ATTND_TRAINED_MODELS_DIR", "DIR", "where POST /train saves models, served and rescanned with\n"
+     "                          the models dir; replicas may share it (<data-dir>/models)", K_STR, F(trained_dir), CAP(trained_dir), 0, 0},
+    {"--models-poll-seconds", "ATTND_MODELS_POLL_SECONDS", "N", "rescan the models dirs every N s, as POST /models/reload\n"
+     "                          and SIGHUP do (0: only then)", K_INT, F(models_poll_s), 0, 0, 86400},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
 
@@ -220,6 +224,12 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
         fprintf(stderr, "attnd: --attention must be auto, naive or tiled, not \"%s\"\n\n",
                 cfg->attention);
         usage(stderr);
+        return 2;
+    }
+    if (!cfg->trained_dir[0] &&
+        snprintf(cfg->trained_dir, sizeof cfg->trained_dir, "%s/models", cfg->data_dir) >=
+            (int)sizeof cfg->trained_dir) {
+        fprintf(stderr, "attnd: --data-dir: value too long\n");
         return 2;
     }
     return 0;

@@ -47,6 +47,11 @@ typedef struct srv_config {
     size_t max_header_bytes; /* --max-header-bytes: 16384 (request line and headers) */
     int train_queue_depth; /* --train-queue-depth: 64 (queued jobs before 503) */
     int train_keep;        /* --train-keep: 100 (finished jobs kept, oldest removed) */
+
+    /* ---- the model lifecycle (models.h, models_routes.c) ---- */
+    char trained_dir[1024]; /* --trained-models-dir: <data-dir>/models (where POST /train
+                             * saves; replicas may share it) */
+    int models_poll_s;     /* --models-poll-seconds: 0 (off); rescan every N s */
 } srv_config;
 
 /* Fills cfg from the environment and argv.  Returns 0 to run, 1 when

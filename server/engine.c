@@ -36,11 +36,13 @@
  * "timeout", its text so far returned as usual.  Either way its slot is
  * free for the next iteration's admission.
  *
- * Models can be registered while the engine runs (a finished training
- * job): per-model contexts live in an array indexed by the registry slot
- * (srv_model.index); when the queue's head is a job whose model has none
- * yet, the next iteration makes it, outside the queue's lock, before
- * admission.
+ * Models can be registered and unloaded while the engine runs (a finished
+ * training job, a rescan, DELETE /models): per-model contexts
+ * (engine_ctx.c) live in an array indexed by srv_model.index; when the
+ * queue's head is a job whose model has none yet, the next iteration makes
+ * it, outside the queue's lock, before admission; once a model is
+ * unloaded and no sequence runs or waits on it, its context is dropped,
+ * and with it the engine's reference to the model.
  */
 #define _GNU_SOURCE /* memmem */
 #include "engine.h"
@@ -50,69 +52,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_internal.h"
 #include "tfm/model.h"
 #include "tfm/tokenizer.h"
 
-/* Prompt rows per prefill chunk (and so the workspace's rows). */
-#define PREFILL_CHUNK 256
-
-typedef enum { SLOT_FREE = 0, SLOT_ADMITTED, SLOT_PREFILL, SLOT_DECODE } slot_phase;
-
-typedef struct slot {
-    slot_phase phase;
-    srv_job *job;
-    tfm_state *st;
-    tfm_sampler *smp;
-    int *ids; /* the prompt's tokens, seq_len long */
-    int n_ids, prefilled;
-    int last; /* the token to feed next */
-} slot;
-
-typedef struct mctx {
-    const srv_model *m;
-    tfm_workspace *ws;
-    tfm_attn_kernel attention; /* the model's ("attention" in its metadata) or --attention */
-    slot *slots; /* max_batch */
-    float *logits; /* (max_batch, vocab) */
-    float *row_logits; /* (PREFILL_CHUNK, vocab) for prompt log-probabilities;
-                        * NULL until a job asks for them */
-    tfm_state **bst;
-    int *btok, *bslot;
-    int eos, stop2; /* tokens that end a sequence */
-} mctx;
-
-struct srv_engine {
-    pthread_t thread;
-    int thread_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    srv_job **q; /* waiting jobs, oldest first (q_len of q_cap) */
-    int q_len, q_cap;
-    int stopping;
-    /* engine thread only (and create/destroy, with the thread not running):
-     * the per-model contexts by srv_model.index, created for the models
-     * registered at start and, lazily, for any model registered later */
-    mctx *mc[SRV_MODELS_MAX];
-    unsigned char mc_failed[SRV_MODELS_MAX]; /* creation failed: refuse its jobs */
-    mctx *live[SRV_MODELS_MAX];              /* the contexts made, in order */
-    int n_live, max_batch, n_threads;
-    tfm_attn_kernel attention;
-    atomic_int running;
-    uint64_t seq; /* under mu: the last submission's number */
-    tfm_profile prof; /* under mu: the workspaces' profiles, summed */
-    srv_engine_hooks hooks;
-};
-
 /* ---- slots ---------------------------------------------------------------- */
-
-static void release_slot(srv_engine *e, slot *s)
-{
-    if (s->job)
-        srv_job_unref(s->job);
-    s->job = NULL;
-    s->phase = SLOT_FREE;
-    atomic_fetch_sub(&e->running, 1);
-}
 
 /* Tokenises and checks an admitted job; 0 ok, -1 when it was failed. */
 static int start_job(srv_engine *e, mctx *mc, slot *s)
@@ -215,7 +159,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     j->t_last = now;
     if ((tok == mc->eos || tok == mc->stop2) && !j->ignore_eos) {
         srv_job_finish(j, SRV_FINISH_EOS);
-        release_slot(e, s);
+        srv_engine_release_slot(e, s);
         return 1;
     }
     int prev = j->n_tokens ? j->tokens[j->n_tokens - 1] : s->ids[s->n_ids - 1];
@@ -264,7 +208,7 @@ static int emit(srv_engine *e, mctx *mc, slot *s, int tok)
     }
     if (fin != SRV_FINISH_NONE) {
         srv_job_finish(j, fin);
-        release_slot(e, s);
+        srv_engine_release_slot(e, s);
         return 1;
     }
     s->last = tok;
@@ -389,7 +333,7 @@ static int prefill_step(srv_engine *e, int budget)
     tfm_workspace_set_attention(mc->ws, mc->attention);
     if (st != TFM_OK) {
         srv_job_fail(j, 500, "internal", tfm_strerror(st), NULL);
-        release_slot(e, s);
+        srv_engine_release_slot(e, s);
         return chunk;
     }
     s->prefilled += chunk;
@@ -431,106 +375,11 @@ static void decode_step(srv_engine *e, mctx *mc)
         slot *s = &mc->slots[mc->bslot[b]];
         if (st != TFM_OK) {
             srv_job_fail(s->job, 500, "internal", tfm_strerror(st), NULL);
-            release_slot(e, s);
+            srv_engine_release_slot(e, s);
             continue;
         }
         emit(e, mc, s, sample_tok(s, mc->logits + (size_t)b * vocab));
     }
-}
-
-/* ---- per-model contexts ----------------------------------------------------- */
-
-static void ctx_destroy(srv_engine *e, mctx *mc)
-{
-    if (!mc)
-        return;
-    for (int k = 0; mc->slots && k < e->max_batch; k++) {
-        slot *s = &mc->slots[k];
-        if (s->phase != SLOT_FREE) {
-            srv_job_finish(s->job, SRV_FINISH_CANCELLED);
-            release_slot(e, s);
-        }
-        tfm_state_destroy(s->st);
-        tfm_sampler_destroy(s->smp);
-        free(s->ids);
-    }
-    free(mc->slots);
-    free(mc->logits);
-    free(mc->row_logits);
-    free(mc->bst);
-    free(mc->btok);
-    free(mc->bslot);
-    tfm_workspace_destroy(mc->ws);
-    free(mc);
-}
-
-/* A text model's workspace, slots and KV caches; NULL when out of memory
- * (message printed) or m is not a text model. */
-static mctx *ctx_create(srv_engine *e, const srv_model *m)
-{
-    if (strcmp(m->kind, "text") || !m->tok)
-        return NULL;
-    mctx *mc = calloc(1, sizeof *mc);
-    if (!mc)
-        goto fail;
-    const tfm_config *c = &m->model->cfg;
-    int max_batch = e->max_batch;
-    mc->m = m;
-    mc->eos = tfm_tokenizer_eos(m->tok);
-    /* llama2.c models end a sequence with BOS, as run.c stops on it */
-    mc->stop2 = tfm_tokenizer_kind_of(m->tok) == TFM_TOKENIZER_LLAMA2C ? tfm_tokenizer_bos(m->tok)
-                                                                      : mc->eos;
-    int rows = max_batch > PREFILL_CHUNK ? max_batch : PREFILL_CHUNK;
-    if (tfm_workspace_create(m->model, rows, e->n_threads, &mc->ws) != TFM_OK)
-        goto fail;
-    tfm_workspace_profile(mc->ws)->enabled = 1;
-    /* a model may name its kernel in its checkpoint's metadata; the flag
-     * decides otherwise */
-    const char *mk = tfm_model_meta_get(m->model, "attention");
-    mc->attention = mk && !strcmp(mk, "naive")   ? TFM_ATTN_NAIVE
-                    : mk && !strcmp(mk, "tiled") ? TFM_ATTN_TILED
-                                                 : e->attention;
-    tfm_workspace_set_attention(mc->ws, mc->attention);
-    mc->slots = calloc((size_t)max_batch, sizeof *mc->slots);
-    mc->logits = malloc((size_t)max_batch * c->vocab_size * sizeof(float));
-    mc->bst = calloc((size_t)max_batch, sizeof *mc->bst);
-    mc->btok = calloc((size_t)max_batch, sizeof(int));
-    mc->bslot = calloc((size_t)max_batch, sizeof(int));
-    if (!mc->slots || !mc->logits || !mc->bst || !mc->btok || !mc->bslot)
-        goto fail;
-    for (int k = 0; k < max_batch; k++) {
-        slot *s = &mc->slots[k];
-        tfm_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f};
-        s->ids = malloc((size_t)c->seq_len * sizeof(int));
-        if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
-            tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
-            goto fail;
-    }
-    e->mc[m->index] = mc;
-    e->live[e->n_live++] = mc;
-    return mc;
-fail:
-    fprintf(stderr, "attnd: engine: out of memory for model %s\n", m->name);
-    ctx_destroy(e, mc);
-    return NULL;
-}
-
-/* Engine thread, with e->mu held: when a queued job is for a model without
- * a context (registered after the engine started), makes it (the oldest
- * such job's, one per iteration), dropping the lock meanwhile, since it
- * allocates the KV caches.  Returns with the lock held. */
-static void ctx_make_queued(srv_engine *e)
-{
-    const srv_model *m = NULL;
-    for (int i = 0; i < e->q_len && !m; i++)
-        if (!e->mc[e->q[i]->model->index] && !e->mc_failed[e->q[i]->model->index])
-            m = e->q[i]->model;
-    if (!m)
-        return;
-    pthread_mutex_unlock(&e->mu);
-    if (!ctx_create(e, m))
-        e->mc_failed[m->index] = 1;
-    pthread_mutex_lock(&e->mu);
 }
 
 /* ---- the queue: deadlines and fair admission -------------------------------- */
@@ -610,10 +459,13 @@ static void *engine_main(void *arg)
     srv_engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stopping && e->q_len == 0 && atomic_load(&e->running) == 0)
+        while (!e->stopping && e->q_len == 0 && atomic_load(&e->running) == 0 &&
+               srv_models_removals(e->reg) == e->removals_seen)
             pthread_cond_wait(&e->cv, &e->mu);
-        if (!e->stopping)
-            ctx_make_queued(e);
+        if (!e->stopping) {
+            srv_engine_ctx_collect(e);
+            srv_engine_ctx_make_queued(e);
+        }
         if (e->stopping) {
             pthread_mutex_unlock(&e->mu);
             break;
@@ -624,7 +476,7 @@ static void *engine_main(void *arg)
         int n_dropped = 0;
         for (int i = 0; i < e->q_len && n_dropped < 16;) {
             srv_job *j = e->q[i];
-            if (srv_job_cancelled(j) || past(j, now) || e->mc_failed[j->model->index]) {
+            if (srv_job_cancelled(j) || past(j, now) || srv_engine_ctx_failed(e, j)) {
                 dropped[n_dropped++] = j;
                 queue_remove(e, i);
             } else {
@@ -652,13 +504,13 @@ static void *engine_main(void *arg)
             for (int i = 0; i < e->max_batch; i++) {
                 slot *s = &e->live[m]->slots[i];
                 if (s->phase == SLOT_ADMITTED && start_job(e, e->live[m], s) != 0) {
-                    release_slot(e, s);
+                    srv_engine_release_slot(e, s);
                 } else if (s->phase != SLOT_FREE && srv_job_cancelled(s->job)) {
                     srv_job_finish(s->job, SRV_FINISH_CANCELLED);
-                    release_slot(e, s);
+                    srv_engine_release_slot(e, s);
                 } else if (s->phase != SLOT_FREE && past(s->job, now)) {
                     time_out(s->job, now);
-                    release_slot(e, s);
+                    srv_engine_release_slot(e, s);
                 }
             }
         /* 4, 5: up to PREFILL_CHUNK prompt rows — one long prompt's chunk,
@@ -672,6 +524,7 @@ static void *engine_main(void *arg)
         /* publish the op accounting for /metrics */
         pthread_mutex_lock(&e->mu);
         tfm_profile_reset(&e->prof);
+        tfm_profile_add(&e->prof, &e->prof_dropped);
         for (int m = 0; m < e->n_live; m++)
             tfm_profile_add(&e->prof, tfm_workspace_profile(e->live[m]->ws));
         pthread_mutex_unlock(&e->mu);
@@ -703,11 +556,15 @@ srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_de
         goto fail;
     /* the models there are now get their contexts at once, so that a
      * first request does not pay for them; later ones on first use */
-    for (int i = 0, n = srv_models_count(reg); i < n; i++) {
-        const srv_model *m = srv_models_at(reg, i);
-        if (!strcmp(m->kind, "text") && !ctx_create(e, m))
-            goto fail;
-    }
+    e->reg = reg;
+    e->removals_seen = srv_models_removals(reg);
+    const srv_model *ms[SRV_MODELS_MAX];
+    int n = srv_models_get_all(reg, ms, SRV_MODELS_MAX), ok = 1;
+    for (int i = 0; i < n && ok; i++)
+        ok = strcmp(ms[i]->kind, "text") || srv_engine_ctx_create(e, ms[i]);
+    srv_models_put_all(ms, n);
+    if (!ok)
+        goto fail;
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0)
         goto fail;
     e->thread_started = 1;
@@ -733,8 +590,7 @@ void srv_engine_destroy(srv_engine *e)
         srv_job_unref(e->q[i]);
     }
     e->q_len = 0;
-    for (int m = 0; m < e->n_live; m++)
-        ctx_destroy(e, e->live[m]);
+    srv_engine_ctx_destroy_all(e);
     free(e->q);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -791,6 +647,13 @@ int srv_engine_queued(srv_engine *e)
 }
 
 int srv_engine_running(srv_engine *e) { return atomic_load(&e->running); }
+
+void srv_engine_models_changed(srv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
 
 void srv_engine_profile(srv_engine *e, tfm_profile *out)
 {

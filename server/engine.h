@@ -196,8 +196,9 @@ typedef struct srv_engine srv_engine;
 /* One engine for every text model: those of reg now get their workspace,
  * slots and KV caches at once; a model registered later (srv_models_add)
  * gets them on the engine thread when its first job reaches the head of
- * the queue.  A job's model must stay valid while the engine runs (the
- * registry keeps every entry until shutdown).  max_batch sequences per
+ * the queue.  A job holds a reference to its model (srv_job.model, given
+ * back when the job is freed); so does each context, until the model is
+ * unloaded and its last sequence has ended.  max_batch sequences per
  * model, queue_depth waiting jobs, n_threads compute threads per model.
  * NULL on failure (message printed). */
 srv_engine *srv_engine_create(const srv_models *reg, int max_batch, int queue_depth,
@@ -216,6 +217,10 @@ int srv_engine_submit_group(srv_engine *e, srv_job *group);
 /* Makes group a group of n new children (srv_job_create each), linked
  * both ways; 0, or -1 when out of memory. */
 int srv_job_make_group(srv_job *group, int n);
+
+/* Any thread: a model was unloaded (wakes the engine to drop its
+ * context once nothing uses it). */
+void srv_engine_models_changed(srv_engine *e);
 
 /* Jobs waiting for a slot, and sequences running. */
 int srv_engine_queued(srv_engine *e);

@@ -266,8 +266,8 @@ static int fill_job(const srv_parse_ctx *pc, json_t *body, const srv_models *mod
         srv_error_set(e, 422, "invalid_argument", "model", "model must be a string");
         return 0;
     }
-    j->model = model ? srv_models_find(models, json_string_value(model))
-                     : srv_models_default(models);
+    j->model = model ? srv_models_get(models, json_string_value(model)) /* the job's reference */
+                     : srv_models_get_default(models);
     if (!j->model) {
         if (model)
             srv_error_set(e, 404, "model_not_found", "model", "no model named \"%s\"",

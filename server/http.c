@@ -22,6 +22,7 @@
 #include "http.h"
 #include "auth.h"
 #include "conn.h"
+#include "models_routes.h"
 #include "train.h"
 
 #include <errno.h>
@@ -52,6 +53,8 @@ static const route routes[] = {
     {"/generate", "POST", srv_route_generate, 1, 1},
     {"/recall", "POST", srv_route_recall, 1, 1},
     {"/models", "GET", srv_route_models, 0, 0},
+    {"/models/reload", "POST", srv_route_models_reload, 0, 0},
+    {"/models/{id}", "DELETE", srv_route_model, 0, 0},
     {"/healthz", "GET", srv_route_healthz, 0, 0},
     {"/readyz", "GET", srv_route_readyz, 0, 0},
     {"/metrics", "GET", srv_route_metrics, 0, 0},

@@ -53,6 +53,7 @@ void srv_job_unref(srv_job *j)
 {
     if (!j || atomic_fetch_sub(&j->refs, 1) != 1)
         return;
+    srv_model_put(j->model);
     free(j->prompt);
     for (int i = 0; i < j->n_stop; i++)
         free(j->stop[i]);

@@ -22,6 +22,7 @@
 #include "auth.h"
 #include "conn.h"
 #include "http.h"
+#include "models_routes.h"
 #include "train.h"
 
 /* ---- the inbox ------------------------------------------------------------- */
@@ -155,7 +156,7 @@ static void collect(srv_registry *reg, void *ctx)
         srv_stats_profile(&app->stats, &none); /* /recall's, before any model */
         return;
     }
-    srv_gauge_set(app->stats.models, app->models.n);
+    srv_gauge_set(app->stats.models, srv_models_count(&app->models));
     srv_gauge_set(app->stats.queue_depth, srv_engine_queued(app->engine));
     srv_gauge_set(app->stats.running, srv_engine_running(app->engine));
     tfm_profile p;
@@ -185,7 +186,7 @@ static void models_loaded(uv_work_t *w, int status)
         close_all(app);
         return;
     }
-    if (app->models.n == 0)
+    if (srv_models_count(&app->models) == 0)
         fprintf(stderr, "attnd: no models found (--model or --models-dir); not ready\n");
     srv_engine_hooks hooks = {&app->stats,           srv_stats_queue_wait, srv_stats_first_token,
                               srv_stats_inter_token, srv_stats_batch,      srv_stats_tokens};
@@ -199,13 +200,15 @@ static void models_loaded(uv_work_t *w, int status)
         close_all(app);
         return;
     }
+    if (srv_models_poll_start(app) != 0)
+        fprintf(stderr, "attnd: cannot start the --models-poll-seconds timer\n");
     /* training jobs check their names against the models loaded */
     if (!atomic_load(&app->draining) && srv_trainer_start(app->trainer) != 0)
         fprintf(stderr, "attnd: training workers could not start; POST /train stays 503\n");
-    if (app->models.n > 0 && !atomic_load(&app->draining)) {
+    if (srv_models_count(&app->models) > 0 && !atomic_load(&app->draining)) {
         atomic_store(&app->ready, 1);
         fprintf(stderr, "attnd: ready: %d model(s), %d threads, batch %d, queue %d\n",
-                app->models.n, app->cfg.threads, app->cfg.max_batch, app->cfg.queue_depth);
+                srv_models_count(&app->models), app->cfg.threads, app->cfg.max_batch, app->cfg.queue_depth);
     }
 }
 
@@ -274,9 +277,11 @@ static void on_sighup(uv_signal_t *h, int signum)
 {
     srv_app *app = h->data;
     (void)signum;
-    if (!app->cfg.api_key_file[0])
-        fprintf(stderr, "attnd: SIGHUP: no --api-key-file to re-read\n");
-    srv_auth_reload(app->auth);
+    fprintf(stderr, "attnd: SIGHUP: rescanning the models dirs%s\n",
+            app->cfg.api_key_file[0] ? ", re-reading --api-key-file" : "");
+    srv_models_rescan_async(app);
+    if (app->cfg.api_key_file[0])
+        srv_auth_reload(app->auth);
 }
 
 static void on_watch(uv_timer_t *t)

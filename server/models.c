@@ -1,59 +1,59 @@
 /*
- * models.c — finding, loading, naming and registering the served models.
+ * models.c — the registry: publishing, finding and unpublishing models,
+ * and their reference counts (models.h).  Loading and rescanning the
+ * files is models_scan.c's.
  *
- * A model's name is its file's stem ("models/tiny.safetensors" is "tiny").
- * llama2.c .bin files need a tokenizer.bin: --tokenizer, else one beside the
- * model; a file named tokenizer.bin is never taken for a model.  A model
- * whose metadata says task "recall" (tfm_mqar_from_meta) is a recall model:
- * it has no tokenizer, /generate refuses it and /recall's model engine
- * serves it; any other is a text model with a byte or llama2.c tokenizer.
+ * Read sections.  A reader enters by adding 1 to readers[epoch & 1] and
+ * checking that the epoch has not moved meanwhile (else it backs out and
+ * tries again); it leaves by taking the 1 back.  A writer that has
+ * unpublished an entry advances the epoch, so readers entering from then
+ * on count on the other counter and can no longer see the entry, and waits
+ * until the old counter is 0: every reader that might have seen it has
+ * left, each with its reference taken if it wanted one.  Writers are
+ * serialised by mu, so two waits never overlap.  Every atomic here is
+ * sequentially consistent: the argument needs the unpublishing store, the
+ * epoch's increment and the readers' loads in one total order.  A read
+ * section is a scan of at most SRV_MODELS_MAX names, so the wait is short;
+ * no reader ever waits on a writer.
  *
- * Concurrency (see models.h): a model is loaded outside the lock (that is
- * the slow part), then appended under it; readers never lock.  The
- * published count is the release that makes the entry's fields visible to
- * a reader's acquire.  A lookup is a linear scan over at most
- * SRV_MODELS_MAX names, cheap beside any request that uses the model.
- *
- * Hostile files (datadir.h): every model and tokenizer file is opened
- * O_NONBLOCK and checked to be a regular file before the loader reads it,
- * so a FIFO, a directory or a dangling link is skipped, never waited on.
- * In <data-dir>/models (attnd's own) a file that cannot be served — not a
- * regular file, a symlink, a name with control characters, a truncated or
- * corrupt checkpoint — is quarantined, and the leftover temporaries of a
- * save cut short are deleted; in the models dir or a --model file (read
- * only) it is logged and skipped.  A model whose name is taken is skipped
- * in both (it is not broken).
+ * The last reference frees the entry: the model, the tokenizer, and its
+ * index (under mu, for a later entry), on whatever thread drops it.
  */
 #include "models.h"
 
-#include <dirent.h>
-#include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "datadir.h"
-#include "tfm/checkpoint.h"
+#include "models_internal.h"
 
-static int has_suffix(const char *s, const char *suf)
+static srv_models *mut(const srv_models *reg) { return (srv_models *)reg; }
+
+static int read_enter(const srv_models *creg)
 {
-    size_t n = strlen(s), m = strlen(suf);
-    return n > m && !strcmp(s + n - m, suf);
+    srv_models *reg = mut(creg);
+    for (;;) {
+        unsigned e = atomic_load(&reg->epoch);
+        atomic_fetch_add(&reg->readers[e & 1], 1);
+        if (atomic_load(&reg->epoch) == e)
+            return (int)(e & 1);
+        atomic_fetch_sub(&reg->readers[e & 1], 1);
+    }
 }
 
-static void stem(const char *path, char *out, size_t cap)
+static void read_leave(const srv_models *reg, int k) { atomic_fetch_sub(&mut(reg)->readers[k], 1); }
+
+/* With mu held: returns once no reader that may have seen an entry
+ * unpublished before the call is still in its read section. */
+static void wait_readers(srv_models *reg)
 {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    snprintf(out, cap, "%s", base);
-    char *dot = strrchr(out, '.');
-    if (dot && dot != out)
-        *dot = 0;
+    unsigned e = atomic_fetch_add(&reg->epoch, 1);
+    while (atomic_load(&reg->readers[e & 1]) != 0)
+        sched_yield();
 }
 
-static void entry_destroy(srv_model *e)
+void srv_model_entry_destroy(srv_model *e)
 {
     if (!e)
         return;
@@ -62,365 +62,212 @@ static void entry_destroy(srv_model *e)
     free(e);
 }
 
-/* Whether a file the loader is about to open is a regular file (following
- * links: a --model or a models dir may link elsewhere); 0 with err. */
-static int regular(const char *path, char *err, size_t errlen)
+const srv_model *srv_model_hold(const srv_model *m)
 {
-    char why[256];
-    int fd = srv_data_open_regular(path, 1, 0, why, sizeof why);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s", why);
-        return 0;
-    }
-    close(fd);
-    return 1;
+    if (m)
+        atomic_fetch_add(&((srv_model *)m)->refs, 1);
+    return m;
 }
 
-/* Loads path into a new entry (not yet registered); NULL with err, and
- * *broken set when the file itself is at fault (not a lack of memory). */
-static srv_model *entry_load(const srv_models *reg, const char *path, int *broken, char *err,
-                             size_t errlen)
+void srv_model_put(const srv_model *cm)
 {
-    char msg[512] = "";
-    *broken = 0;
-    if (!regular(path, msg, sizeof msg)) {
-        *broken = 1;
-        snprintf(err, errlen, "%s", msg);
-        return NULL;
+    srv_model *m = (srv_model *)cm;
+    if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
+        return;
+    srv_models *reg = m->reg;
+    if (reg) {
+        pthread_mutex_lock(&reg->mu);
+        reg->index_used[m->index] = 0;
+        pthread_mutex_unlock(&reg->mu);
+        fprintf(stderr, "attnd: unloaded model %s (%s)\n", m->name, m->source);
     }
-    srv_model *e = calloc(1, sizeof *e);
-    if (!e) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    stem(path, e->name, sizeof e->name);
-    snprintf(e->source, sizeof e->source, "%s", path);
-    tfm_status s = tfm_checkpoint_load(path, TFM_CKPT_AUTO, &e->model, msg, sizeof msg);
-    if (s != TFM_OK) {
-        *broken = s != TFM_E_NOMEM;
-        snprintf(err, errlen, "%s: %s", tfm_strerror(s), msg);
-        goto fail;
-    }
-    tfm_model *m = e->model;
-    s = tfm_mqar_from_meta(m, &e->recall);
-    if (s == TFM_OK) { /* its parameters fit its vocabulary and context */
-        e->kind = "recall";
-        return e;
-    }
-    if (s != TFM_E_NOTFOUND) {
-        *broken = 1;
-        snprintf(err, errlen, "task \"recall\" with missing or bad recall.* metadata (or a "
-                 "vocabulary or context that does not fit them)");
-        goto fail;
-    }
-    e->kind = "text";
-    memset(&e->recall, 0, sizeof e->recall);
-    if (m->tokenizer == TFM_TOKENIZER_LLAMA2C) {
-        char tpath[2048];
-        if (reg->cfg && reg->cfg->tokenizer[0]) {
-            snprintf(tpath, sizeof tpath, "%s", reg->cfg->tokenizer);
-        } else {
-            const char *slash = strrchr(path, '/');
-            int dirlen = slash ? (int)(slash - path + 1) : 0;
-            snprintf(tpath, sizeof tpath, "%.*stokenizer.bin", dirlen, path);
-        }
-        if (!regular(tpath, msg, sizeof msg))
-            s = TFM_E_IO;
-        else
-            s = tfm_tokenizer_load_llama2c(tpath, m->cfg.vocab_size, &e->tok, msg, sizeof msg);
-        if (s != TFM_OK) {
-            snprintf(err, errlen, "tokenizer %s: %s: %s", tpath, tfm_strerror(s), msg);
-            goto fail;
-        }
-    } else {
-        tfm_tokenizer_create_byte(&e->tok);
-        if (!e->tok || tfm_tokenizer_vocab_size(e->tok) > m->cfg.vocab_size) {
-            snprintf(err, errlen, "vocab %d is smaller than the byte tokenizer's %d",
-                     m->cfg.vocab_size, TFM_BYTE_VOCAB);
-            goto fail;
-        }
-    }
-    return e;
-fail:
-    entry_destroy(e);
-    return NULL;
-}
-
-/* Appends e under the lock.  0; -1 full; -2 the name is taken. */
-static int publish(srv_models *reg, srv_model *e)
-{
-    pthread_mutex_lock(&reg->mu);
-    int n = atomic_load_explicit(&reg->n, memory_order_relaxed); /* writers hold mu */
-    int rc = 0;
-    if (srv_models_find(reg, e->name))
-        rc = -2;
-    else if (n >= SRV_MODELS_MAX)
-        rc = -1;
-    else {
-        e->index = n;
-        reg->items[n] = e;
-        atomic_store_explicit(&reg->n, n + 1, memory_order_release);
-    }
-    pthread_mutex_unlock(&reg->mu);
-    return rc;
-}
-
-static void log_loaded(const srv_model *e)
-{
-    if (!strcmp(e->kind, "recall"))
-        fprintf(stderr, "attnd: loaded recall model %s (%zu parameters; %d pairs, %d keys, %d "
-                "values) from %s\n", e->name, tfm_config_n_params(&e->model->cfg),
-                e->recall.n_pairs, e->recall.n_keys, e->recall.n_values, e->source);
-    else
-        fprintf(stderr, "attnd: loaded model %s (%zu parameters) from %s\n", e->name,
-                tfm_config_n_params(&e->model->cfg), e->source);
-}
-
-/* Start-up: one file; 1 loaded, 0 skipped (message printed).  data_dir:
- * the file is in <data_dir>/models and quarantined when broken; NULL for
- * the read-only places. */
-static int load_one(srv_models *reg, const char *path, const char *data_dir)
-{
-    char err[1024], shown[1200];
-    int broken;
-    srv_model *e = entry_load(reg, path, &broken, err, sizeof err);
-    if (!e) {
-        if (data_dir && broken) {
-            srv_data_quarantine(data_dir, path, err);
-        } else {
-            srv_data_printable(path, shown, sizeof shown);
-            fprintf(stderr, "attnd: model %s: %s; skipped\n", shown, err);
-        }
-        return 0;
-    }
-    e->startup = 1;
-    int rc = publish(reg, e);
-    if (rc != 0) {
-        if (rc == -2)
-            fprintf(stderr, "attnd: model %s: the name \"%s\" is taken, skipped\n", path, e->name);
-        else
-            fprintf(stderr, "attnd: model %s: the registry is full (%d models), skipped\n", path,
-                    SRV_MODELS_MAX);
-        entry_destroy(e);
-        return 0;
-    }
-    log_loaded(e);
-    return 1;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Every model file of dir in name order; .bin too unless only_safetensors.
- * data_dir: dir is <data_dir>/models (see load_one); NULL otherwise. */
-static int load_dir(srv_models *reg, const char *dir, int only_safetensors, const char *data_dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    char **names = NULL;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        char path[2200], shown[2400];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (data_dir && srv_data_is_temp(de->d_name)) { /* a save cut short */
-            srv_data_printable(path, shown, sizeof shown);
-            if (unlink(path) == 0)
-                fprintf(stderr, "attnd: data: %s: removed (the temporary file of a write that "
-                        "did not finish)\n", shown);
-            continue;
-        }
-        if (de->d_name[0] == '.' || !strcmp(de->d_name, "tokenizer.bin"))
-            continue;
-        if (!has_suffix(de->d_name, ".safetensors") &&
-            (only_safetensors || !has_suffix(de->d_name, ".bin")))
-            continue;
-        if (!srv_data_name_ok(de->d_name)) { /* its name would be served as is */
-            if (data_dir) {
-                srv_data_quarantine(data_dir, path, "a name with control characters");
-            } else {
-                srv_data_printable(path, shown, sizeof shown);
-                fprintf(stderr, "attnd: model %s: a name with control characters; skipped\n",
-                        shown);
-            }
-            continue;
-        }
-        struct stat sb;
-        if (data_dir && lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
-            srv_data_quarantine(data_dir, path, "a symbolic link (trained models are files)");
-            continue;
-        }
-        char **nn = realloc(names, (size_t)(n + 1) * sizeof *nn);
-        if (!nn)
-            break;
-        names = nn;
-        size_t len = strlen(dir) + strlen(de->d_name) + 2;
-        names[n] = malloc(len);
-        if (!names[n])
-            break;
-        snprintf(names[n], len, "%s/%s", dir, de->d_name);
-        n++;
-    }
-    closedir(d);
-    if (n > 1)
-        qsort(names, (size_t)n, sizeof *names, cmp_str);
-    int loaded = 0;
-    for (int i = 0; i < n; i++) {
-        loaded += load_one(reg, names[i], data_dir);
-        free(names[i]);
-    }
-    free(names);
-    return loaded;
+    srv_model_entry_destroy(m);
 }
 
 void srv_models_init(srv_models *reg, const srv_config *cfg)
 {
     memset(reg, 0, sizeof *reg);
     pthread_mutex_init(&reg->mu, NULL);
+    pthread_mutex_init(&reg->reload_mu, NULL);
     reg->cfg = cfg;
+    for (int i = 0; i < SRV_MODELS_MAX; i++)
+        atomic_init(&reg->items[i], NULL);
     atomic_init(&reg->n, 0);
-}
-
-/* The installed models: <prefix>/share/attnd/models beside the running
- * binary's <prefix>/bin (so an installed tree works wherever it is put, as
- * cmake --install --prefix and the image lay it out), else the configured
- * install prefix's. */
-static void share_models_dir(char *out, size_t n)
-{
-    char exe[1024];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len > 0) {
-        exe[len] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = 0;
-            char dir[1100], real[PATH_MAX];
-            struct stat sb;
-            snprintf(dir, sizeof dir, "%s/../share/attnd/models", exe);
-            if (realpath(dir, real) && stat(real, &sb) == 0 && S_ISDIR(sb.st_mode) &&
-                strlen(real) < n) {
-                snprintf(out, n, "%s", real);
-                return;
-            }
-        }
-    }
-    snprintf(out, n, "%s", ATTND_SHARE_DIR "/models");
-}
-
-int srv_models_load(srv_models *reg)
-{
-    const srv_config *cfg = reg->cfg;
-    int loaded = 0;
-    if (cfg->n_models > 0) {
-        for (int i = 0; i < cfg->n_models; i++) {
-            if (!load_one(reg, cfg->models[i], NULL))
-                return -1;
-            loaded++;
-        }
-    } else if (cfg->models_dir[0]) {
-        loaded = load_dir(reg, cfg->models_dir, 0, NULL);
-    } else {
-        struct stat sb;
-        if (stat("models", &sb) == 0 && S_ISDIR(sb.st_mode))
-            loaded = load_dir(reg, "models", 0, NULL);
-        else {
-            char dir[1100];
-            share_models_dir(dir, sizeof dir);
-            loaded = load_dir(reg, dir, 0, NULL);
-        }
-    }
-    /* trained models survive restarts: what the jobs left in the data dir */
-    if (cfg->data_dir[0]) {
-        char dir[1100];
-        snprintf(dir, sizeof dir, "%s/models", cfg->data_dir);
-        loaded += load_dir(reg, dir, 1, cfg->data_dir);
-    }
-    return loaded;
-}
-
-int srv_models_add(srv_models *reg, const char *path, char *err, size_t errlen)
-{
-    char name[128];
-    stem(path, name, sizeof name);
-    if (srv_models_find(reg, name)) { /* before the load: the cheap refusal */
-        snprintf(err, errlen, "the name \"%s\" is taken", name);
-        return -2;
-    }
-    int broken;
-    srv_model *e = entry_load(reg, path, &broken, err, errlen);
-    if (!e)
-        return -1;
-    int rc = publish(reg, e);
-    if (rc != 0) {
-        if (rc == -2)
-            snprintf(err, errlen, "the name \"%s\" is taken", e->name);
-        else
-            snprintf(err, errlen, "the registry is full (%d models)", SRV_MODELS_MAX);
-        entry_destroy(e);
-        return rc;
-    }
-    log_loaded(e);
-    return 0;
+    atomic_init(&reg->live, 0);
+    atomic_init(&reg->epoch, 0);
+    atomic_init(&reg->readers[0], 0);
+    atomic_init(&reg->readers[1], 0);
+    atomic_init(&reg->removals, 0);
+    reg->next_uid = 1;
 }
 
 void srv_models_deinit(srv_models *reg)
 {
     int n = atomic_load(&reg->n);
     for (int i = 0; i < n; i++) {
-        entry_destroy(reg->items[i]);
-        reg->items[i] = NULL;
+        srv_model *m = atomic_exchange(&reg->items[i], NULL);
+        if (m) {
+            m->reg = NULL; /* no index to give back, no log line at exit */
+            srv_model_put(m);
+        }
     }
     atomic_store(&reg->n, 0);
+    atomic_store(&reg->live, 0);
+    srv_reload_memo_free(reg);
+    pthread_mutex_destroy(&reg->reload_mu);
     pthread_mutex_destroy(&reg->mu);
 }
 
-int srv_models_count(const srv_models *reg)
+/* With mu held: the slot holding name, or -1. */
+static int slot_of(srv_models *reg, const char *name)
 {
-    return atomic_load_explicit(&((srv_models *)reg)->n, memory_order_acquire);
+    int n = atomic_load(&reg->n);
+    for (int i = 0; i < n; i++) {
+        srv_model *m = atomic_load(&reg->items[i]);
+        if (m && !strcmp(m->name, name))
+            return i;
+    }
+    return -1;
 }
 
-const srv_model *srv_models_at(const srv_models *reg, int i) { return reg->items[i]; }
+int srv_models_publish(srv_models *reg, srv_model *e, const srv_model *replaces)
+{
+    pthread_mutex_lock(&reg->mu);
+    int at = slot_of(reg, e->name), rc = 0;
+    srv_model *old = at >= 0 ? atomic_load(&reg->items[at]) : NULL;
+    int index = -1;
+    for (int i = 0; i < SRV_MODELS_MAX && index < 0; i++)
+        if (!reg->index_used[i])
+            index = i;
+    int n = atomic_load(&reg->n);
+    if (old && old != replaces) {
+        rc = -2;
+    } else if (replaces && old != replaces) {
+        rc = -3; /* the entry to replace is gone meanwhile */
+    } else if (index < 0) {
+        rc = -1;
+    } else if (!old) {
+        for (at = 0; at < n && atomic_load(&reg->items[at]); at++)
+            ;
+        if (at == SRV_MODELS_MAX)
+            rc = -1;
+    }
+    if (rc == 0) {
+        reg->index_used[index] = 1;
+        e->index = index;
+        e->uid = reg->next_uid++;
+        e->reg = reg;
+        atomic_init(&e->refs, 1); /* the registry's */
+        atomic_init(&e->removed, 0);
+        atomic_store(&reg->items[at], e); /* readers see it complete from here */
+        if (at == n)
+            atomic_store(&reg->n, n + 1);
+        if (old) {
+            atomic_store(&old->removed, 1);
+            atomic_fetch_add(&reg->removals, 1);
+            wait_readers(reg);
+        } else {
+            atomic_fetch_add(&reg->live, 1);
+        }
+    }
+    pthread_mutex_unlock(&reg->mu);
+    if (old && rc == 0)
+        srv_model_put(old); /* the registry's: freed now, or by its last user */
+    return rc;
+}
+
+int srv_models_unpublish(srv_models *reg, const srv_model *m)
+{
+    pthread_mutex_lock(&reg->mu);
+    int n = atomic_load(&reg->n), found = 0;
+    for (int i = 0; i < n && !found; i++)
+        if (atomic_load(&reg->items[i]) == m) {
+            atomic_store(&reg->items[i], NULL);
+            found = 1;
+        }
+    if (found) {
+        atomic_store(&((srv_model *)m)->removed, 1);
+        atomic_fetch_sub(&reg->live, 1);
+        atomic_fetch_add(&reg->removals, 1);
+        wait_readers(reg);
+    }
+    pthread_mutex_unlock(&reg->mu);
+    if (found)
+        srv_model_put(m);
+    return found ? 0 : -1;
+}
+
+int srv_models_snapshot(srv_models *reg, const srv_model **out, int cap)
+{
+    int k = read_enter(reg), got = 0;
+    int n = atomic_load(&reg->n);
+    for (int i = 0; i < n && got < cap; i++) {
+        srv_model *m = atomic_load(&reg->items[i]);
+        if (m)
+            out[got++] = srv_model_hold(m);
+    }
+    read_leave(reg, k);
+    return got;
+}
+
+const srv_model *srv_models_get(const srv_models *reg, const char *name)
+{
+    const srv_model *found = NULL;
+    int k = read_enter(reg);
+    int n = atomic_load(&mut(reg)->n);
+    for (int i = 0; i < n && !found; i++) {
+        srv_model *m = atomic_load(&mut(reg)->items[i]);
+        if (m && !strcmp(m->name, name))
+            found = srv_model_hold(m);
+    }
+    read_leave(reg, k);
+    return found;
+}
+
+int srv_models_has(const srv_models *reg, const char *name)
+{
+    const srv_model *m = srv_models_get(reg, name);
+    srv_model_put(m);
+    return m != NULL;
+}
+
+const srv_model *srv_models_get_default(const srv_models *reg)
+{
+    const srv_model *best = NULL;
+    int k = read_enter(reg);
+    int n = atomic_load(&mut(reg)->n);
+    for (int i = 0; i < n; i++) {
+        const srv_model *m = atomic_load(&mut(reg)->items[i]);
+        if (!m || strcmp(m->kind, "text"))
+            continue;
+        if (!best || (!m->trained && best->trained) ||
+            (m->trained == best->trained && strcmp(m->name, best->name) < 0))
+            best = m;
+    }
+    srv_model_hold(best);
+    read_leave(reg, k);
+    return best;
+}
 
 static int by_name(const void *a, const void *b)
 {
     return strcmp((*(const srv_model *const *)a)->name, (*(const srv_model *const *)b)->name);
 }
 
-int srv_models_sorted(const srv_models *reg, const srv_model **out, int cap)
+int srv_models_get_all(const srv_models *reg, const srv_model **out, int cap)
 {
-    int n = srv_models_count(reg);
-    if (n > cap)
-        n = cap;
-    for (int i = 0; i < n; i++)
-        out[i] = reg->items[i];
+    int n = srv_models_snapshot(mut(reg), out, cap);
     if (n > 1)
         qsort(out, (size_t)n, sizeof *out, by_name);
     return n;
 }
 
-const srv_model *srv_models_find(const srv_models *reg, const char *name)
+void srv_models_put_all(const srv_model **ms, int n)
 {
-    int n = srv_models_count(reg);
     for (int i = 0; i < n; i++)
-        if (!strcmp(reg->items[i]->name, name))
-            return reg->items[i];
-    return NULL;
+        srv_model_put(ms[i]);
 }
 
-const srv_model *srv_models_default(const srv_models *reg)
-{
-    int n = srv_models_count(reg);
-    const srv_model *best = NULL;
-    for (int i = 0; i < n; i++) {
-        const srv_model *m = reg->items[i];
-        if (strcmp(m->kind, "text"))
-            continue;
-        if (!best || (m->startup && !best->startup) ||
-            (m->startup == best->startup && strcmp(m->name, best->name) < 0))
-            best = m;
-    }
-    return best;
-}
+int srv_models_count(const srv_models *reg) { return atomic_load(&mut(reg)->live); }
+
+unsigned srv_models_removals(const srv_models *reg) { return atomic_load(&mut(reg)->removals); }

@@ -1,18 +1,25 @@
 /*
- * models.h — the registry of the models attnd serves.
+ * models.h — the registry of the models attnd serves, and their lifecycle.
  *
- * Models come from three places: the models dir (or --model files) and
- * the .safetensors files of <data-dir>/models at start-up, and finished
- * training jobs at run time (srv_models_add).  Every thread reads the
- * registry without a lock: entries live in a fixed array of pointers, are
- * appended and never moved or freed before srv_models_deinit, and the
- * count is published with release/acquire, so a reader that sees n sees n
- * complete entries.  Writers (the start-up loader, training workers) take
- * the mutex.
+ * Models come from the models dir (or --model files), which attnd only
+ * reads ("bundled"), and from the trained-models dir (--trained-models-dir,
+ * <data-dir>/models by default), where POST /train saves and which
+ * replicas may share ("trained").  They are loaded at start-up, added when
+ * a training job finishes (srv_models_add), and rescanned by
+ * srv_models_reload (POST /models/reload, SIGHUP, --models-poll-seconds):
+ * new files are loaded, removed ones dropped, changed ones replaced.
+ * srv_models_delete unloads a trained model and removes its file.
  *
- * A model is immutable once registered, and so is its entry: a
- * `const srv_model *` stays valid until shutdown, which is what lets a job
- * hold one across threads.
+ * Readers never lock.  Entries are published in a fixed table of atomic
+ * pointers; a reader finds one inside a read section (two counters, as in
+ * sleepable RCU) and takes a reference before it leaves.  A writer
+ * unpublishes an entry (the slot becomes NULL, or the replacement), waits
+ * until every read section that might have seen it has ended, then drops
+ * the registry's reference; the entry is freed by whoever drops the last
+ * one — the registry, or a request that was still using it.  So a
+ * `const srv_model *` obtained from srv_models_get and not yet put stays
+ * valid, across threads, whatever is unloaded meanwhile.  Writers take mu
+ * (and reloads, which load files, reload_mu, outside mu).
  */
 #ifndef SRV_MODELS_H
 #define SRV_MODELS_H
@@ -20,14 +27,17 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "tfm/model.h"
 #include "tfm/tokenizer.h"
 #include "tfm/train.h"
 
-/* Registry capacity: models loaded at start-up plus those trained since. */
+/* Registry capacity: models served, plus unloaded ones still in use. */
 #define SRV_MODELS_MAX 256
+
+typedef struct srv_models srv_models;
 
 typedef struct srv_model {
     char name[128];    /* the file's stem */
@@ -37,16 +47,44 @@ typedef struct srv_model {
     tfm_mqar recall;   /* kind "recall": the task's parameters */
     tfm_model *model;
     tfm_tokenizer *tok; /* text models; NULL for recall models */
-    int index;          /* slot in the registry: stable, < SRV_MODELS_MAX */
-    int startup;        /* loaded at start-up (a default candidate) */
+    int index;          /* < SRV_MODELS_MAX, unique among the entries alive
+                         * (the engine's per-model contexts) */
+    int trained;        /* from the trained-models dir: DELETE may remove it;
+                         * else bundled (read only, a default candidate) */
+    uint64_t uid;       /* unique for the process: this load of the file */
+    /* the file when it was loaded, to see a change */
+    unsigned long long dev, ino, size, mtime_ns;
+    atomic_int refs;    /* the registry's (while published) and the users' */
+    atomic_int removed; /* unpublished: no new user will get it */
+    srv_models *reg;
 } srv_model;
 
-typedef struct srv_models {
-    pthread_mutex_t mu;                /* writers */
-    const srv_config *cfg;             /* borrowed, for the tokenizer flag */
-    srv_model *items[SRV_MODELS_MAX];  /* registration order; owned */
-    atomic_int n;                      /* published entries */
-} srv_models;
+struct srv_models {
+    pthread_mutex_t mu;                 /* writers */
+    pthread_mutex_t reload_mu;          /* one rescan or delete at a time */
+    const srv_config *cfg;              /* borrowed: dirs, the tokenizer flag */
+    char bundled_dir[1100];             /* the models dir found at start-up ("": --model) */
+    _Atomic(srv_model *) items[SRV_MODELS_MAX]; /* published entries, NULL holes */
+    atomic_int n;                       /* slots of items in use (high-water) */
+    atomic_int live;                    /* entries published */
+    unsigned char index_used[SRV_MODELS_MAX]; /* under mu: srv_model.index taken */
+    atomic_uint epoch;                  /* read sections: which counter */
+    atomic_int readers[2];
+    atomic_uint removals;               /* entries unpublished so far */
+    uint64_t next_uid;                  /* under mu */
+    struct srv_reload_memo *memo;       /* under reload_mu: files that failed */
+};
+
+/* What a rescan did, for its reply and its log. */
+typedef struct srv_reload_result {
+    char added[SRV_MODELS_MAX][128], removed[SRV_MODELS_MAX][128],
+        replaced[SRV_MODELS_MAX][128];
+    int n_added, n_removed, n_replaced;
+    struct {
+        char file[512], error[256];
+    } failed[32];
+    int n_failed;
+} srv_reload_result;
 
 /* Before any other call; cfg is borrowed and must outlive reg. */
 void srv_models_init(srv_models *reg, const srv_config *cfg);
@@ -54,27 +92,50 @@ void srv_models_init(srv_models *reg, const srv_config *cfg);
 void srv_models_deinit(srv_models *reg);
 
 /* Start-up: --model files, or every *.safetensors / *.bin in the models
- * dir; then every *.safetensors in <data-dir>/models (trained models).
- * Errors are printed (one line per file) and the file skipped; returns the
- * number loaded, -1 when a --model named explicitly could not be loaded. */
+ * dir; then every *.safetensors in the trained-models dir.  Errors are
+ * printed (one line per file) and the file skipped; returns the number
+ * loaded, -1 when a --model named explicitly could not be loaded. */
 int srv_models_load(srv_models *reg);
 
-/* Any thread: loads the safetensors checkpoint at path and registers it
- * under its file stem; visible to /models, /generate and /recall at once.
- * Returns 0; -1 with a message in err (load failed, or the registry is
- * full); -2 when the name is taken. */
+/* Any thread: loads the safetensors checkpoint at path (in the trained-
+ * models dir) and registers it under its file stem; visible to /models,
+ * /generate and /recall at once.  Returns 0 (also when a rescan has
+ * registered this very file already); -1 with a message in err (load
+ * failed, or the registry is full); -2 when the name is taken. */
 int srv_models_add(srv_models *reg, const char *path, char *err, size_t errlen);
 
-/* Any thread, lock-free.  The registered models, count then entry i in
- * registration order (i < the count read). */
-int srv_models_count(const srv_models *reg);
-const srv_model *srv_models_at(const srv_models *reg, int i);
-/* Up to cap entries sorted by name into out; returns how many. */
-int srv_models_sorted(const srv_models *reg, const srv_model **out, int cap);
-const srv_model *srv_models_find(const srv_models *reg, const char *name);
+/* Any thread (slow: it loads files): the rescan.  Every file of the dirs
+ * not served is loaded, every served model whose file is gone is dropped,
+ * every one whose file changed (device, inode, size, mtime) is replaced,
+ * atomically for its users.  A file that fails is logged once (until it
+ * changes) and skipped.  res may be NULL.  Returns the changes made. */
+int srv_models_reload(srv_models *reg, srv_reload_result *res);
+
+/* Any thread: unloads the trained model name and removes its file.
+ * 0; -1 unknown (404); -2 bundled, read only (409); -3 the file could not
+ * be removed (err says why; the model stays). */
+int srv_models_delete(srv_models *reg, const char *name, char *err, size_t errlen);
+
+/* Any thread, lock-free: a reference to the model named name, or NULL.
+ * Every reference is given back with srv_model_put. */
+const srv_model *srv_models_get(const srv_models *reg, const char *name);
 /* The text model /generate serves without "model": the first by name of
- * those loaded at start-up (a model trained later never displaces it),
- * else the first by name of any; NULL when there is no text model. */
-const srv_model *srv_models_default(const srv_models *reg);
+ * the bundled ones (a trained model never displaces it), else the first
+ * by name of any; NULL when there is no text model.  A reference. */
+const srv_model *srv_models_get_default(const srv_models *reg);
+/* Up to cap models sorted by name into out, each a reference (give them
+ * back with srv_models_put_all); returns how many. */
+int srv_models_get_all(const srv_models *reg, const srv_model **out, int cap);
+void srv_models_put_all(const srv_model **ms, int n);
+/* Another reference to a model the caller holds one to. */
+const srv_model *srv_model_hold(const srv_model *m);
+/* Gives a reference back (NULL: nothing); the last one frees the model. */
+void srv_model_put(const srv_model *m);
+/* Any thread, lock-free: whether a model of that name is served. */
+int srv_models_has(const srv_models *reg, const char *name);
+/* Models served now. */
+int srv_models_count(const srv_models *reg);
+/* Entries unpublished since start (the engine's cue to drop contexts). */
+unsigned srv_models_removals(const srv_models *reg);
 
 #endif

@@ -75,10 +75,11 @@ void srv_route_v1_models(srv_req *r)
     json_t *list = json_array();
     if (atomic_load(&r->app->ready)) {
         const srv_model *ms[SRV_MODELS_MAX];
-        int n = srv_models_sorted(&r->app->models, ms, SRV_MODELS_MAX);
+        int n = srv_models_get_all(&r->app->models, ms, SRV_MODELS_MAX);
         for (int i = 0; i < n; i++)
             if (!strcmp(ms[i]->kind, "text"))
                 json_array_append_new(list, model_entry(ms[i]));
+        srv_models_put_all(ms, n);
     }
     reply_jansson(r, json_pack("{s:s,s:o}", "object", "list", "data", list));
 }
@@ -86,11 +87,11 @@ void srv_route_v1_models(srv_req *r)
 void srv_route_v1_model(srv_req *r)
 {
     const char *id = r->path + strlen("/v1/models/");
-    const srv_model *m = atomic_load(&r->app->ready) ? srv_models_find(&r->app->models, id) : NULL;
-    if (!m || strcmp(m->kind, "text")) {
+    const srv_model *m = atomic_load(&r->app->ready) ? srv_models_get(&r->app->models, id) : NULL;
+    if (!m || strcmp(m->kind, "text"))
         srv_reply_error(r, 404, "model_not_found", "model", "The model \"%.100s\" does not exist",
                         id);
-        return;
-    }
-    reply_jansson(r, model_entry(m));
+    else
+        reply_jansson(r, model_entry(m));
+    srv_model_put(m);
 }

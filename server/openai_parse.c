@@ -62,9 +62,9 @@ static int field_model(const srv_parse_ctx *pc, json_t *body, const srv_models *
      * the URL as the model: the endpoint is the choice, so its default */
     const char *name = m ? json_string_value(m) : NULL;
     if (name && (!strncmp(name, "http://", 7) || !strncmp(name, "https://", 8)) &&
-        !srv_models_find(models, name))
+        !srv_models_has(models, name))
         m = NULL;
-    t->model = m ? srv_models_find(models, name) : srv_models_default(models);
+    t->model = m ? srv_models_get(models, name) : srv_models_get_default(models);
     if (!t->model && !m)
         return fail(pc, 503, "not_ready", NULL, "no text model is loaded");
     if (!t->model || strcmp(t->model->kind, "text")) {
@@ -319,7 +319,7 @@ static int fill_children(srv_job *g, const srv_job *t, const srv_openai_ctx *c,
         srv_job *ch = g->children[x];
         int i = x / c->n, k = x % c->n;
         ch->prompt_len = lens[i];
-        ch->model = t->model;
+        ch->model = srv_model_hold(t->model); /* each job owns a reference */
         ch->max_tokens = t->max_tokens;
         ch->sampling = t->sampling;
         ch->sampling.seed = t->sampling.seed + (uint64_t)k;
@@ -421,7 +421,7 @@ int srv_openai_parse(const char *raw, size_t len, const srv_json_limits *lim,
     c->created = (long long)time(NULL);
     if (!(c->pos = calloc((size_t)(np * c->n), sizeof *c->pos)))
         goto oom;
-    g->model = t->model;
+    g->model = srv_model_hold(t->model);
     g->stream = t->stream;
     g->fmt = &srv_format_openai;
     g->fmt_ctx = c;

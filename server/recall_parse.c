@@ -24,6 +24,7 @@ void srv_recall_task_free(srv_recall_task *t)
 {
     if (!t)
         return;
+    srv_model_put(t->model);
     json_decref(t->queries);
     json_decref(t->body);
     free(t->keys);
@@ -90,13 +91,14 @@ static int resolve_model(const srv_models *models, int ready, json_t *model, srv
         return 0;
     }
     if (model) {
-        t->model = srv_models_find(models, json_string_value(model));
+        t->model = srv_models_get(models, json_string_value(model)); /* the task's reference */
     } else {
         const srv_model *ms[SRV_MODELS_MAX];
-        int n = srv_models_sorted(models, ms, SRV_MODELS_MAX);
+        int n = srv_models_get_all(models, ms, SRV_MODELS_MAX);
         for (int i = 0; i < n && !t->model; i++)
             if (!strcmp(ms[i]->kind, "recall"))
-                t->model = ms[i];
+                t->model = srv_model_hold(ms[i]);
+        srv_models_put_all(ms, n);
     }
     if (t->model && strcmp(t->model->kind, "recall")) {
         srv_error_set(e, 422, "invalid_argument", "model",

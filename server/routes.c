@@ -36,6 +36,8 @@ static json_t *model_info(const srv_model *m)
     json_t *e = json_pack("{s:s,s:s,s:I,s:o,s:s,s:s}", "name", m->name, "kind", m->kind,
                           "parameters", (json_int_t)tfm_config_n_params(c), "config", cfg,
                           "tokenizer", tok, "source", m->source);
+    if (e)
+        json_object_set_new(e, "origin", json_string(m->trained ? "trained" : "bundled"));
     /* the float's decimal as trained (0.1, not 0.100000001) */
     double absent = round((double)m->recall.absent_fraction * 1e6) / 1e6;
     if (e && recall)
@@ -54,9 +56,10 @@ void srv_route_models(srv_req *r)
     json_t *list = json_array();
     if (atomic_load(&app->ready)) {
         const srv_model *ms[SRV_MODELS_MAX];
-        int n = srv_models_sorted(&app->models, ms, SRV_MODELS_MAX);
+        int n = srv_models_get_all(&app->models, ms, SRV_MODELS_MAX);
         for (int i = 0; i < n; i++)
             json_array_append_new(list, model_info(ms[i]));
+        srv_models_put_all(ms, n);
     }
     reply_jansson(r, 200, json_pack("{s:o}", "models", list));
 }

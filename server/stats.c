@@ -209,6 +209,19 @@ int srv_stats_init(srv_stats *s)
         "Entries of --data-dir that could not be used (corrupt, truncated, not a regular file, "
         "a symlink, a bad name) and were moved to <data-dir>/quarantine.",
         0, NULL));
+    s->model_rescans = one(srv_metrics_counter(
+        r, "attnd_model_rescans_total",
+        "Rescans of the models dirs (POST /models/reload, SIGHUP, --models-poll-seconds).", 0,
+        NULL));
+    static const char *const change_only[] = {"change"};
+    static const char *const changes[4] = {"added", "removed", "replaced", "failed"};
+    srv_metric *mc = srv_metrics_counter(
+        r, "attnd_model_changes_total",
+        "Models added, removed (a file gone, or DELETE /models), replaced (a file changed) "
+        "and files that failed to load, since start.",
+        1, change_only);
+    for (int i = 0; i < 4; i++)
+        s->model_changes[i] = srv_metric_series(mc, &changes[i]);
     s->seen.enabled = 1;
     return s->requests && s->duration && s->ttft && s->op_seconds[0][0] && s->train_loss &&
                    s->train_step_seconds

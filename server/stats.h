@@ -18,6 +18,8 @@ extern const char *const srv_train_state_names[SRV_TRAIN_STATES];
  * record, a trained model (label op of attnd_storage_errors_total). */
 enum { SRV_STORAGE_CHECKPOINT = 0, SRV_STORAGE_RECORD, SRV_STORAGE_MODEL, SRV_STORAGE_OPS };
 
+enum { SRV_MODEL_ADDED, SRV_MODEL_REMOVED, SRV_MODEL_REPLACED, SRV_MODEL_FAILED };
+
 typedef struct srv_stats {
     srv_registry *reg;
     srv_metric *requests;  /* {route, code} */
@@ -54,6 +56,11 @@ typedef struct srv_stats {
     srv_series *conn_refused[2];
     srv_series *conn_header_timeouts;
     srv_series *conn_open;
+    /* the model lifecycle (models_routes.c): rescans, and what they and
+     * DELETE /models changed, by change (added, removed, replaced,
+     * failed; SRV_MODEL_*) */
+    srv_series *model_rescans;
+    srv_series *model_changes[4];
     pthread_mutex_t mu; /* guards seen and others */
     tfm_profile seen;   /* what the counters hold so far */
     tfm_profile others; /* /recall's and training's op accounting, summed */

@@ -95,7 +95,7 @@ void srv_route_info(srv_req *r)
 {
     srv_app *app = r->app;
     r->err_style = SRV_ERR_TGI;
-    const srv_model *m = atomic_load(&app->ready) ? srv_models_default(&app->models) : NULL;
+    const srv_model *m = atomic_load(&app->ready) ? srv_models_get_default(&app->models) : NULL;
     if (!m) {
         srv_reply_error(r, 503, "not_ready", NULL,
                         atomic_load(&app->ready) ? "no text model is loaded" : "models are loading");
@@ -112,6 +112,7 @@ void srv_route_info(srv_req *r)
         "max_batch_size", cfg->max_batch, "max_batch_total_tokens",
         (json_int_t)cfg->max_batch * seq, "max_client_batch_size", 1, "max_top_n_tokens",
         TGI_MAX_TOP_N, "router", "attnd", "version", ATTND_VERSION, "sha", "docker_label");
+    srv_model_put(m);
     char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (!s) {

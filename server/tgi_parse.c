@@ -144,7 +144,7 @@ static int parse(const srv_parse_ctx *pc, json_t *body, const srv_models *models
     json_t *m = json_object_get(body, "model");
     if (m && !json_is_string(m))
         return fail(pc, 422, "model", "model must be a string");
-    j->model = m ? srv_models_find(models, json_string_value(m)) : srv_models_default(models);
+    j->model = m ? srv_models_get(models, json_string_value(m)) : srv_models_get_default(models);
     if (!j->model) {
         if (!m) {
             srv_error_set(pc->e, 503, "not_ready", NULL, "no text model is loaded");

@@ -77,7 +77,8 @@ static json_t *body_of(srv_req *r, const char *const *known, size_t n)
     return NULL;
 }
 
-/* "model": a text model (absent: the default); NULL after the reply. */
+/* "model": a text model (absent: the default), a reference; NULL after
+ * the reply. */
 static const srv_model *model_of(srv_req *r, json_t *body)
 {
     json_t *m = json_object_get(body, "model");
@@ -85,8 +86,8 @@ static const srv_model *model_of(srv_req *r, json_t *body)
         srv_reply_error(r, 422, "invalid_argument", "model", "model must be a string");
         return NULL;
     }
-    const srv_model *mod = m ? srv_models_find(&r->app->models, json_string_value(m))
-                             : srv_models_default(&r->app->models);
+    const srv_model *mod = m ? srv_models_get(&r->app->models, json_string_value(m))
+                             : srv_models_get_default(&r->app->models);
     if (!mod && m)
         srv_reply_error(r, 404, "model_not_found", "model", "no model named \"%s\"",
                         json_string_value(m));
@@ -98,6 +99,7 @@ static const srv_model *model_of(srv_req *r, json_t *body)
                         mod->kind);
     else
         return mod;
+    srv_model_put(mod);
     return NULL;
 }
 
@@ -169,6 +171,7 @@ void srv_route_tokenize(srv_req *r)
     else
         srv_reply(r, 200, "application/json", b.p, b.len);
 done:
+    srv_model_put(m);
     free(ids);
     srv_buf_free(&b);
     json_decref(body);
@@ -214,6 +217,7 @@ void srv_route_detokenize(srv_req *r)
     else
         srv_reply(r, 200, "application/json", b.p, b.len);
 done:
+    srv_model_put(m);
     srv_buf_free(&text);
     srv_buf_free(&b);
     json_decref(body);

@@ -253,8 +253,8 @@ static int publish(srv_trainer *t, job *j, const tfm_model *m, char *err, size_t
     srv_app *app = t->app;
     char path[PATH_LEN], dir[PATH_LEN], why[512] = "";
     srv_train_model_path(t, j->p.name, path, sizeof path);
-    snprintf(dir, sizeof dir, "%s/models", app->cfg.data_dir);
-    if (srv_models_find(&app->models, j->p.name)) {
+    snprintf(dir, sizeof dir, "%s", app->cfg.trained_dir);
+    if (srv_models_has(&app->models, j->p.name)) {
         snprintf(err, errlen, "a model named \"%s\" is served already", j->p.name);
         return -1;
     }

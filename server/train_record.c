@@ -179,7 +179,7 @@ void srv_train_job_path(const job *j, const char *file, char *out, size_t cap)
 
 void srv_train_model_path(const srv_trainer *t, const char *name, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s/models/%s.safetensors", t->app->cfg.data_dir, name);
+    snprintf(out, cap, "%s/%s.safetensors", t->app->cfg.trained_dir, name);
 }
 
 int srv_train_append(job ***arr, int *n, int *cap, job *j)

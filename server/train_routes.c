@@ -63,7 +63,7 @@ static const char *name_taken(srv_trainer *t, const char *name, char *why, size_
 {
     char path[PATH_LEN];
     srv_train_model_path(t, name, path, sizeof path);
-    if (srv_models_find(&t->app->models, name))
+    if (srv_models_has(&t->app->models, name))
         snprintf(why, n, "a model named \"%s\" is served already", name);
     else if (access(path, F_OK) == 0)
         snprintf(why, n, "%.400s exists already", path);

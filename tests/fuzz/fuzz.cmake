@@ -33,9 +33,9 @@ if(ATTND_FUZZ OR BUILD_TESTING)
   # counters train_record.c links to).
   add_library(attnd_fuzz_srv STATIC EXCLUDE_FROM_ALL
     server/text.c server/json_guard.c server/error.c server/train_params.c
-    server/train_record.c server/generate_parse.c server/recall_parse.c server/engine.c server/job.c server/format_attnd.c
+    server/train_record.c server/generate_parse.c server/recall_parse.c server/engine.c server/engine_ctx.c server/job.c server/format_attnd.c
     server/openai_parse.c server/openai_format.c server/tgi_parse.c server/tgi_format.c
-    server/models.c server/config.c server/datadir.c server/stats.c server/metrics.c)
+    server/models.c server/models_scan.c server/config.c server/datadir.c server/stats.c server/metrics.c)
   target_include_directories(attnd_fuzz_srv PUBLIC ${CMAKE_SOURCE_DIR}/server)
   target_compile_definitions(attnd_fuzz_srv PRIVATE
     ATTND_SHARE_DIR="${CMAKE_INSTALL_FULL_DATADIR}/attnd")

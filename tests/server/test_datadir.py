@@ -365,6 +365,9 @@ class Test02Startup(Base):
         mbad["bell\x07.safetensors"] = "control characters"
         write(os.path.join(models, "cut.safetensors.tmp.777"), tiny[:100])
         write(os.path.join(models, "cut2.safetensors.tmp"), tiny[:100])
+        old = time.time() - 3600  # writes that will never finish; a young one is kept
+        for t in ("cut.safetensors.tmp.777", "cut2.safetensors.tmp"):
+            os.utime(os.path.join(models, t), (old, old))
 
         srv = server("hostile-2", data)  # waits for /readyz 200
         err = srv.stderr_text()

@@ -150,6 +150,11 @@ def _workdir():
         make_recall_model(os.path.join(trained, "tiny.safetensors"), SMALL, 14)
         H.make_model(os.path.join(trained, "legacy.bin"), H.TINY, 3, fmt="llama2c")
         make_recall_model(os.path.join(trained, "partial.safetensors.tmp.123"), SMALL, 15)
+        # an hour old: a write that will never finish (a young one may be
+        # another replica's write in progress, in a shared dir: kept)
+        old = time.time() - 3600
+        os.utime(os.path.join(trained, "partial.safetensors.tmp.123"), (old, old))
+        make_recall_model(os.path.join(trained, "young.safetensors.tmp.124"), SMALL, 15)
     return WORK
 
 
@@ -301,7 +306,7 @@ class Test00Contract(unittest.TestCase):
         cfg = {"dim": 32, "hidden_dim": 64, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2, "vocab_size": 34,
                "seq_len": 16, "shared_classifier": True}
         rec = {"name": "r", "kind": "recall", "parameters": 10, "config": cfg, "tokenizer": "mqar", "source": "x",
-               "recall": {"n_pairs": 4, "n_keys": 16, "n_values": 16, "absent_fraction": 0.25}}
+               "origin": "trained", "recall": {"n_pairs": 4, "n_keys": 16, "n_values": 16, "absent_fraction": 0.25}}
         self.assertEqual(validation_errors(rec, s), [])
         txt = dict(rec, kind="text", tokenizer="byte")
         txt.pop("recall")
@@ -369,6 +374,8 @@ class Test01Registry(Base):
         # a save cut short is no model: its temporary file is deleted, once
         self.assertEqual(err.count("partial.safetensors.tmp.123: removed"), 1)
         self.assertFalse(os.path.exists(os.path.join(data, "partial.safetensors.tmp.123")))
+        self.assertNotIn("young", err)
+        self.assertTrue(os.path.exists(os.path.join(data, "young.safetensors.tmp.124")))
 
     def test_readyz_counts_every_model(self):
         r = self.srv.get("/readyz")

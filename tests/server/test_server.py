@@ -951,7 +951,7 @@ FAMILIES = {
     "attnd_op_seconds_total": ("counter", {"class", "phase"}),
     "attnd_op_flops_total": ("counter", {"class", "phase"}),
 }
-ROUTES = {"/generate", "/recall", "/models", "/metrics", "/healthz", "/readyz", "/train", "/train/{id}", "other",
+ROUTES = {"/generate", "/recall", "/models", "/models/reload", "/models/{id}", "/metrics", "/healthz", "/readyz", "/train", "/train/{id}", "other",
           "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{id}",
           "/generate_stream", "/", "/info", "/tokenize", "/detokenize"}
 CLASSES = {"tensor_contraction", "normalization", "elementwise"}
