@@ -135,7 +135,8 @@ void srv_engine_ctx_collect(srv_engine *e)
     unsigned removals = srv_models_removals(e->reg);
     if (removals == e->removals_seen)
         return;
-    int waiting = 0;
+    int waiting = 0, n_gone = 0;
+    mctx *gone[SRV_MODELS_MAX];
     for (int i = 0; i < e->n_live;) {
         mctx *mc = e->live[i];
         if (!atomic_load(&mc->m->removed)) {
@@ -151,10 +152,17 @@ void srv_engine_ctx_collect(srv_engine *e)
         tfm_profile_add(&e->prof_dropped, tfm_workspace_profile(mc->ws));
         e->mc[mc->m->index] = NULL;
         e->live[i] = e->live[--e->n_live];
-        ctx_destroy(e, mc); /* drops the model's last reference, mostly */
+        gone[n_gone++] = mc;
     }
     if (!waiting)
         e->removals_seen = removals;
+    if (n_gone == 0)
+        return;
+    /* freeing KV caches takes a while: not under the queue's lock */
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < n_gone; i++)
+        ctx_destroy(e, gone[i]); /* drops the model's last reference, mostly */
+    pthread_mutex_lock(&e->mu);
 }
 
 void srv_engine_ctx_destroy_all(srv_engine *e)

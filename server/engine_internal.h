@@ -79,7 +79,8 @@ void srv_engine_ctx_destroy_all(srv_engine *e);
  * lock held. */
 void srv_engine_ctx_make_queued(srv_engine *e);
 /* Engine thread, e->mu held: drops the contexts of unloaded models that
- * no slot and no queued job uses.  Cheap when nothing was unloaded. */
+ * no slot and no queued job uses (dropping the lock while it frees them).
+ * Cheap when nothing was unloaded. */
 void srv_engine_ctx_collect(srv_engine *e);
 /* Whether the context of j's model could not be made. */
 int srv_engine_ctx_failed(const srv_engine *e, const srv_job *j);
