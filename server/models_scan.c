@@ -271,13 +271,14 @@ static void stale_temp(const char *path, int startup)
 /* The model files of dir, sorted, appended to out; .bin too unless
  * only_safetensors.  data_dir: dir is the trained-models dir (files there
  * that cannot be served are quarantined into it at start-up; a rescan
- * skips them, quietly); NULL for the read-only models dir. */
-static void list_dir(const char *dir, int only_safetensors, const char *data_dir, int startup,
-                     paths *out)
+ * skips them, quietly); NULL for the read-only models dir.  0, or -1 when
+ * dir exists but cannot be read (its models are then not known gone). */
+static int list_dir(const char *dir, int only_safetensors, const char *data_dir, int startup,
+                    paths *out)
 {
     DIR *d = opendir(dir);
-    if (!d)
-        return;
+    if (!d) /* a dir that is not there has no models; one that cannot be read, unknown */
+        return errno == ENOENT ? 0 : -1;
     int first = out->n;
     struct dirent *de;
     while ((de = readdir(d))) {
@@ -316,6 +317,7 @@ static void list_dir(const char *dir, int only_safetensors, const char *data_dir
     closedir(d);
     if (out->n - first > 1)
         qsort(out->p + first, (size_t)(out->n - first), sizeof *out->p, cmp_str);
+    return 0;
 }
 
 static int load_dir(srv_models *reg, const char *dir, int only_safetensors, const char *data_dir)
@@ -519,7 +521,7 @@ int srv_models_reload(srv_models *reg, srv_reload_result *res)
         memset(res, 0, sizeof *res);
     pthread_mutex_lock(&reg->reload_mu);
     paths want = {0};
-    int n_bundled;
+    int n_bundled, bundled_ok = 1, trained_ok = 1;
     if (cfg->n_models > 0)
         for (int i = 0; i < cfg->n_models; i++) {
             struct stat sb;
@@ -527,10 +529,13 @@ int srv_models_reload(srv_models *reg, srv_reload_result *res)
                 paths_add(&want, NULL, cfg->models[i]);
         }
     else if (reg->bundled_dir[0])
-        list_dir(reg->bundled_dir, 0, NULL, 0, &want);
+        bundled_ok = list_dir(reg->bundled_dir, 0, NULL, 0, &want) == 0;
     n_bundled = want.n;
     if (cfg->trained_dir[0])
-        list_dir(cfg->trained_dir, 1, cfg->data_dir, 0, &want);
+        trained_ok = list_dir(cfg->trained_dir, 1, cfg->data_dir, 0, &want) == 0;
+    if (!bundled_ok || !trained_ok)
+        fprintf(stderr, "attnd: models: rescan: cannot read %s; its models stay\n",
+                !bundled_ok ? reg->bundled_dir : cfg->trained_dir);
     unsigned char *handled = calloc((size_t)want.n + 1, 1);
     const srv_model **had = malloc(SRV_MODELS_MAX * sizeof *had);
     int changes = 0;
@@ -548,6 +553,8 @@ int srv_models_reload(srv_models *reg, srv_reload_result *res)
         for (int i = 0; i < want.n && w < 0; i++)
             if (!strcmp(want.p[i], m->source))
                 w = i;
+        if (w < 0 && !(m->trained ? trained_ok : bundled_ok))
+            continue; /* its dir could not be read this time */
         if (w < 0) {
             if (srv_models_unpublish(reg, m) == 0) {
                 fprintf(stderr, "attnd: model %s: its file %s is gone; dropped\n", m->name,
