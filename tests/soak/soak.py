@@ -104,7 +104,7 @@ HTTP_TIMEOUT = 60.0
 MAX_TRAINED = 40      # succeeded jobs at most: each adds a model to the registry (256 max, kept)
 MAX_JOBS = 150        # jobs posted at most (records are kept unless DELETE removes them)
 
-ROUTES = ("/generate", "/recall", "/models", "/healthz", "/readyz", "/metrics", "/train",
+ROUTES = ("/generate", "/recall", "/models", "/models/reload", "/healthz", "/readyz", "/metrics", "/train",
           "/v1/completions", "/generate_stream")
 
 
@@ -113,8 +113,9 @@ def route_label(path):
     p = path.split("?", 1)[0]
     if p in ROUTES:
         return p
-    if p.startswith("/train/") and len(p) > len("/train/") and "/" not in p[len("/train/"):]:
-        return "/train/{id}"
+    for prefix, label in (("/train/", "/train/{id}"), ("/models/", "/models/{id}")):
+        if p.startswith(prefix) and len(p) > len(prefix) and "/" not in p[len(prefix):]:
+            return label
     return "other"
 
 
@@ -1001,7 +1002,8 @@ class Trainer(threading.Thread):
             return
         if st["status"] == "succeeded":
             self.succeeded += 1
-            self.use_model(name)
+            if self.use_model(name) and self.rng.random() < 0.5:
+                self.unload(name)
         else:
             self.cancelled += 1
         # the finished record: removed when the server supports it
@@ -1042,6 +1044,35 @@ class Trainer(threading.Thread):
                 BOOK.recall_ok["model"] += 1
         with Ctx.trained_lock:
             Ctx.trained.append(name)
+        return True
+
+    def unload(self, name):
+        """DELETE /models/{name}: gone from /models at once, and a rescan
+        does not bring it back (its file went with it); its memory must
+        be freed, which the RSS bound checks over the run."""
+        BOOK.op("models: delete + reload")
+        d = self.call("DELETE", "/models/" + name)
+        if d is None:
+            return
+        if d.status != 200:
+            BOOK.fail("wrong answer: DELETE /models/{name}", "%s -> %d %r" % (name, d.status, d.body[:200]))
+            return
+        check_schema("DELETE", "/models/" + name, 200, d.json())
+        with Ctx.trained_lock:
+            if name in Ctx.trained:
+                Ctx.trained.remove(name)
+        r = self.call("POST", "/models/reload")
+        if r is None:
+            return
+        if r.status != 200:
+            BOOK.fail("wrong answer: POST /models/reload", "%d %r" % (r.status, r.body[:200]))
+            return
+        check_schema("POST", "/models/reload", 200, r.json())
+        if name in r.json()["added"]:
+            BOOK.fail("wrong answer: a deleted model came back", name)
+        g = self.call("GET", "/models")
+        if g is not None and name in {m["name"] for m in g.json().get("models", [])}:
+            BOOK.fail("wrong answer: deleted model still in /models", name)
 
 
 # ---------------------------------------------------------------------------
