@@ -94,6 +94,29 @@ KERNEL static inline __m256i q4_unpack(const uint8_t *blk)
     return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
 }
 
+/* Two blocks at once in a zmm: 64 weights, 64 activations; acc's lanes
+ * 0-7 take the first block's sum times sa, 8-15 the second's times sb. */
+KERNEL static inline __m512 block2_fma(__m512i w, const int8_t *x, float sa, float sb, __m512 acc)
+{
+    __m512i xv = _mm512_loadu_si512(x);
+    __mmask64 neg = _mm512_movepi8_mask(xv);
+    __m512i sw = _mm512_mask_sub_epi8(w, neg, _mm512_setzero_si512(), w); /* w * sign(x) */
+    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(xv), sw);
+    __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(sa), _mm256_set1_ps(sb), 1);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
+}
+
+/* The 64 q4 weights of two consecutive blocks as int8 in [-8, 7]. */
+KERNEL static inline __m512i q4_unpack2(const uint8_t *blk)
+{
+    __m256i b = _mm256_loadu_si256((const __m256i *)blk), m = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+    /* 128-bit lanes [A.lo, B.lo, A.hi, B.hi] -> [A.lo, A.hi, B.lo, B.hi] */
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm512_sub_epi8(z, _mm512_set1_epi8(8));
+}
+
 /* q8 and q4 share everything but how a block's weights are loaded. */
 KERNEL static void qrows_int8(const tfm_qmat *w, float *y, int ldy, const void *xq, int B, int r0,
                               int r1, int q4)
@@ -108,28 +131,27 @@ KERNEL static void qrows_int8(const tfm_qmat *w, float *y, int ldy, const void *
         for (int b = 0; b < B; b++) {
             const int8_t *xr = xqa + (size_t)b * d;
             const float *xs = xsa + (size_t)b * nb;
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
             size_t k = 0;
             for (; k + 8 <= nb; k += 8) {
                 float s[8];
                 _mm256_storeu_ps(s, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + k))),
                                                   _mm256_loadu_ps(xs + k)));
-                for (int j = 0; j < 8; j += 2) {
-                    size_t k0 = k + (size_t)j, k1 = k0 + 1;
-                    __m256i wa = q4 ? q4_unpack(w4 + k0 * 16)
-                                    : _mm256_loadu_si256((const __m256i *)(w8 + k0 * TFM_QK));
-                    __m256i wb = q4 ? q4_unpack(w4 + k1 * 16)
-                                    : _mm256_loadu_si256((const __m256i *)(w8 + k1 * TFM_QK));
-                    acc0 = block_fma(wa, xr + k0 * TFM_QK, s[j], acc0);
-                    acc1 = block_fma(wb, xr + k1 * TFM_QK, s[j + 1], acc1);
+                for (int j = 0; j < 8; j += 4) {
+                    size_t k0 = k + (size_t)j, k2 = k0 + 2;
+                    __m512i wa = q4 ? q4_unpack2(w4 + k0 * 16) : _mm512_loadu_si512(w8 + k0 * TFM_QK);
+                    __m512i wb = q4 ? q4_unpack2(w4 + k2 * 16) : _mm512_loadu_si512(w8 + k2 * TFM_QK);
+                    acc0 = block2_fma(wa, xr + k0 * TFM_QK, s[j], s[j + 1], acc0);
+                    acc1 = block2_fma(wb, xr + k2 * TFM_QK, s[j + 2], s[j + 3], acc1);
                 }
             }
+            __m256 tail = _mm256_setzero_ps();
             for (; k < nb; k++) {
                 __m256i wv = q4 ? q4_unpack(w4 + k * 16)
                                 : _mm256_loadu_si256((const __m256i *)(w8 + k * TFM_QK));
-                acc0 = block_fma(wv, xr + k * TFM_QK, _cvtsh_ss(sc[k]) * xs[k], acc0);
+                tail = block_fma(wv, xr + k * TFM_QK, _cvtsh_ss(sc[k]) * xs[k], tail);
             }
-            y[(size_t)b * ldy + r] = hsum256(_mm256_add_ps(acc0, acc1));
+            y[(size_t)b * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + hsum256(tail);
         }
     }
 }
@@ -155,7 +177,20 @@ KERNEL void tfm__qrows_bf16_avx512(const tfm_qmat *w, float *y, int ldy, const v
         for (int b = 0; b < B; b++) {
             const uint16_t *xr = (const uint16_t *)xq + (size_t)b * d;
             __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
             size_t i = 0;
+            for (; i + 128 <= d; i += 128) { /* four chains: the instruction's latency */
+                acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(xr + i),
+                                        (__m512bh)_mm512_loadu_si512(wr + i));
+                acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(xr + i + 32),
+                                        (__m512bh)_mm512_loadu_si512(wr + i + 32));
+                acc2 = _mm512_dpbf16_ps(acc2, (__m512bh)_mm512_loadu_si512(xr + i + 64),
+                                        (__m512bh)_mm512_loadu_si512(wr + i + 64));
+                acc3 = _mm512_dpbf16_ps(acc3, (__m512bh)_mm512_loadu_si512(xr + i + 96),
+                                        (__m512bh)_mm512_loadu_si512(wr + i + 96));
+            }
+            acc0 = _mm512_add_ps(acc0, acc2);
+            acc1 = _mm512_add_ps(acc1, acc3);
             for (; i + 64 <= d; i += 64) {
                 acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(xr + i),
                                         (__m512bh)_mm512_loadu_si512(wr + i));

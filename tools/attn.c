@@ -53,6 +53,8 @@ static void usage(FILE *f)
             "  attn bench-sampler [--rounds 21] [--round-ms 20]\n"
             "      greedy sampling against the sampler before the sampling options\n"
             "      (alternated rounds, medians, ratio) and the options path per token.\n"
+            "  attn bench-quant [--rounds 9] [--batch 1]\n"
+            "      one thread's product with f32, bf16, q8 and q4 weights from memory.\n"
             "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
             "      prefill attention time and peak memory against N, naive and tiled\n"
             "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
@@ -417,6 +419,8 @@ int main(int argc, char **argv)
         return attn_bench_recall_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-sampler"))
         return attn_bench_sampler_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-quant"))
+        return attn_bench_quant_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
         return attn_cost_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))

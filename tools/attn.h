@@ -19,6 +19,9 @@ int attn_bench_recall_main(int argc, char **argv);
  * alternated rounds, and the options path per token.  argv[0] is
  * "bench-sampler".  Exit codes as above. */
 int attn_bench_sampler_main(int argc, char **argv);
+/* `attn bench-quant ...` (tools/bench_quant.c): decode's product in each
+ * weight format against the float32 kernel. */
+int attn_bench_quant_main(int argc, char **argv);
 
 /* `attn cost ...` (tools/cost.c): prefill attention time and peak memory
  * against the context length for the naive and tiled kernels; writes
