@@ -723,6 +723,9 @@ tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_fo
 {
     if (!m || !path || !*path)
         return set_err(err, errlen, TFM_E_INVALID, "model or path is NULL");
+    if (m->q) /* its float32 matrices are gone (tfm_model_quantize) */
+        return set_err(err, errlen, TFM_E_UNSUPPORTED,
+                       "a model quantised at load time cannot be saved");
     if (fmt == TFM_CKPT_AUTO) {
         size_t n = strlen(path);
         fmt = n >= 4 && strcmp(path + n - 4, ".bin") == 0 ? TFM_CKPT_LLAMA2C

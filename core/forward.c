@@ -42,6 +42,8 @@ struct tfm_workspace {
     const int *pos; /* decode: each row's position (points into posbuf) */
     int *posbuf;    /* (R) */
     tfm_state **rows_state; /* (R) decode: each row's sequence */
+    void *xq;       /* quantised models: the prepared activations */
+    float *tiles;   /* and each thread's dequantised tile (model_quant.c) */
 };
 
 void openblas_set_num_threads(int num_threads);
@@ -77,6 +79,15 @@ tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
     ws->att = tfm__alloc((size_t)n_threads * R * (size_t)ws->max_ctx * sizeof(float));
     ws->posbuf = calloc(R, sizeof(int));
     ws->rows_state = calloc(R, sizeof(tfm_state *));
+    if (m->q) {
+        size_t wide = d > h ? d : h, qb = R < TFM__QBATCH_MAX ? R : TFM__QBATCH_MAX;
+        ws->xq = tfm__alloc(tfm_qx_bytes((tfm_wformat)m->q->fmt, (int)qb, (int)wide) + 64);
+        ws->tiles = tfm__alloc((size_t)n_threads * TFM__QTILE_ROWS * wide * sizeof(float));
+        if (!ws->xq || !ws->tiles) {
+            tfm_workspace_destroy(ws);
+            return TFM_E_NOMEM;
+        }
+    }
     if (!ws->pool || !ws->x || !ws->xb || !ws->xb2 || !ws->q || !ws->k || !ws->v || !ws->hb ||
         !ws->hb2 || !ws->att || !ws->posbuf || !ws->rows_state) {
         tfm_workspace_destroy(ws);
@@ -102,6 +113,8 @@ void tfm_workspace_destroy(tfm_workspace *ws)
     tfm__free(ws->att);
     free(ws->posbuf);
     free(ws->rows_state);
+    tfm__free(ws->xq);
+    tfm__free(ws->tiles);
     free(ws);
 }
 
@@ -112,6 +125,21 @@ tfm_profile *tfm_workspace_profile(tfm_workspace *ws) { return &ws->prof; }
 void tfm_workspace_set_attention(tfm_workspace *ws, tfm_attn_kernel k)
 {
     ws->attn = k == TFM_ATTN_NAIVE || k == TFM_ATTN_TILED ? k : TFM_ATTN_AUTO;
+}
+
+/* Y (R, n) = X (R, d) · Wᵀ for matrix k (TFM__QM_*) of layer l, or the
+ * classifier (l < 0): the float32 weights at base + off, or the model's
+ * quantised copy. */
+static void wmatmul(tfm_workspace *ws, float *y, const float *x, const float *base, size_t off,
+                    int k, int l, int R, int d, int n)
+{
+    const tfm_qweights *q = ws->m->q;
+    if (!q) {
+        tfm__matmul(ws->pool, y, x, base + off, R, d, n);
+        return;
+    }
+    const tfm_qmat *qm = l < 0 ? &q->cls : &q->layer[(size_t)l * TFM__QM_PER_LAYER + k];
+    tfm__qmatmul(ws->pool, y, x, qm, R, ws->xq, ws->tiles);
 }
 
 /* ---- attention ------------------------------------------------------------ */
@@ -236,9 +264,9 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
             kout = st->key_cache + off;
             vout = st->value_cache + off;
         }
-        tfm__matmul(ws->pool, ws->q, ws->xb, w->wq + (size_t)l * d * d, R, d, d);
-        tfm__matmul(ws->pool, kout, ws->xb, w->wk + (size_t)l * kv * d, R, d, kv);
-        tfm__matmul(ws->pool, vout, ws->xb, w->wv + (size_t)l * kv * d, R, d, kv);
+        wmatmul(ws, ws->q, ws->xb, w->wq, (size_t)l * d * d, TFM__QM_WQ, l, R, d, d);
+        wmatmul(ws, kout, ws->xb, w->wk, (size_t)l * kv * d, TFM__QM_WK, l, R, d, kv);
+        wmatmul(ws, vout, ws->xb, w->wv, (size_t)l * kv * d, TFM__QM_WV, l, R, d, kv);
         tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_ATTENTION, t0,
                      2.0 * R * d * (d + 2.0 * kv));
 
@@ -296,7 +324,7 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
         }
 
         t0 = tfm__prof_start(prof);
-        tfm__matmul(ws->pool, ws->xb2, ws->xb, w->wo + (size_t)l * d * d, R, d, d);
+        wmatmul(ws, ws->xb2, ws->xb, w->wo, (size_t)l * d * d, TFM__QM_WO, l, R, d, d);
         tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_ATTENTION, t0, 2.0 * R * d * d);
         t0 = tfm__prof_start(prof);
         tfm__add(ws->x, ws->xb2, R * d);
@@ -309,14 +337,14 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
                          c->norm_eps);
         tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_MLP, t0, 4.0 * R * d);
         t0 = tfm__prof_start(prof);
-        tfm__matmul(ws->pool, ws->hb, ws->xb, w->w1 + (size_t)l * hid * d, R, d, hid);
-        tfm__matmul(ws->pool, ws->hb2, ws->xb, w->w3 + (size_t)l * hid * d, R, d, hid);
+        wmatmul(ws, ws->hb, ws->xb, w->w1, (size_t)l * hid * d, TFM__QM_W1, l, R, d, hid);
+        wmatmul(ws, ws->hb2, ws->xb, w->w3, (size_t)l * hid * d, TFM__QM_W3, l, R, d, hid);
         tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_MLP, t0, 4.0 * R * d * hid);
         t0 = tfm__prof_start(prof);
         tfm__swiglu(ws->hb, ws->hb2, R * hid);
         tfm__prof_op(prof, ph, TFM_CLASS_ELEMENTWISE, TFM_COMP_MLP, t0, 5.0 * R * hid);
         t0 = tfm__prof_start(prof);
-        tfm__matmul(ws->pool, ws->xb, ws->hb, w->w2 + (size_t)l * d * hid, R, hid, d);
+        wmatmul(ws, ws->xb, ws->hb, w->w2, (size_t)l * d * hid, TFM__QM_W2, l, R, hid, d);
         tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_MLP, t0, 2.0 * R * d * hid);
         t0 = tfm__prof_start(prof);
         tfm__add(ws->x, ws->xb, R * d);
@@ -344,7 +372,7 @@ static void classify(tfm_workspace *ws, tfm_phase ph, int r0, int R, float *logi
                      c->norm_eps);
     tfm__prof_op(prof, ph, TFM_CLASS_NORMALIZATION, TFM_COMP_OTHER, t0, 4.0 * R * d);
     t0 = tfm__prof_start(prof);
-    tfm__matmul(ws->pool, logits, ws->xb, ws->m->w.wcls, R, d, c->vocab_size);
+    wmatmul(ws, logits, ws->xb, ws->m->w.wcls, 0, 0, -1, R, d, c->vocab_size);
     tfm__prof_op(prof, ph, TFM_CLASS_CONTRACTION, TFM_COMP_OTHER, t0,
                  2.0 * R * d * c->vocab_size);
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "tfm/model.h"
+#include "tfm/quant.h"
 #include "tfm/profile.h"
 
 /* 64-byte aligned memory (one cache line, one AVX-512 vector); NULL on
@@ -135,6 +136,31 @@ void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w
  * many while rows are short (d <= 512); sgemm beyond (see ops.c). */
 #define TFM__GEMM_MIN_ROWS 8
 int tfm__use_kernel(int B, int d);
+
+/* ---- quantised weights (model_quant.c) -------------------------------------- */
+
+/* A model's matrices in one format (tfm/quant.h), one tfm_qmat each: per
+ * layer wq, wk, wv, wo, w1, w2, w3, then the classifier; their data in
+ * one buffer. */
+enum { TFM__QM_WQ, TFM__QM_WK, TFM__QM_WV, TFM__QM_WO, TFM__QM_W1, TFM__QM_W2, TFM__QM_W3,
+       TFM__QM_PER_LAYER };
+typedef struct tfm_qweights {
+    int fmt;          /* tfm_wformat */
+    tfm_qmat *layer;  /* (n_layers, TFM__QM_PER_LAYER) */
+    tfm_qmat cls;
+    void *buf;
+    size_t bytes;     /* data and scales */
+} tfm_qweights;
+void tfm__qweights_free(tfm_qweights *q);
+/* Rows of weights one dequantised tile holds (prefill's path). */
+#define TFM__QTILE_ROWS 64
+/* Y (B, n) = X (B, d) · Wᵀ for a quantised W: B <= TFM__QBATCH_MAX by the
+ * kernels (activations prepared into xq, tfm_qx_bytes(fmt, B, d)), more
+ * by dequantised tiles of TFM__QTILE_ROWS rows (each thread its own tile
+ * in tiles, n_threads x TFM__QTILE_ROWS x d floats) and sgemm. */
+#define TFM__QBATCH_MAX 16
+void tfm__qmatmul(tfm__pool *pool, float *y, const float *x, const tfm_qmat *w, int B, void *xq,
+                  float *tiles);
 
 /* ---- attention kernels (attention.c) --------------------------------------
  * One head at a time, row-major operands with the head's slice at column 0

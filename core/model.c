@@ -163,6 +163,7 @@ void tfm_model_destroy(tfm_model *m)
 {
     if (!m)
         return;
+    tfm__qweights_free(m->q);
     tfm__free(m->data);
     tfm__free(m->rope_cos);
     tfm__free(m->rope_sin);

@@ -43,6 +43,8 @@ typedef struct srv_app {
     uv_timer_t poll_timer;    /* --models-poll-seconds (models_routes.c) */
     uv_work_t rescan_work;    /* SIGHUP's and the poll's rescan */
     int rescan_busy;          /* rescan_work is queued or running */
+    srv_series *weight_series[SRV_MODELS_MAX]; /* the scrape's: attnd_model_weight_bytes shown */
+    int n_weight_series;
 
     pthread_mutex_t inbox_mu; /* guards inbox (any thread) */
     srv_job **inbox;

@@ -6,6 +6,7 @@
  * cannot disagree.  The environment is read first and flags override it.
  */
 #include "config.h"
+#include "tfm/quant.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -65,6 +66,8 @@ static const opt opts[] = {
      "                          the models dir; replicas may share it (<data-dir>/models)", K_STR, F(trained_dir), CAP(trained_dir), 0, 0},
     {"--models-poll-seconds", "ATTND_MODELS_POLL_SECONDS", "N", "rescan the models dirs every N s, as POST /models/reload\n"
      "                          and SIGHUP do (0: only then)", K_INT, F(models_poll_s), 0, 0, 86400},
+    {"--weights", "ATTND_WEIGHTS", "FORMAT", "weight matrices as f32, bf16, q8 or q4, converted as each\n"
+     "                          model loads (f32)", K_STR, F(weights), CAP(weights), 0, 0},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
 
@@ -149,6 +152,7 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     cfg->max_recall_pairs = 4096;
     cfg->max_recall_queries = 1024;
     snprintf(cfg->attention, sizeof cfg->attention, "auto");
+    snprintf(cfg->weights, sizeof cfg->weights, "f32");
     cfg->train_workers = 1;
     cfg->train_threads = 1;
     cfg->header_timeout_s = 10;
@@ -223,6 +227,12 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
         strcmp(cfg->attention, "tiled")) {
         fprintf(stderr, "attnd: --attention must be auto, naive or tiled, not \"%s\"\n\n",
                 cfg->attention);
+        usage(stderr);
+        return 2;
+    }
+    tfm_wformat wf;
+    if (tfm_wformat_parse(cfg->weights, &wf) != TFM_OK) {
+        fprintf(stderr, "attnd: --weights must be f32, bf16, q8 or q4, not \"%s\"\n\n", cfg->weights);
         usage(stderr);
         return 2;
     }

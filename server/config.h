@@ -52,6 +52,7 @@ typedef struct srv_config {
     char trained_dir[1024]; /* --trained-models-dir: <data-dir>/models (where POST /train
                              * saves; replicas may share it) */
     int models_poll_s;     /* --models-poll-seconds: 0 (off); rescan every N s */
+    char weights[8];       /* --weights: f32 | bf16 | q8 | q4 (converted at load) */
 } srv_config;
 
 /* Fills cfg from the environment and argv.  Returns 0 to run, 1 when

@@ -157,6 +157,7 @@ static void collect(srv_registry *reg, void *ctx)
         return;
     }
     srv_gauge_set(app->stats.models, srv_models_count(&app->models));
+    srv_models_collect(app);
     srv_gauge_set(app->stats.queue_depth, srv_engine_queued(app->engine));
     srv_gauge_set(app->stats.running, srv_engine_running(app->engine));
     tfm_profile p;

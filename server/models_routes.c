@@ -19,6 +19,7 @@
 
 #include "http.h"
 #include "models_routes.h"
+#include "tfm/quant.h"
 
 typedef struct lifecycle_task {
     srv_app *app;
@@ -214,6 +215,33 @@ void srv_models_rescan_async(srv_app *app)
 }
 
 static void on_poll(uv_timer_t *h) { srv_models_rescan_async(h->data); }
+
+void srv_models_collect(srv_app *app)
+{
+    const srv_model *ms[SRV_MODELS_MAX];
+    srv_series *now[SRV_MODELS_MAX];
+    int n = srv_models_get_all(&app->models, ms, SRV_MODELS_MAX), k = 0;
+    for (int i = 0; i < n; i++) {
+        const char *labels[2] = {ms[i]->name,
+                                 tfm_wformat_name((tfm_wformat)tfm_model_wformat(ms[i]->model))};
+        srv_series *s = srv_metric_series(app->stats.model_weight_bytes, labels);
+        if (!s)
+            continue;
+        srv_series_set_hidden(s, 0);
+        srv_gauge_set(s, (double)tfm_model_weight_bytes(ms[i]->model));
+        now[k++] = s;
+    }
+    srv_models_put_all(ms, n);
+    for (int i = 0; i < app->n_weight_series; i++) { /* models unloaded since */
+        int still = 0;
+        for (int j = 0; j < k && !still; j++)
+            still = now[j] == app->weight_series[i];
+        if (!still)
+            srv_series_set_hidden(app->weight_series[i], 1);
+    }
+    memcpy(app->weight_series, now, (size_t)k * sizeof *now);
+    app->n_weight_series = k;
+}
 
 int srv_models_poll_start(srv_app *app)
 {

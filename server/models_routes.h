@@ -19,6 +19,9 @@ void srv_route_model(struct srv_req *r);
 /* Loop thread: queues a rescan on a worker unless one is running (SIGHUP,
  * the poll). */
 void srv_models_rescan_async(srv_app *app);
+/* The metrics collector's part (one scrape at a time): a weight-bytes
+ * gauge per served model, the series of models gone hidden. */
+void srv_models_collect(srv_app *app);
 /* Loop thread: starts the --models-poll-seconds timer (none when 0);
  * -1 when it cannot. */
 int srv_models_poll_start(srv_app *app);

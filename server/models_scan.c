@@ -51,6 +51,7 @@
 #include "datadir.h"
 #include "models_internal.h"
 #include "tfm/checkpoint.h"
+#include "tfm/quant.h"
 
 /* A temporary file older than this is a write that will never finish. */
 #define STALE_TEMP_S 600
@@ -148,6 +149,18 @@ static srv_model *entry_load(const srv_models *reg, const char *path, int *broke
     }
     e->kind = "text";
     memset(&e->recall, 0, sizeof e->recall);
+    /* --weights: text models (a recall model answers through the trainer's
+     * forward, which needs float32; they are small) */
+    tfm_wformat wf = TFM_WF_F32;
+    if (reg->cfg && tfm_wformat_parse(reg->cfg->weights, &wf) == TFM_OK && wf != TFM_WF_F32) {
+        s = tfm_model_quantize(m, wf, msg, sizeof msg);
+        if (s == TFM_E_NOMEM) {
+            snprintf(err, errlen, "%s: %s", tfm_strerror(s), msg);
+            goto fail;
+        }
+        if (s != TFM_OK) /* a shape q8 cannot take: served as it is */
+            fprintf(stderr, "attnd: model %s: kept in f32: %s\n", e->name, msg);
+    }
     if (m->tokenizer == TFM_TOKENIZER_LLAMA2C) {
         char tpath[2048];
         if (reg->cfg && reg->cfg->tokenizer[0]) {
@@ -186,8 +199,10 @@ static void log_loaded(const srv_model *e)
                 "values) from %s\n", e->name, tfm_config_n_params(&e->model->cfg),
                 e->recall.n_pairs, e->recall.n_keys, e->recall.n_values, e->source);
     else
-        fprintf(stderr, "attnd: loaded model %s (%zu parameters) from %s\n", e->name,
-                tfm_config_n_params(&e->model->cfg), e->source);
+        fprintf(stderr, "attnd: loaded model %s (%zu parameters, %s, %.1f MB) from %s\n", e->name,
+                tfm_config_n_params(&e->model->cfg),
+                tfm_wformat_name((tfm_wformat)tfm_model_wformat(e->model)),
+                (double)tfm_model_weight_bytes(e->model) / 1e6, e->source);
 }
 
 /* Start-up: one file; 1 loaded, 0 skipped (message printed).  data_dir:

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "tfm/quant.h"
 
 static void reply_jansson(srv_req *r, int status, json_t *v)
 {
@@ -36,8 +37,13 @@ static json_t *model_info(const srv_model *m)
     json_t *e = json_pack("{s:s,s:s,s:I,s:o,s:s,s:s}", "name", m->name, "kind", m->kind,
                           "parameters", (json_int_t)tfm_config_n_params(c), "config", cfg,
                           "tokenizer", tok, "source", m->source);
-    if (e)
+    if (e) {
         json_object_set_new(e, "origin", json_string(m->trained ? "trained" : "bundled"));
+        json_object_set_new(e, "weights",
+                            json_pack("{s:s,s:I}", "format",
+                                      tfm_wformat_name((tfm_wformat)tfm_model_wformat(m->model)),
+                                      "bytes", (json_int_t)tfm_model_weight_bytes(m->model)));
+    }
     /* the float's decimal as trained (0.1, not 0.100000001) */
     double absent = round((double)m->recall.absent_fraction * 1e6) / 1e6;
     if (e && recall)

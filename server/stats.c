@@ -222,6 +222,11 @@ int srv_stats_init(srv_stats *s)
         1, change_only);
     for (int i = 0; i < 4; i++)
         s->model_changes[i] = srv_metric_series(mc, &changes[i]);
+    static const char *const model_format[] = {"model", "format"};
+    s->model_weight_bytes = srv_metrics_gauge(
+        r, "attnd_model_weight_bytes",
+        "Bytes of each served model's weights in memory, by weight format (--weights).", 2,
+        model_format);
     s->seen.enabled = 1;
     return s->requests && s->duration && s->ttft && s->op_seconds[0][0] && s->train_loss &&
                    s->train_step_seconds

@@ -61,6 +61,8 @@ typedef struct srv_stats {
      * failed; SRV_MODEL_*) */
     srv_series *model_rescans;
     srv_series *model_changes[4];
+    srv_metric *model_weight_bytes; /* {model, format}: each served model's
+                                     * weights, refreshed at each scrape */
     pthread_mutex_t mu; /* guards seen and others */
     tfm_profile seen;   /* what the counters hold so far */
     tfm_profile others; /* /recall's and training's op accounting, summed */

@@ -85,9 +85,13 @@ typedef struct tfm_weights {
     float *wcls;            /* (vocab, dim); == token_embedding when shared */
 } tfm_weights;
 
+struct tfm_qweights;
+
 typedef struct tfm_model {
     tfm_config cfg;
-    tfm_weights w;
+    tfm_weights w; /* quantised models (tfm_model_quantize): the matrices'
+                    * pointers are NULL, but token_embedding and the norms */
+    struct tfm_qweights *q; /* the matrices in another format, or NULL (f32) */
     float *data;      /* owns every weight, llama2.c's order; n_floats long */
     size_t n_floats;
     float *rope_cos;  /* (seq_len, head_size / 2) */
@@ -105,6 +109,19 @@ void tfm_model_destroy(tfm_model *m); /* NULL is a no-op */
 /* Fills the weights with seeded uniform noise (+-scale/sqrt(in) for matrices,
  * 1 +- 0.1 for norm weights): the same seed gives the same model everywhere. */
 void tfm_model_init_random(tfm_model *m, uint64_t seed);
+
+/* Converts the weight matrices (wq, wk, wv, wo, w1, w2, w3 and the
+ * classifier) to format f (tfm/quant.h: "bf16", "q8", "q4"; f32 is a
+ * no-op) and frees their float32 copies; the embedding and the norms stay
+ * float32.  Decode then reads the fewer bytes; prefill dequantises tiles
+ * for sgemm.  Once quantised a model cannot be trained, saved or
+ * quantised again (TFM_E_UNSUPPORTED).  q8 and q4 need dim and hidden_dim
+ * multiples of 32 (TFM_E_SHAPE, with err). */
+tfm_status tfm_model_quantize(tfm_model *m, int wformat, char *err, size_t errlen);
+/* The model's matrix format (a tfm_wformat: 0 is f32) and the bytes all
+ * its weights take. */
+int tfm_model_wformat(const tfm_model *m);
+size_t tfm_model_weight_bytes(const tfm_model *m);
 
 /* Metadata: keys up to 47 bytes, values up to 207; set replaces. */
 const char *tfm_model_meta_get(const tfm_model *m, const char *key);

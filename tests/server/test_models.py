@@ -306,7 +306,7 @@ class Test00Contract(unittest.TestCase):
         cfg = {"dim": 32, "hidden_dim": 64, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2, "vocab_size": 34,
                "seq_len": 16, "shared_classifier": True}
         rec = {"name": "r", "kind": "recall", "parameters": 10, "config": cfg, "tokenizer": "mqar", "source": "x",
-               "origin": "trained", "recall": {"n_pairs": 4, "n_keys": 16, "n_values": 16, "absent_fraction": 0.25}}
+               "origin": "trained", "weights": {"format": "f32", "bytes": 40}, "recall": {"n_pairs": 4, "n_keys": 16, "n_values": 16, "absent_fraction": 0.25}}
         self.assertEqual(validation_errors(rec, s), [])
         txt = dict(rec, kind="text", tokenizer="byte")
         txt.pop("recall")

@@ -19,6 +19,7 @@
 
 #include "testutil.h"
 #include "tfm/model.h"
+#include "tfm/quant.h"
 #include "tfm/sampler.h"
 
 static atomic_long allocs;
@@ -63,65 +64,71 @@ int __wrap_posix_memalign(void **p, size_t a, size_t n)
 
 static void test_noalloc_decode_and_sample(void **state)
 {
-    tfm_model *m = tu_random_model(64, 96, 2, 4, 2, 300, 64, 0, 5);
-    int V = m->cfg.vocab_size;
-    for (int threads = 1; threads <= 2; threads++) {
-        tfm_workspace *ws;
-        tfm_state *st[12];
-        assert_int_equal(tfm_workspace_create(m, 12, threads, &ws), TFM_OK);
-        for (int i = 0; i < 12; i++)
-            assert_int_equal(tfm_state_create(m, 0, &st[i]), TFM_OK);
-        tfm_sampler_params sp = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 7};
-        /* every option the sampler has: penalties, bias, min_p, logprobs */
-        static const tfm_logit_bias bias[] = {{5, -100.0f}, {9, 3.0f}};
-        tfm_sampler_params all = {.temperature = 0.7f, .top_p = 0.95f, .seed = 3, .min_p = 0.05f,
-                                  .repetition_penalty = 1.3f, .presence_penalty = 0.5f,
-                                  .frequency_penalty = 0.4f, .logit_bias = bias,
-                                  .n_logit_bias = 2, .top_logprobs = TFM_MAX_TOP_LOGPROBS};
-        tfm_token_logprob lp[1 + TFM_MAX_TOP_LOGPROBS];
-        tfm_sampler *smp, *smp_all;
-        assert_int_equal(tfm_sampler_create(V, &sp, &smp), TFM_OK);
-        assert_int_equal(tfm_sampler_create(V, &all, &smp_all), TFM_OK);
-        float *logits = malloc((size_t)12 * V * sizeof(float));
-        int toks[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-        /* warm-up: every path once */
-        for (int i = 0; i < 12; i++)
-            assert_int_equal(tfm_prefill(ws, st[i], toks, 3 + i, logits), TFM_OK);
-        assert_int_equal(tfm_decode(ws, st, toks, 12, logits), TFM_OK);
-        assert_int_equal(tfm_decode(ws, st, toks, 1, logits), TFM_OK);
-        long before = atomic_load(&allocs);
-        for (int step = 0; step < 10; step++) {
-            static const int batches[] = {1, 3, 12};
-            int B = batches[step % 3];
-            assert_int_equal(tfm_decode(ws, st, toks, B, logits), TFM_OK);
-            for (int b = 0; b < B; b++)
-                toks[b] = b % 2 ? tfm_sampler_sample_lp(smp_all, logits + (size_t)b * V, lp)
-                                : tfm_sampler_sample(smp, logits + (size_t)b * V);
+    /* float32 weights, then q8 and bf16 (tfm_model_quantize) */
+    static const int formats[] = {TFM_WF_F32, TFM_WF_Q8, TFM_WF_BF16};
+    for (int fi = 0; fi < 3; fi++) {
+        char qerr[128];
+        tfm_model *m = tu_random_model(64, 96, 2, 4, 2, 300, 64, 0, 5);
+        assert_int_equal(tfm_model_quantize(m, formats[fi], qerr, sizeof qerr), TFM_OK);
+        int V = m->cfg.vocab_size;
+        for (int threads = 1; threads <= 2; threads++) {
+            tfm_workspace *ws;
+            tfm_state *st[12];
+            assert_int_equal(tfm_workspace_create(m, 12, threads, &ws), TFM_OK);
+            for (int i = 0; i < 12; i++)
+                assert_int_equal(tfm_state_create(m, 0, &st[i]), TFM_OK);
+            tfm_sampler_params sp = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 7};
+            /* every option the sampler has: penalties, bias, min_p, logprobs */
+            static const tfm_logit_bias bias[] = {{5, -100.0f}, {9, 3.0f}};
+            tfm_sampler_params all = {.temperature = 0.7f, .top_p = 0.95f, .seed = 3, .min_p = 0.05f,
+                                      .repetition_penalty = 1.3f, .presence_penalty = 0.5f,
+                                      .frequency_penalty = 0.4f, .logit_bias = bias,
+                                      .n_logit_bias = 2, .top_logprobs = TFM_MAX_TOP_LOGPROBS};
+            tfm_token_logprob lp[1 + TFM_MAX_TOP_LOGPROBS];
+            tfm_sampler *smp, *smp_all;
+            assert_int_equal(tfm_sampler_create(V, &sp, &smp), TFM_OK);
+            assert_int_equal(tfm_sampler_create(V, &all, &smp_all), TFM_OK);
+            float *logits = malloc((size_t)12 * V * sizeof(float));
+            int toks[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+            /* warm-up: every path once */
+            for (int i = 0; i < 12; i++)
+                assert_int_equal(tfm_prefill(ws, st[i], toks, 3 + i, logits), TFM_OK);
+            assert_int_equal(tfm_decode(ws, st, toks, 12, logits), TFM_OK);
+            assert_int_equal(tfm_decode(ws, st, toks, 1, logits), TFM_OK);
+            long before = atomic_load(&allocs);
+            for (int step = 0; step < 10; step++) {
+                static const int batches[] = {1, 3, 12};
+                int B = batches[step % 3];
+                assert_int_equal(tfm_decode(ws, st, toks, B, logits), TFM_OK);
+                for (int b = 0; b < B; b++)
+                    toks[b] = b % 2 ? tfm_sampler_sample_lp(smp_all, logits + (size_t)b * V, lp)
+                                    : tfm_sampler_sample(smp, logits + (size_t)b * V);
+            }
+            assert_int_equal(tfm_sampler_reset(smp, &sp), TFM_OK);
+            tfm_sampler_sample(smp, logits);
+            assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
+            tfm_sampler_set_prompt(smp_all, toks, 16);
+            tfm_sampler_sample(smp_all, logits);
+            all.temperature = 0.0f; /* greedy through the processed logits */
+            assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
+            tfm_sampler_sample_lp(smp_all, logits, lp);
+            /* a prompt's own log-probabilities: every row's logits, then each
+             * row's entries (12 rows fit the logits buffer) */
+            tfm_state_reset(st[0]);
+            assert_int_equal(tfm_prefill_rows(ws, st[0], toks, 12, logits), TFM_OK);
+            for (int r = 0; r + 1 < 12; r++)
+                tfm_sampler_logprobs(smp_all, logits + (size_t)r * V, toks[r + 1], lp);
+            long after = atomic_load(&allocs);
+            assert_int_equal(after - before, 0);
+            free(logits);
+            tfm_sampler_destroy(smp);
+            tfm_sampler_destroy(smp_all);
+            for (int i = 0; i < 12; i++)
+                tfm_state_destroy(st[i]);
+            tfm_workspace_destroy(ws);
         }
-        assert_int_equal(tfm_sampler_reset(smp, &sp), TFM_OK);
-        tfm_sampler_sample(smp, logits);
-        assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
-        tfm_sampler_set_prompt(smp_all, toks, 16);
-        tfm_sampler_sample(smp_all, logits);
-        all.temperature = 0.0f; /* greedy through the processed logits */
-        assert_int_equal(tfm_sampler_reset(smp_all, &all), TFM_OK);
-        tfm_sampler_sample_lp(smp_all, logits, lp);
-        /* a prompt's own log-probabilities: every row's logits, then each
-         * row's entries (12 rows fit the logits buffer) */
-        tfm_state_reset(st[0]);
-        assert_int_equal(tfm_prefill_rows(ws, st[0], toks, 12, logits), TFM_OK);
-        for (int r = 0; r + 1 < 12; r++)
-            tfm_sampler_logprobs(smp_all, logits + (size_t)r * V, toks[r + 1], lp);
-        long after = atomic_load(&allocs);
-        assert_int_equal(after - before, 0);
-        free(logits);
-        tfm_sampler_destroy(smp);
-        tfm_sampler_destroy(smp_all);
-        for (int i = 0; i < 12; i++)
-            tfm_state_destroy(st[i]);
-        tfm_workspace_destroy(ws);
+        tfm_model_destroy(m);
     }
-    tfm_model_destroy(m);
 }
 
 /* Beside the decode loop above: a 32000-entry vocabulary, a 1000-token
