@@ -13,6 +13,8 @@
 #include "tfm/quant.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -293,22 +295,27 @@ void tfm__qrows_ref(const tfm_qmat *w, float *y, int ldy, const float *x, const 
 
 /* ---- dispatch ------------------------------------------------------------------------ */
 
-static int force_ref = -1; /* -1: not decided yet (the environment) */
+/* The reference forced (TFM_QUANT_ISA=ref, or tfm_quant_force_ref): read
+ * once, before any product, since products run on the pool's threads. */
+static atomic_int force_ref;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void read_env(void)
+{
+    const char *e = getenv("TFM_QUANT_ISA");
+    atomic_store(&force_ref, e && !strcmp(e, "ref"));
+}
 
 int tfm_quant_force_ref(int on)
 {
-    int was = force_ref > 0;
-    force_ref = on ? 1 : 0;
-    return was;
+    pthread_once(&env_once, read_env);
+    return atomic_exchange(&force_ref, on ? 1 : 0);
 }
 
 static int use_ref(void)
 {
-    if (force_ref < 0) {
-        const char *e = getenv("TFM_QUANT_ISA");
-        force_ref = e && !strcmp(e, "ref");
-    }
-    return force_ref;
+    pthread_once(&env_once, read_env);
+    return atomic_load_explicit(&force_ref, memory_order_relaxed);
 }
 
 /* Whether the AVX-512 kernel for f can run here (and is not forced off). */

@@ -4,7 +4,8 @@
  * Each function is compiled for the instructions it uses (a target
  * attribute, with gcc and clang alike), whatever the build's -march, and
  * quant.c calls it only when the CPU says it has them (cpuid and the OS's
- * saved register state, read once here).
+ * saved register state, read once here, under pthread_once: the products
+ * run on the pool's threads).
  *
  * q8 and q4: per block of 32, the activations' int8 |x| times the weights
  * with x's sign (vpsignb) make the unsigned-by-signed products vpdpbusd
@@ -16,6 +17,7 @@
  */
 #include <cpuid.h>
 #include <immintrin.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "quant_internal.h"
@@ -25,10 +27,11 @@
 /* ---- the CPU ------------------------------------------------------------------- */
 
 typedef struct cpu {
-    int checked, vnni, bf16;
+    int vnni, bf16;
 } cpu;
 
-static cpu the_cpu;
+static cpu the_cpu; /* written once, under cpu_once */
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
 static unsigned long long xcr0(void)
 {
@@ -40,7 +43,7 @@ static unsigned long long xcr0(void)
 static void check_cpu(void)
 {
     unsigned a, b, c, d;
-    cpu r = {1, 0, 0};
+    cpu r = {0, 0};
     if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27)) /* OSXSAVE */ &&
         (c & (1u << 29)) /* F16C */ && (c & (1u << 12)) /* FMA */ &&
         (xcr0() & 0xe6) == 0xe6 /* the OS saves xmm, ymm, opmask and zmm */ &&
@@ -50,20 +53,18 @@ static void check_cpu(void)
         if (base && __get_cpuid_count(7, 1, &a, &b, &c, &d))
             r.bf16 = (a >> 5) & 1;
     }
-    the_cpu = r; /* racing first callers all write the same */
+    the_cpu = r;
 }
 
 int tfm__cpu_avx512_vnni(void)
 {
-    if (!the_cpu.checked)
-        check_cpu();
+    pthread_once(&cpu_once, check_cpu);
     return the_cpu.vnni;
 }
 
 int tfm__cpu_avx512_bf16(void)
 {
-    if (!the_cpu.checked)
-        check_cpu();
+    pthread_once(&cpu_once, check_cpu);
     return the_cpu.bf16;
 }
 
