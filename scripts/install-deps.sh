@@ -19,6 +19,8 @@ PKGS=(
   python3-numpy     # tests/bench/train_torch.py's data generator (the CLI test diffs it)
   bible-kjv         # scripts/train-defaults.sh: the text model's corpus
   clang libclang-rt-14-dev # make fuzz: clang 14 and libFuzzer (libclang_rt.fuzzer-x86_64.a)
+  haproxy           # tests/lb: three replicas behind a real load balancer
+  chromium          # tests/ui: the web console in a headless browser
 )
 # `scripts/install-deps.sh --bench` adds Debian's python3-torch (~1 GB
 # installed): the PyTorch side of `make bench`'s training comparison.
