@@ -21,6 +21,7 @@ PKGS=(
   clang libclang-rt-14-dev # make fuzz: clang 14 and libFuzzer (libclang_rt.fuzzer-x86_64.a)
   haproxy           # tests/lb: three replicas behind a real load balancer
   chromium          # tests/ui: the web console in a headless browser
+  firefox-esr       # tests/ui: the same page in Firefox (WebDriver BiDi)
 )
 # `scripts/install-deps.sh --bench` adds Debian's python3-torch (~1 GB
 # installed): the PyTorch side of `make bench`'s training comparison.

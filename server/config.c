@@ -47,6 +47,7 @@ static const opt opts[] = {
     {"--train-workers", "ATTND_TRAIN_WORKERS", "N", "training jobs run at once, the rest queue (1)", K_INT, F(train_workers), 0, 1, 64},
     {"--train-threads", "ATTND_TRAIN_THREADS", "N", "compute threads of each training job (1)", K_INT, F(train_threads), 0, 1, 256},
     {"--quiet", "ATTND_QUIET", NULL, "no per-request log lines", K_BOOL, F(quiet), 0, 0, 1},
+    {"--no-ui", "ATTND_NO_UI", NULL, "no web console at GET / and /ui/ (404 there)", K_BOOL, F(no_ui), 0, 0, 1},
     {"--api-key", "ATTND_API_KEY", "KEY", "require Authorization: Bearer KEY on every route but\n"
      "                          /healthz and /readyz (repeatable; ATTND_API_KEY takes a comma list)", K_KEY, 0, 0, 0, 0},
     {"--api-key-file", "ATTND_API_KEY_FILE", "PATH", "API keys, one a line (# comments), re-read on SIGHUP", K_STR, F(api_key_file), CAP(api_key_file), 0, 0},

@@ -29,6 +29,7 @@ typedef struct srv_config {
     int train_workers;     /* --train-workers, ATTND_TRAIN_WORKERS: 1 (jobs at once) */
     int train_threads;     /* --train-threads, ATTND_TRAIN_THREADS: 1 (per job) */
     int quiet;             /* --quiet, ATTND_QUIET: no per-request log lines */
+    int no_ui;             /* --no-ui, ATTND_NO_UI: no web console at / and /ui/ (ui.h) */
     char *env_models;      /* owned copy of ATTND_MODEL, split in place */
 
     /* ---- trust on a network (auth.c, http.c, the limits) ---- */

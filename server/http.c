@@ -24,6 +24,7 @@
 #include "conn.h"
 #include "models_routes.h"
 #include "train.h"
+#include "ui.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -65,7 +66,8 @@ static const route routes[] = {
     {"/v1/models", "GET", srv_route_v1_models, 0, 0},
     {"/v1/models/{id}", "GET", srv_route_v1_model, 0, 0},
     {"/generate_stream", "POST", srv_route_generate_stream, 1, 1},
-    {"/", "POST", srv_route_tgi_compat, 1, 1},
+    {"/", "GET, HEAD, POST", srv_route_root, 1, 1}, /* the console (ui.c); POST: TGI's */
+    {"/ui/{id}", "GET, HEAD", srv_route_ui_asset, 0, 0},
     {"/info", "GET", srv_route_info, 0, 0},
     {"/tokenize", "POST", srv_route_tokenize, 1, 0},
     {"/detokenize", "POST", srv_route_detokenize, 1, 0},
@@ -472,9 +474,10 @@ static int guard_checks(srv_req *r, srv_conn *c)
         return -1;
     }
     r->client = srv_conn_peer(c);
-    int open = !strcmp(r->method, "GET") &&
-               (!strcmp(r->path, "/healthz") || !strcmp(r->path, "/readyz") ||
-                (app->cfg.metrics_public && !strcmp(r->path, "/metrics")));
+    int open = (!strcmp(r->method, "GET") &&
+                (!strcmp(r->path, "/healthz") || !strcmp(r->path, "/readyz") ||
+                 (app->cfg.metrics_public && !strcmp(r->path, "/metrics")))) ||
+               srv_ui_open(&app->cfg, r->method, r->path); /* no data there (ui.h) */
     if (open || !srv_auth_enabled(app->auth))
         return 0;
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
@@ -584,8 +587,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->label = r->route >= 0 ? routes[r->route].path : "other";
         if (!strncmp(r->path, "/v1/", 4))
             r->err_style = SRV_ERR_OPENAI;
-        else if (!strcmp(r->path, "/generate_stream") || !strcmp(r->path, "/") ||
-                 !strcmp(r->path, "/info"))
+        else if (!strcmp(r->path, "/generate_stream") || !strcmp(r->path, "/info") ||
+                 (!strcmp(r->path, "/") && !strcmp(method, "POST")))
             r->err_style = SRV_ERR_TGI; /* TGI's routes (tgi.c) */
         first_checks(r);
         return MHD_YES;

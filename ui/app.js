@@ -521,7 +521,8 @@
     const box = $('live-chart');
     return new uPlot({
       width: Math.max(280, box.clientWidth), height: 180,
-      scales: { x: { time: true }, ms: {} },
+      // a window of at least two minutes, so that one point is not a span of years
+      scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 120), max] }, ms: {} },
       axes: [{}, { label: 'req/s' }, { scale: 'ms', side: 1, label: 'p50 ms', grid: { show: false } }],
       series: [{}, { label: 'req/s', stroke: '#2a6fdb' }, { label: 'p50 ms', scale: 'ms', stroke: '#d9480f', spanGaps: true }],
     }, live, box);
@@ -632,13 +633,14 @@
     prev = { t: now, reqs, bk };
   }
 
-  // prompts of growing length, so that the plot has several buckets
+  // prompts of growing length, so that the plot has several buckets: on the
+  // text model with the longest context, up to 1024 tokens
   async function sweep() {
-    const m = models.find((x) => x.kind === 'text');
+    const m = models.filter((x) => x.kind === 'text').sort((a, b) => b.config.seq_len - a.config.seq_len)[0];
     if (!m) { notice('no text model to run prompts on', 'error'); return; }
     const btn = $('cost-sweep');
     btn.disabled = true;
-    const top = Math.min(256, m.config.seq_len - 8);
+    const top = Math.min(1024, m.config.seq_len - 8);
     try {
       for (let len = 16; len <= top; len *= 2) {
         for (let i = 0; i < 3; i++) {

@@ -55,11 +55,12 @@ process.on('exit', () => {
   if (modelsDir) rmSync(modelsDir, { recursive: true, force: true });
 });
 
-/** Starts attnd (extra flags in opts.args, --api-key opts.apiKey); resolves
+/** Starts attnd (extra flags in opts.args, --api-key opts.apiKey, the
+ * models of opts.modelsDir instead of the random ones); resolves
  * once it printed its listening line and GET /readyz answered 200. */
 export async function startAttnd(opts = {}) {
   if (!existsSync(ATTND)) throw new Error(`attnd not found at ${ATTND} (set ATTND, or build it)`);
-  const models = makeModels();
+  const models = opts.modelsDir ? resolve(opts.modelsDir) : makeModels();
   const work = mkdtempSync(join(tmpdir(), 'attnd-clients-srv-'));
   const args = ['--host', '127.0.0.1', '--port', '0', '--models-dir', models,
     '--data-dir', join(work, 'data'), '--threads', '2', '--grace-seconds', '3', ...(opts.args || [])];

@@ -953,7 +953,7 @@ FAMILIES = {
 }
 ROUTES = {"/generate", "/recall", "/models", "/models/reload", "/models/{id}", "/metrics", "/healthz", "/readyz", "/train", "/train/{id}", "other",
           "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{id}",
-          "/generate_stream", "/", "/info", "/tokenize", "/detokenize"}
+          "/generate_stream", "/", "/ui/{id}", "/info", "/tokenize", "/detokenize"}
 CLASSES = {"tensor_contraction", "normalization", "elementwise"}
 PHASES = {"prefill", "decode", "train"}
 
