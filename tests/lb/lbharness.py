@@ -41,6 +41,11 @@ GEN = {"model": "tiny", "prompt": "In the beginning", "max_tokens": 4, "temperat
 
 
 def find_haproxy():
+    """The haproxy binary, or None.  LB_HAPROXY=PATH overrides the search
+    (a path that is not there: as if haproxy were not installed)."""
+    if os.environ.get("LB_HAPROXY"):
+        p = os.environ["LB_HAPROXY"]
+        return p if os.access(p, os.X_OK) else None
     for p in (shutil.which("haproxy"), "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
         if p and os.access(p, os.X_OK):
             return p
@@ -122,7 +127,10 @@ class Replica:
 
 
 class Cluster:
-    def __init__(self, n=3, poll=1, grace=5, extra=(), prefix="attnd-lb-"):
+    def __init__(self, n=3, poll=1, grace=5, extra=(), prefix="attnd-lb-", cfg_filter=None):
+        """cfg_filter: a function of the written config's text returning the
+        text to use (experiments with other settings)."""
+        self.cfg_filter = cfg_filter
         self.work = H.Workdir(prefix=prefix)
         self.n, self.poll, self.grace, self.extra = n, poll, grace, tuple(extra)
         self.bundled = self.work.mkdir("models")
@@ -163,6 +171,8 @@ class Cluster:
             servers = "\n".join("    server %s 127.0.0.1:%d check" % (r.name, r.port) for r in self.replicas)
             cfg = (tmpl.replace("@FRONT_PORT@", str(self.front_port)).replace("@STATS_SOCKET@", self.sock)
                    .replace("@PIDFILE@", self.pidfile).replace("@SERVERS@", servers))
+            if self.cfg_filter:
+                cfg = self.cfg_filter(cfg)
             with open(self.cfg_path, "w", encoding="utf-8") as f:
                 f.write(cfg)
             self.hlog = open(self.hlog_path, "ab")
@@ -337,8 +347,9 @@ class Result:
         self.kind = self.detail = None
 
     def __repr__(self):
-        return "<#%d %s %s %s %.3fs %s>" % (self.i, self.kind, self.status, self.server, self.latency or 0,
-                                           (self.detail or "")[:120])
+        return "<#%d at %.2fs %s %s %s %s %.3fs %s>" % (
+            self.i, self.t_sched, "keep-alive" if self.keepalive else "new-conn", self.kind, self.status,
+            self.server, self.latency or 0, (self.detail or "")[:120])
 
 
 class Load:
@@ -361,6 +372,7 @@ class Load:
         self.futures = []
         self.thread = None
         self.t0 = None
+        self.stopping = False
 
     def start(self):
         self.t0 = time.monotonic()
@@ -371,6 +383,8 @@ class Load:
     def _schedule(self):
         ka_every = 0 if self.keepalive <= 0 else max(1, round(1 / self.keepalive))
         for i in range(self.count):
+            if self.stopping:
+                break
             t = self.t0 + i / self.rate
             d = t - time.monotonic()
             if d > 0:
@@ -418,6 +432,10 @@ class Load:
             res.latency = time.monotonic() - t
             if own:
                 conn.close()
+
+    def stop(self):
+        """Issues no further request (those issued run to their end)."""
+        self.stopping = True
 
     def join(self):
         self.thread.join(timeout=self.duration + 30)

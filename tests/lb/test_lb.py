@@ -88,19 +88,25 @@ class Base(unittest.TestCase):
     def digest(self):
         return L.log_digest(self.c.haproxy_log()[self.log0:])
 
-    def slow_in_flight(self, n=3):
-        """n ~1 s generations through the balancer, started together (one
-        per replica by round-robin); returns (threads, results)."""
-        out = [None] * n
+    def slow_in_flight(self, n=3, direct=None):
+        """n ~1 s generations through the balancer, started together, and
+        with direct (a replica) one more sent straight to it, which is then
+        surely in flight there; returns (threads, results): (status,
+        replica, seconds) each, the direct one last."""
+        out = [None] * (n + (direct is not None))
 
         def one(i):
             try:
+                if i == n:
+                    r = direct.srv.generate(SLOW_BODY, timeout=60)
+                    out[i] = (r.status, direct.name + " (direct)", r.elapsed)
+                    return
                 r = self.c.generate(SLOW_BODY, timeout=60)
                 out[i] = (r.status, r.header("X-LB-Server"), r.elapsed)
             except Exception as e:  # noqa: BLE001 - reported by the test
                 out[i] = ("error", repr(e), None)
 
-        ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+        ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(out))]
         for t in ts:
             t.start()
         return ts, out
@@ -172,8 +178,9 @@ class Test03Sigterm(Base):
         victim = c.replicas[1]
         load = L.Load(c.front_port, RATE, SECONDS, keepalive=0.5).start()
         time.sleep(1.5)
-        slow_threads, slow = self.slow_in_flight(3)
+        slow_threads, slow = self.slow_in_flight(3, direct=victim)
         time.sleep(0.4)  # the slow ones are running
+        self.assertIsNone(slow[-1], "premise: the generation sent to %s is still running" % victim.name)
         victim.srv.send_signal(signal.SIGTERM)
         t_term = time.monotonic()
         down = c.wait_status(victim.name, "DOWN", 10)
