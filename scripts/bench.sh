@@ -138,6 +138,17 @@ if [ "${COMPAT_BENCH:-1}" != 0 ]; then
     --long-prompt --jsonl "$BUILD/compat_bench.jsonl"
 fi
 
+# The web console's cost (tests/bench/ui_bench.py): a 1-token /generate to
+# an attnd with the console and one with --no-ui, alternated ABBA (p50, p99,
+# the ratio), and the time to serve each console file — about 20 seconds.
+# UI_BENCH=0 skips it.
+if [ "${UI_BENCH:-1}" != 0 ]; then
+  echo
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  /usr/bin/python3 "$ROOT/tests/bench/ui_bench.py" --attnd "$BUILD/attnd" --attn "$ATTN" \
+    --jsonl "$BUILD/ui_bench.jsonl"
+fi
+
 # Sampling (`attn bench-sampler`, tools/bench_sampler.c): plain greedy
 # (temperature 0, no option) today against the sampler before issue 12's
 # options (tools/sampler_base.c, 12e3009's core/sampler.c) on 32000 and 258

@@ -500,7 +500,8 @@
 
   const KERNELS = ['naive', 'tiled', 'exact'];
   const COLORS = { naive: '#2a6fdb', tiled: '#2b8a3e', exact: '#ae3ec9' };
-  let costChart = null, liveChart = null, costTimer = null, prev = null;
+  let costChart = null, liveChart = null, costTimer = null, prev = null, sweepBase = null, sweepModel = '';
+  const attnKey = (m) => `${m.name}|${m.labels.phase}|${m.labels.kernel}|${m.labels.context_max}`;
   const live = [[], [], []];
 
   function makeCostChart() {
@@ -521,8 +522,7 @@
     const box = $('live-chart');
     return new uPlot({
       width: Math.max(280, box.clientWidth), height: 180,
-      // a window of at least two minutes, so that one point is not a span of years
-      scales: { x: { time: true, range: (u, min, max) => [Math.min(min, max - 120), max] }, ms: {} },
+      scales: { x: { time: true }, ms: {} },
       axes: [{}, { label: 'req/s' }, { scale: 'ms', side: 1, label: 'p50 ms', grid: { show: false } }],
       series: [{}, { label: 'req/s', stroke: '#2a6fdb' }, { label: 'p50 ms', scale: 'ms', stroke: '#d9480f', spanGaps: true }],
     }, live, box);
@@ -553,20 +553,23 @@
     } catch (e) { fail(e); return; }
     const ms = parseProm(text);
     const phase = $('cost-phase').value;
-    // attention per call by context bucket
+    // attention per call by context bucket: since the start, or since the
+    // last sweep began (its own prompts on one model only)
     const per = {};
     for (const k of KERNELS) per[k] = new Map();
     const sec = new Map();
+    const since = (m) => m.value - (sweepBase ? sweepBase.get(attnKey(m)) || 0 : 0);
     for (const m of ms) {
       if (m.labels.phase !== phase || !KERNELS.includes(m.labels.kernel)) continue;
       const key = `${m.labels.kernel}|${m.labels.context_max}`;
-      if (m.name === 'attnd_attention_seconds_total') sec.set(key, m.value);
+      if (m.name === 'attnd_attention_seconds_total') sec.set(key, since(m));
     }
     for (const m of ms) {
-      if (m.name !== 'attnd_attention_calls_total' || m.labels.phase !== phase || !(m.value > 0)) continue;
+      const calls = m.name === 'attnd_attention_calls_total' && m.labels.phase === phase ? since(m) : 0;
+      if (!(calls > 0)) continue;
       const s = sec.get(`${m.labels.kernel}|${m.labels.context_max}`);
       const n = Number(m.labels.context_max);
-      if (s > 0 && n > 0 && per[m.labels.kernel]) per[m.labels.kernel].set(n, s / m.value);
+      if (s > 0 && n > 0 && per[m.labels.kernel]) per[m.labels.kernel].set(n, s / calls);
     }
     const xs = [...new Set(KERNELS.flatMap((k) => [...per[k].keys()]))].sort((a, b) => a - b);
     // the kernel with the most points carries the fit and the reference line
@@ -582,7 +585,7 @@
     }
     const server = ms.find((m) => m.name === 'attnd_attention_cost_exponent');
     const npoints = KERNELS.reduce((a, kk) => a + per[kk].size, 0);
-    $('cost-fit').textContent = `${phase} ${main}: fitted exponent ${isFinite(k) ? k.toFixed(2) : '– (needs two buckets)'}` +
+    $('cost-fit').textContent = `${sweepBase ? `the sweep on ${sweepModel}` : 'since start'}, ${phase} ${main}: fitted exponent ${isFinite(k) ? k.toFixed(2) : '– (needs two buckets)'}` +
       ` · attnd_attention_cost_exponent ${server && isFinite(server.value) ? server.value.toFixed(2) : 'NaN'}`;
     if (!costChart && typeof uPlot !== 'undefined') costChart = makeCostChart();
     if (costChart) costChart.setData([xs, ...KERNELS.map((kk) => xs.map((x) => (per[kk].has(x) ? per[kk].get(x) : null))), ref, fit]);
@@ -627,7 +630,8 @@
       $('live-p50').textContent = med === null ? '–' : `${fmt(med * 1000, 2)} ms`;
       live[0].push(now); live[1].push(rate); live[2].push(med === null ? null : med * 1000);
       if (live[0].length > 90) for (const s of live) s.shift();
-      if (!liveChart && typeof uPlot !== 'undefined') liveChart = makeLiveChart();
+      // from two points on: one point would make uPlot span years
+      if (!liveChart && live[0].length >= 2 && typeof uPlot !== 'undefined') liveChart = makeLiveChart();
       if (liveChart) liveChart.setData(live);
     }
     prev = { t: now, reqs, bk };
@@ -642,6 +646,14 @@
     btn.disabled = true;
     const top = Math.min(1024, m.config.seq_len - 8);
     try {
+      // the counters now: the plot then shows what the sweep added
+      const r = await fetch('/metrics', { headers: headers(false) });
+      if (!r.ok) throw errorOf(r.status, await r.text());
+      const base = new Map();
+      for (const x of parseProm(await r.text())) if (x.name.startsWith('attnd_attention_')) base.set(attnKey(x), x.value);
+      sweepBase = base;
+      sweepModel = m.name;
+      $('cost-phase').value = 'prefill';
       for (let len = 16; len <= top; len *= 2) {
         for (let i = 0; i < 3; i++) {
           await api('/generate', { method: 'POST', body: { model: m.name, prompt: 'x'.repeat(len - 1), max_tokens: 1, temperature: 0 } });

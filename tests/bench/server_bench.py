@@ -293,7 +293,9 @@ def codes_delta(m0, m1, route):
 
 
 class Server:
-    def __init__(self, attnd, model, workdir, threads, max_batch, queue_depth):
+    def __init__(self, attnd, model, workdir, threads, max_batch, queue_depth, extra=(), name=None):
+        self.extra = list(extra)  # more flags
+        self.name = name or "t%d" % threads  # names its data dir and stderr file
         self.attnd = attnd
         self.model = model
         self.workdir = workdir
@@ -304,7 +306,7 @@ class Server:
         self.port = None
         self.lines = queue.Queue()
         self.stdout_tail = []
-        self.stderr_path = os.path.join(workdir, "attnd-t%d.stderr" % threads)
+        self.stderr_path = os.path.join(workdir, "attnd-%s.stderr" % self.name)
         self.exit_code = None
 
     def _reader(self):
@@ -315,12 +317,12 @@ class Server:
         self.lines.put(None)
 
     def start(self):
-        data_dir = os.path.join(self.workdir, "data-t%d" % self.threads)
+        data_dir = os.path.join(self.workdir, "data-%s" % self.name)
         os.makedirs(data_dir, exist_ok=True)
         cmd = [self.attnd, "--host", HOST, "--port", "0", "--model", self.model,
                "--data-dir", data_dir, "--threads", str(self.threads),
                "--max-batch", str(self.max_batch), "--queue-depth", str(self.queue_depth),
-               "--quiet"]
+               "--quiet"] + self.extra
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
         self.stderr_f = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -308,7 +308,9 @@ test('cost: the sweep puts points on the log-log plot, with a fitted exponent an
   assert.ok(Number.isFinite(k) && k > 0, `fitted exponent ${k}`);
   const ops = await page.$$eval('#cost-ops tbody tr', (rows) => rows.map((r) => Number(r.cells[1].textContent)));
   assert.ok(Math.abs(ops.reduce((a, b) => a + b, 0) - 100) < 0.1, `op class FLOP shares add to 100: ${ops}`);
-  await until(page, () => document.getElementById('live-rate').textContent !== '–');
+  assert.match(await text(page, '#cost-fit'), /^the sweep on slow, prefill/);
+  // the live chart from its second point on (about 4 s of polls)
+  await until(page, () => document.querySelector('#live-chart canvas'));
   await shot(page, 'cost');
   await closePage(page);
 });
