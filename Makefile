@@ -47,14 +47,14 @@ asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DATTND_SANITIZE=ON
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) -LE "^(ui|lb)$$"
 
 # The live-server tests under ThreadSanitizer (the engine, HTTP and loop
 # threads share jobs).
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTND_TSAN=ON
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L server
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L server -LE "^(ui|lb)$$"
 
 # The soak and load test (tests/soak/soak.py): one live attnd under a fixed,
 # seeded mix of good, bad and slow clients for SOAK_SECONDS; fails on a

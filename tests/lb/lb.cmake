@@ -6,4 +6,4 @@
 # not registered: it is run by hand.
 add_test(NAME lb COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/lb/test_lb.py
          --attnd $<TARGET_FILE:attnd> --attn $<TARGET_FILE:attn>)
-set_tests_properties(lb PROPERTIES TIMEOUT 600 LABELS server RUN_SERIAL ON SKIP_RETURN_CODE 77)
+set_tests_properties(lb PROPERTIES TIMEOUT 600 LABELS lb RUN_SERIAL ON SKIP_RETURN_CODE 77)
