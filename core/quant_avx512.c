@@ -22,7 +22,7 @@
 
 #include "quant_internal.h"
 
-#define KERNEL __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
+#define KERNEL __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512bf16")))
 
 /* ---- the CPU ------------------------------------------------------------------- */
 
@@ -48,7 +48,7 @@ static void check_cpu(void)
         (c & (1u << 29)) /* F16C */ && (c & (1u << 12)) /* FMA */ &&
         (xcr0() & 0xe6) == 0xe6 /* the OS saves xmm, ymm, opmask and zmm */ &&
         __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        int base = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31)) && (b & (1u << 5));
+        int base = (b & (1u << 16)) && (b & (1u << 17)) /* DQ */ && (b & (1u << 30)) && (b & (1u << 31)) && (b & (1u << 5));
         r.vnni = base && (c & (1u << 11));
         if (base && __get_cpuid_count(7, 1, &a, &b, &c, &d))
             r.bf16 = (a >> 5) & 1;
