@@ -69,11 +69,15 @@ def rolling_restart(c, rate, keepalive, max_tokens):
     for r in c.replicas:
         t0 = time.monotonic()
         r.srv.send_signal(signal.SIGTERM)
-        down = c.wait_status(r.name, "DOWN", 15)
-        rc = r.srv.wait(c.grace + 10)
-        t_exit = time.monotonic() - t0
-        if rc is None:
-            raise AssertionError("%s did not exit after SIGTERM" % r.name)
+        down = t_exit = rc = None
+        while (down is None or t_exit is None) and time.monotonic() - t0 < c.grace + 10:
+            if t_exit is None and r.srv.proc.poll() is not None:
+                t_exit, rc = time.monotonic() - t0, r.srv.proc.returncode
+            if down is None and c.status(r.name).split()[0] == "DOWN":
+                down = time.monotonic() - t0
+            time.sleep(0.01)
+        if t_exit is None or down is None:
+            raise AssertionError("%s: exited after %s s, DOWN after %s s" % (r.name, t_exit, down))
         port = r.port
         r.stop()
         t1 = time.monotonic()
