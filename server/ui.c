@@ -110,8 +110,7 @@ static int console_off(srv_req *r)
 
 void srv_route_root(srv_req *r)
 {
-    if (!strcmp(r->method, "POST")) {
-        r->err_style = SRV_ERR_TGI;
+    if (!strcmp(r->method, "POST")) { /* http.c set TGI's error style */
         srv_route_tgi_compat(r);
         return;
     }

@@ -16,6 +16,7 @@ only and every loop is bounded.  Standard library only.
 """
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -60,8 +61,7 @@ def alternate(on, off, rounds):
 
 
 def assets(port, n):
-    """p50 ms of each console file; the raw socket asks for gzip."""
-    import http.client
+    """p50 ms of each console file, asked for with gzip."""
     out = {}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:

@@ -52,24 +52,6 @@ def find_haproxy():
     return None
 
 
-def free_port():
-    """An ephemeral port of 127.0.0.1 that was free a moment ago."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-def _die_with_parent():
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-
-
 class Replica:
     """One attnd of the cluster; restart() starts it again on the same port."""
 
@@ -167,7 +149,7 @@ class Cluster:
             tmpl = f.read()
         last = ""
         for _ in range(5):  # the port picked may be taken by then: try another
-            self.front_port = free_port()
+            self.front_port = H.free_port()
             servers = "\n".join("    server %s 127.0.0.1:%d check" % (r.name, r.port) for r in self.replicas)
             cfg = (tmpl.replace("@FRONT_PORT@", str(self.front_port)).replace("@STATS_SOCKET@", self.sock)
                    .replace("@PIDFILE@", self.pidfile).replace("@SERVERS@", servers))
@@ -178,7 +160,7 @@ class Cluster:
             self.hlog = open(self.hlog_path, "ab")
             self.haproxy = subprocess.Popen([self.haproxy_bin, "-db", "-f", self.cfg_path, "-p", self.pidfile],
                                             stdin=subprocess.DEVNULL, stdout=self.hlog, stderr=self.hlog,
-                                            cwd=self.work.path, preexec_fn=_die_with_parent)
+                                            cwd=self.work.path, preexec_fn=H._die_with_parent)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.haproxy.poll() is None:
                 try:

@@ -627,6 +627,17 @@ class Workdir:
 # the server
 
 
+def free_port():
+    """An ephemeral port of 127.0.0.1 that was free a moment ago (for a
+    process other than attnd, which takes --port 0)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
 def _die_with_parent():
     """In the child before exec: SIGTERM it if the test runner dies (a
     ctest timeout kills us with SIGKILL), so no attnd is left behind."""

@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -90,15 +89,6 @@ def family_of(sample):
         if sample.endswith(suf):
             return sample[: -len(suf)]
     return sample
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def load_alert_rules():
@@ -155,7 +145,7 @@ class Prometheus:
     def start(self, timeout=PROM_START_TIMEOUT):
         last = None
         for _ in range(3):  # the free port may be taken between probe and bind
-            self.port = free_port()
+            self.port = H.free_port()
             self.log = open(self.log_path, "ab")
             cmd = [PROMETHEUS, "--config.file=" + self.config,
                    "--storage.tsdb.path=" + os.path.join(self.workdir, "tsdb"),
