@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """rolling_restart.py — measurements of three attnd replicas behind HAProxy
-(not a ctest; the figures are in tests/lb/README.md).
+(not a ctest; the figures are in README.md, "Deploy and scale out").
 
   1. A rolling restart under a steady open-loop load (default 50 requests/s:
      request i is issued at t0 + i/rate from a thread pool, whatever the
