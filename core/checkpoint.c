@@ -18,13 +18,19 @@
  * is allocated, the header length is capped (HEADER_MAX), and each tensor's
  * offsets are checked against its shape and the file size before reading.
  * Errors name the key or tensor: TFM_E_FORMAT (malformed), TFM_E_TRUNCATED
- * (data past the end), TFM_E_SHAPE, TFM_E_UNSUPPORTED (dtype other than F32).
+ * (data past the end), TFM_E_SHAPE, TFM_E_UNSUPPORTED (a dtype other than the
+ * tensor's: F32, or a quantised model's).
  *
  * Writes go to "<path>.tmp.<pid>" in the same directory: big fwrites,
  * fflush, fsync, fclose, rename over path, then fsync of the directory so the
  * rename itself is durable.  Any failure removes the temporary file.  Two
  * threads of one process must not save to the same path at once (they would
  * share the temporary name).
+ *
+ * Quantised models (m->q, "weights" in the metadata) keep the same names
+ * but other dtypes and extra ".scales" tensors: checkpoint_quant.c lists
+ * them (tfm__qckpt_plan, each with its bytes in the model), and the same
+ * entry checks and reads run over that list (read_qtensors).
  *
  * Floats are written and read as raw bits: a little-endian host is assumed,
  * as both formats are little-endian.
@@ -47,6 +53,7 @@
 
 #include <jansson.h>
 
+#include "checkpoint_quant.h"
 #include "internal.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -267,8 +274,17 @@ static int int_array(json_t *a, uint64_t *v, size_t max, size_t *n)
     return 0;
 }
 
-/* Checks one tensor entry against its slot; *begin is its data offset. */
-static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, uint64_t *begin,
+/* What an entry must be: name, dtype, shape and byte count. */
+typedef struct expect {
+    const char *name, *dtype;
+    int ndim;
+    const size_t *dims;
+    uint64_t bytes;
+} expect;
+
+/* Checks one tensor entry against what it must be; *begin is its data
+ * offset. */
+static tfm_status check_entry(const expect *t, json_t *e, uint64_t data_size, uint64_t *begin,
                               char *err, size_t errlen)
 {
     if (!json_is_object(e))
@@ -276,9 +292,9 @@ static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, ui
     json_t *dtype = json_object_get(e, "dtype");
     if (!json_is_string(dtype))
         return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: missing dtype", t->name);
-    if (strcmp(json_string_value(dtype), "F32") != 0)
-        return set_err(err, errlen, TFM_E_UNSUPPORTED, "tensor %s: dtype %.16s, only F32",
-                       t->name, json_string_value(dtype));
+    if (strcmp(json_string_value(dtype), t->dtype) != 0)
+        return set_err(err, errlen, TFM_E_UNSUPPORTED, "tensor %s: dtype %.16s, expected %s",
+                       t->name, json_string_value(dtype), t->dtype);
     uint64_t shape[8], off[2];
     size_t nd, no;
     if (int_array(json_object_get(e, "shape"), shape, 8, &nd) != 0)
@@ -298,10 +314,10 @@ static tfm_status check_entry(const tensor *t, json_t *e, uint64_t data_size, ui
     if (int_array(json_object_get(e, "data_offsets"), off, 2, &no) != 0 || no != 2 ||
         off[0] > off[1])
         return set_err(err, errlen, TFM_E_FORMAT, "tensor %s: bad data_offsets", t->name);
-    if (off[1] - off[0] != (uint64_t)t->n * sizeof(float))
+    if (off[1] - off[0] != t->bytes)
         return set_err(err, errlen, TFM_E_FORMAT,
-                       "tensor %s: data_offsets span %llu bytes, shape needs %zu", t->name,
-                       (unsigned long long)(off[1] - off[0]), t->n * sizeof(float));
+                       "tensor %s: data_offsets span %llu bytes, shape needs %llu", t->name,
+                       (unsigned long long)(off[1] - off[0]), (unsigned long long)t->bytes);
     if (off[1] > data_size)
         return set_err(err, errlen, TFM_E_TRUNCATED,
                        "tensor %s: data ends at byte %llu, data section has %llu", t->name,
@@ -365,7 +381,8 @@ static tfm_status read_tensors(FILE *f, tfm_model *m, json_t *root, uint64_t dat
             break;
         }
         slot_info(m, slot, &t);
-        if ((st = check_entry(&t, v, size - data_start, &offs[slot], err, errlen)) != TFM_OK)
+        expect ex = {t.name, "F32", t.ndim, t.dims, (uint64_t)t.n * sizeof(float)};
+        if ((st = check_entry(&ex, v, size - data_start, &offs[slot], err, errlen)) != TFM_OK)
             break;
     }
     for (int i = 0; st == TFM_OK && i < ns; i++) {
@@ -377,6 +394,67 @@ static tfm_status read_tensors(FILE *f, tfm_model *m, json_t *root, uint64_t dat
     }
     free(offs);
     return st;
+}
+
+/* The same for a quantised model (checkpoint_quant.c): each entry checked
+ * against the plan's tensor of its name, then each read into place, then
+ * the values a shape cannot vouch for (scales) checked. */
+static tfm_status read_qtensors(FILE *f, tfm_model *m, json_t *root, uint64_t data_start,
+                                uint64_t size, char *err, size_t errlen)
+{
+    tfm__qtensor *t = NULL;
+    int nt = 0;
+    uint64_t *offs = NULL;
+    if (tfm__qckpt_plan(m, &t, &nt) != TFM_OK || !(offs = malloc((size_t)nt * sizeof *offs))) {
+        free(t);
+        return set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < nt; i++)
+        offs[i] = UINT64_MAX;
+    tfm_status st = TFM_OK;
+    const char *key;
+    json_t *v;
+    int hint = 0; /* files we write list the tensors in plan order */
+    json_object_foreach(root, key, v) {
+        if (strcmp(key, "__metadata__") == 0)
+            continue;
+        int i = -1;
+        for (int k = 0; k < nt && i < 0; k++)
+            if (strcmp(t[(hint + k) % nt].name, key) == 0)
+                i = (hint + k) % nt;
+        if (i < 0) {
+            st = set_err(err, errlen, TFM_E_FORMAT, "unknown tensor %.80s (a %s model)", key,
+                         tfm_wformat_name((tfm_wformat)m->q->fmt));
+            break;
+        }
+        hint = i + 1;
+        expect ex = {t[i].name, t[i].dtype, t[i].ndim, t[i].dims, t[i].bytes};
+        if ((st = check_entry(&ex, v, size - data_start, &offs[i], err, errlen)) != TFM_OK)
+            break;
+    }
+    for (int i = 0; st == TFM_OK && i < nt; i++) {
+        if (offs[i] == UINT64_MAX)
+            st = set_err(err, errlen, TFM_E_FORMAT, "missing tensor %s", t[i].name);
+        else if ((st = seek_to(f, data_start + offs[i], err, errlen)) == TFM_OK)
+            st = read_exact(f, t[i].ptr, t[i].bytes, t[i].name, err, errlen);
+    }
+    free(offs);
+    free(t);
+    if (st == TFM_OK)
+        st = tfm__qckpt_finish(m, err, errlen);
+    return st;
+}
+
+/* The weight format "weights" in the metadata names: absent or "f32" is
+ * float32. */
+static tfm_status parse_wformat(json_t *meta, tfm_wformat *wf, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(meta, "weights");
+    *wf = TFM_WF_F32;
+    if (v && (!json_is_string(v) || tfm_wformat_parse(json_string_value(v), wf) != TFM_OK))
+        return set_err(err, errlen, TFM_E_FORMAT,
+                       "metadata: 'weights' must be f32, bf16, q8 or q4");
+    return TFM_OK;
 }
 
 static tfm_status load_safetensors(FILE *f, uint64_t size, tfm_model **out, char *err,
@@ -397,17 +475,26 @@ static tfm_status load_safetensors(FILE *f, uint64_t size, tfm_model **out, char
         st = set_err(err, errlen, TFM_E_FORMAT, "safetensors header: no __metadata__ object");
         goto fail;
     }
-    if ((st = parse_config(meta, &cfg, &tok, err, errlen)) != TFM_OK)
+    tfm_wformat wf;
+    if ((st = parse_config(meta, &cfg, &tok, err, errlen)) != TFM_OK ||
+        (st = parse_wformat(meta, &wf, err, errlen)) != TFM_OK)
         goto fail;
     /* A tiny file must not make us allocate a huge model. */
-    uint64_t need = (uint64_t)tfm_config_n_params(&cfg) * sizeof(float);
+    uint64_t need = wf == TFM_WF_F32 ? (uint64_t)tfm_config_n_params(&cfg) * sizeof(float)
+                                     : tfm__qckpt_bytes(&cfg, wf);
+    if (need == 0) {
+        st = set_err(err, errlen, TFM_E_SHAPE, "%s needs dim and hidden_dim multiples of %d",
+                     tfm_wformat_name(wf), TFM_QK);
+        goto fail;
+    }
     if (size - 8 - n < need) {
         st = set_err(err, errlen, TFM_E_TRUNCATED,
                      "safetensors data is %llu bytes, the config needs %llu",
                      (unsigned long long)(size - 8 - n), (unsigned long long)need);
         goto fail;
     }
-    if ((st = tfm_model_create(&cfg, &m, err, errlen)) != TFM_OK)
+    if ((st = wf == TFM_WF_F32 ? tfm_model_create(&cfg, &m, err, errlen)
+                               : tfm__model_create_quantized(&cfg, wf, &m, err, errlen)) != TFM_OK)
         goto fail;
     m->tokenizer = tok;
     const char *key;
@@ -423,7 +510,8 @@ static tfm_status load_safetensors(FILE *f, uint64_t size, tfm_model **out, char
             goto fail;
         }
     }
-    if ((st = read_tensors(f, m, root, 8 + n, size, err, errlen)) != TFM_OK)
+    if ((st = wf == TFM_WF_F32 ? read_tensors(f, m, root, 8 + n, size, err, errlen)
+                               : read_qtensors(f, m, root, 8 + n, size, err, errlen)) != TFM_OK)
         goto fail;
     json_decref(root);
     *out = m;
@@ -633,8 +721,26 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
             goto fail;
         }
     }
-    /* Slots follow the data array, so offsets are running sums. */
     uint64_t off = 0;
+    if (m->q) { /* a quantised model's tensors (checkpoint_quant.c), in plan order */
+        tfm__qtensor *t;
+        int nt;
+        if (tfm__qckpt_plan(m, &t, &nt) != TFM_OK)
+            goto fail;
+        for (int i = 0; i < nt && !bad; i++) {
+            json_int_t d0 = (json_int_t)t[i].dims[0], d1 = (json_int_t)t[i].dims[1];
+            json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", t[i].dtype, "shape",
+                                  t[i].ndim == 1 ? json_pack("[I]", d0) : json_pack("[I,I]", d0, d1),
+                                  "data_offsets", (json_int_t)off, (json_int_t)(off + t[i].bytes));
+            bad = !e || json_object_set_new(root, t[i].name, e) != 0;
+            off += t[i].bytes;
+        }
+        free(t);
+        if (bad)
+            goto fail;
+        goto dump;
+    }
+    /* Slots follow the data array, so offsets are running sums. */
     for (int i = 0, ns = n_slots(c); i < ns; i++) {
         tensor t;
         slot_info(m, i, &t);
@@ -651,6 +757,7 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
         st = set_err(err, errlen, TFM_E_INTERNAL, "tensor slots do not cover the weights");
         goto fail;
     }
+dump:
     *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!*text)
         goto fail;
@@ -682,7 +789,18 @@ static tfm_status save_safetensors(const tfm_model *m, const char *path, char *e
         tfm__afile_write(&af, lenbuf, 8);
         tfm__afile_write(&af, json, len);
         tfm__afile_write(&af, spaces, pad);
-        tfm__afile_write(&af, m->data, m->n_floats * sizeof(float));
+        if (m->q) {
+            tfm__qtensor *t;
+            int nt;
+            if (tfm__qckpt_plan(m, &t, &nt) != TFM_OK) {
+                af.st = set_err(err, errlen, TFM_E_NOMEM, "out of memory");
+                nt = 0, t = NULL;
+            }
+            for (int i = 0; i < nt; i++)
+                tfm__afile_write(&af, t[i].ptr, t[i].bytes);
+            free(t);
+        } else
+            tfm__afile_write(&af, m->data, m->n_floats * sizeof(float));
         st = tfm__afile_commit(&af);
     }
     free(json);
@@ -723,14 +841,15 @@ tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_fo
 {
     if (!m || !path || !*path)
         return set_err(err, errlen, TFM_E_INVALID, "model or path is NULL");
-    if (m->q) /* its float32 matrices are gone (tfm_model_quantize) */
-        return set_err(err, errlen, TFM_E_UNSUPPORTED,
-                       "a model quantised at load time cannot be saved");
     if (fmt == TFM_CKPT_AUTO) {
         size_t n = strlen(path);
         fmt = n >= 4 && strcmp(path + n - 4, ".bin") == 0 ? TFM_CKPT_LLAMA2C
                                                           : TFM_CKPT_SAFETENSORS;
     }
+    if (m->q && fmt == TFM_CKPT_LLAMA2C) /* float32 only (checkpoint_quant.c: safetensors) */
+        return set_err(err, errlen, TFM_E_UNSUPPORTED,
+                       "a %s model can be saved as safetensors only",
+                       tfm_wformat_name((tfm_wformat)m->q->fmt));
     if (fmt == TFM_CKPT_SAFETENSORS)
         return save_safetensors(m, path, err, errlen);
     if (fmt == TFM_CKPT_LLAMA2C)

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint_quant.h"
 #include "internal.h"
 
 void tfm__qweights_free(tfm_qweights *q)
@@ -41,26 +42,126 @@ size_t tfm_model_weight_bytes(const tfm_model *m)
     return m->n_floats * sizeof(float) + (m->q ? m->q->bytes : 0);
 }
 
-/* One matrix (n, d) at w into the buffer at *at (advanced): data, then
- * scales, each 64-byte aligned. */
-static void put(tfm_wformat f, const float *w, int n, int d, unsigned char *buf, size_t *at,
-                tfm_qmat *out)
-{
-    size_t db, sb;
-    tfm_qmat_bytes(f, n, d, &db, &sb);
-    unsigned char *data = buf + *at;
-    *at += (db + 63) & ~(size_t)63;
-    uint16_t *scale = sb ? (uint16_t *)(buf + *at) : NULL;
-    *at += (sb + 63) & ~(size_t)63;
-    tfm_quantize(f, w, n, d, data, scale);
-    *out = (tfm_qmat){f, n, d, data, scale};
-}
-
+/* Bytes one matrix takes in the buffer: data, then scales, each rounded
+ * up to 64 (so every matrix starts on a cache line). */
 static size_t need(tfm_wformat f, int n, int d)
 {
     size_t db, sb;
     tfm_qmat_bytes(f, n, d, &db, &sb);
     return ((db + 63) & ~(size_t)63) + ((sb + 63) & ~(size_t)63);
+}
+
+/* The (rows, cols) of matrix k of a layer (TFM__QM_*). */
+static void layer_shape(const tfm_config *c, int k, int *n, int *d)
+{
+    int dim = c->dim, hid = c->hidden_dim, kv = c->dim / c->n_heads * c->n_kv_heads;
+    const int shape[TFM__QM_PER_LAYER][2] = {{dim, dim}, {kv, dim},  {kv, dim}, {dim, dim},
+                                             {hid, dim}, {dim, hid}, {hid, dim}};
+    *n = shape[k][0], *d = shape[k][1];
+}
+
+tfm_status tfm__qweights_create(const tfm_config *c, int wformat, tfm_qweights **out, char *err,
+                                size_t errlen)
+{
+    tfm_wformat f = (tfm_wformat)wformat;
+    int d = c->dim, hid = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
+    *out = NULL;
+    if (!tfm_wformat_name(f) || f == TFM_WF_F32) {
+        snprintf(err, errlen, "not a quantised weight format: %d", wformat);
+        return TFM_E_INVALID;
+    }
+    if ((f == TFM_WF_Q8 || f == TFM_WF_Q4) && (d % TFM_QK || hid % TFM_QK)) {
+        snprintf(err, errlen, "%s needs dim and hidden_dim multiples of %d (they are %d and %d)",
+                 tfm_wformat_name(f), TFM_QK, d, hid);
+        return TFM_E_SHAPE;
+    }
+    size_t total = need(f, V, d);
+    for (int k = 0; k < TFM__QM_PER_LAYER; k++) {
+        int n, cols;
+        layer_shape(c, k, &n, &cols);
+        total += (size_t)L * need(f, n, cols);
+    }
+    tfm_qweights *q = calloc(1, sizeof *q);
+    if (q) {
+        q->layer = calloc((size_t)L * TFM__QM_PER_LAYER, sizeof *q->layer);
+        q->buf = tfm__alloc(total);
+    }
+    if (!q || !q->layer || !q->buf) {
+        tfm__qweights_free(q);
+        snprintf(err, errlen, "out of memory for the %s weights (%zu bytes)", tfm_wformat_name(f),
+                 total);
+        return TFM_E_NOMEM;
+    }
+    q->fmt = f;
+    q->bytes = total;
+    unsigned char *at = q->buf;
+    for (int i = 0; i <= L * TFM__QM_PER_LAYER; i++) {
+        int n = V, cols = d;
+        if (i < L * TFM__QM_PER_LAYER)
+            layer_shape(c, i % TFM__QM_PER_LAYER, &n, &cols);
+        size_t db, sb;
+        tfm_qmat_bytes(f, n, cols, &db, &sb);
+        tfm_qmat *m = i < L * TFM__QM_PER_LAYER ? &q->layer[i] : &q->cls;
+        *m = (tfm_qmat){f, n, cols, at, NULL};
+        at += (db + 63) & ~(size_t)63;
+        m->scale = sb ? (const uint16_t *)at : NULL;
+        at += (sb + 63) & ~(size_t)63;
+    }
+    *out = q;
+    return TFM_OK;
+}
+
+/* What stays float32 in a quantised model, in this order in its data
+ * array: the embedding, rms_att, rms_ffn, rms_final. */
+static size_t keep_floats(const tfm_config *c, size_t sizes[4])
+{
+    size_t d = (size_t)c->dim, L = (size_t)c->n_layers, V = (size_t)c->vocab_size;
+    sizes[0] = V * d, sizes[1] = L * d, sizes[2] = L * d, sizes[3] = d;
+    return sizes[0] + sizes[1] + sizes[2] + sizes[3];
+}
+
+tfm_status tfm__model_create_quantized(const tfm_config *c, int wformat, tfm_model **out,
+                                       char *err, size_t errlen)
+{
+    *out = NULL;
+    tfm_status st = tfm_config_validate(c, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    /* tfm_model_create builds the RoPE tables, which depend on seq_len and
+     * the head size only; a one-layer, one-token, hidden-1 config keeps its
+     * weight array tiny, and the array is replaced below. */
+    tfm_config small = *c;
+    small.n_layers = 1, small.hidden_dim = 1, small.vocab_size = 1, small.shared_classifier = 1;
+    tfm_model *m = NULL;
+    tfm_qweights *q = NULL;
+    if ((st = tfm__qweights_create(c, wformat, &q, err, errlen)) != TFM_OK ||
+        (st = tfm_model_create(&small, &m, err, errlen)) != TFM_OK)
+        goto fail;
+    size_t sizes[4], keep = keep_floats(c, sizes);
+    float *small_data = tfm__alloc(keep * sizeof(float));
+    if (!small_data) {
+        snprintf(err, errlen, "out of memory for %zu floats", keep);
+        st = TFM_E_NOMEM;
+        goto fail;
+    }
+    memset(small_data, 0, keep * sizeof(float));
+    tfm__free(m->data);
+    m->data = small_data;
+    m->n_floats = keep;
+    m->cfg = *c;
+    m->w = (tfm_weights){0};
+    m->w.token_embedding = small_data;
+    m->w.rms_att = m->w.token_embedding + sizes[0];
+    m->w.rms_ffn = m->w.rms_att + sizes[1];
+    m->w.rms_final = m->w.rms_ffn + sizes[2];
+    m->q = q;
+    tfm_model_meta_set(m, "weights", tfm_wformat_name((tfm_wformat)wformat));
+    *out = m;
+    return TFM_OK;
+fail:
+    tfm__qweights_free(q);
+    tfm_model_destroy(m);
+    return st;
 }
 
 tfm_status tfm_model_quantize(tfm_model *m, int wformat, char *err, size_t errlen)
@@ -77,49 +178,30 @@ tfm_status tfm_model_quantize(tfm_model *m, int wformat, char *err, size_t errle
         snprintf(err, errlen, "the model is %s already", tfm_wformat_name((tfm_wformat)m->q->fmt));
         return TFM_E_UNSUPPORTED;
     }
-    int d = c->dim, hid = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
-    int kv = d / c->n_heads * c->n_kv_heads;
-    if ((f == TFM_WF_Q8 || f == TFM_WF_Q4) && (d % TFM_QK || hid % TFM_QK)) {
-        snprintf(err, errlen, "%s needs dim and hidden_dim multiples of %d (they are %d and %d)",
-                 tfm_wformat_name(f), TFM_QK, d, hid);
-        return TFM_E_SHAPE;
-    }
-    const int shape[TFM__QM_PER_LAYER][2] = {{d, d}, {kv, d}, {kv, d}, {d, d},
-                                             {hid, d}, {d, hid}, {hid, d}};
-    float *const base[TFM__QM_PER_LAYER] = {m->w.wq, m->w.wk, m->w.wv, m->w.wo,
-                                            m->w.w1, m->w.w2, m->w.w3};
-    size_t total = need(f, V, d);
-    for (int k = 0; k < TFM__QM_PER_LAYER; k++)
-        total += (size_t)L * need(f, shape[k][0], shape[k][1]);
-    /* what stays float32: the embedding and the norms */
-    size_t keep = (size_t)V * d + (size_t)L * d * 2 + (size_t)d;
-    tfm_qweights *q = calloc(1, sizeof *q);
+    int L = c->n_layers, V = c->vocab_size, d = c->dim;
+    tfm_qweights *q;
+    tfm_status st = tfm__qweights_create(c, f, &q, err, errlen);
+    if (st != TFM_OK)
+        return st;
+    size_t sizes[4], keep = keep_floats(c, sizes);
     float *small = tfm__alloc(keep * sizeof(float));
-    if (q) {
-        q->layer = calloc((size_t)L * TFM__QM_PER_LAYER, sizeof *q->layer);
-        q->buf = tfm__alloc(total);
-    }
-    if (!q || !small || !q->layer || !q->buf) {
+    if (!small) {
         tfm__qweights_free(q);
-        tfm__free(small);
-        snprintf(err, errlen, "out of memory for the %s weights (%zu bytes)", tfm_wformat_name(f),
-                 total);
+        snprintf(err, errlen, "out of memory for the %s weights", tfm_wformat_name(f));
         return TFM_E_NOMEM;
     }
-    q->fmt = f;
-    q->bytes = total;
-    size_t at = 0;
+    float *const base[TFM__QM_PER_LAYER] = {m->w.wq, m->w.wk, m->w.wv, m->w.wo,
+                                            m->w.w1, m->w.w2, m->w.w3};
     for (int l = 0; l < L; l++)
         for (int k = 0; k < TFM__QM_PER_LAYER; k++) {
-            int n = shape[k][0], cols = shape[k][1];
-            put(f, base[k] + (size_t)l * n * cols, n, cols, q->buf, &at,
-                &q->layer[(size_t)l * TFM__QM_PER_LAYER + k]);
+            tfm_qmat *qm = &q->layer[(size_t)l * TFM__QM_PER_LAYER + k];
+            tfm_quantize(f, base[k] + (size_t)l * qm->n * qm->d, qm->n, qm->d, (void *)qm->data,
+                         (uint16_t *)qm->scale);
         }
-    put(f, m->w.wcls, V, d, q->buf, &at, &q->cls);
+    tfm_quantize(f, m->w.wcls, V, d, (void *)q->cls.data, (uint16_t *)q->cls.scale);
     /* the float32 that stays, in a buffer of its own */
     float *p = small;
     float **keepers[4] = {&m->w.token_embedding, &m->w.rms_att, &m->w.rms_ffn, &m->w.rms_final};
-    size_t sizes[4] = {(size_t)V * d, (size_t)L * d, (size_t)L * d, (size_t)d};
     for (int i = 0; i < 4; i++) {
         memcpy(p, *keepers[i], sizes[i] * sizeof(float));
         *keepers[i] = p;

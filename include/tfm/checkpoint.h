@@ -12,6 +12,16 @@
  * shared_classifier, norm_eps, rope_theta), the tokenizer kind ("byte" or
  * "llama2c") and the model's free-form meta entries, all as strings.
  *
+ * Quantised models (tfm_model_quantize: bf16, q8, q4) are saved as
+ * safetensors too, with "weights" in `__metadata__` naming the format: the
+ * embedding and the norms F32, each matrix as BF16 [n, d], I8 [n, d] (q8)
+ * or U8 [n, d/2] (q4, two weights a byte), q8 and q4 with a
+ * "<name>.scales" F16 tensor [n, d/32] (core/checkpoint_quant.c).  Loading
+ * one gives the model tfm_model_quantize makes of the float32 original,
+ * byte for byte; every dtype, shape and span is checked before reading and
+ * every scale must be finite (TFM_E_UNSUPPORTED for a wrong dtype,
+ * TFM_E_SHAPE, TFM_E_FORMAT, TFM_E_TRUNCATED as below).
+ *
  * llama2.c .bin: seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
  * vocab_size, seq_len; a negative vocab_size means a separate classifier),
  * then the weights in run.c's order, including the unused RoPE tables.
@@ -41,8 +51,9 @@ tfm_status tfm_checkpoint_load(const char *path, tfm_ckpt_format fmt, tfm_model 
                                char *err, size_t errlen);
 
 /* Writes m atomically.  TFM_CKPT_AUTO picks by extension (.bin: llama2.c,
- * else safetensors).  llama2.c files cannot carry metadata or norm_eps /
- * rope_theta other than the defaults (TFM_E_UNSUPPORTED). */
+ * else safetensors).  llama2.c files cannot carry metadata, norm_eps /
+ * rope_theta other than the defaults, or quantised weights
+ * (TFM_E_UNSUPPORTED). */
 tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_format fmt,
                                char *err, size_t errlen);
 
