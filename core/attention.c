@@ -30,6 +30,16 @@
  * softmax, axpys) and "tiled" the same online softmax over BK keys at a time
  * with a BK-float score block: the row never exists in full.
  *
+ * A cache in bf16 or q8 (kv_cache.c) goes through the *_kv entry points:
+ * decode reads each key and value row in its format (tfm__dot_bf16,
+ * tfm__dot_i8 and the axpys of kv_cache.h; a q8 row's scale multiplies its
+ * score, and the softmax weight of its value); prefill dequantises one key
+ * block and its value block (BK rows each) into the caller's tile and runs
+ * the same sgemms over it: the naive kernel builds its score rows block by
+ * block, the tiled kernel converts the block it is about to use.  Never a
+ * float copy of the whole cache.  The float32 entry points are the code
+ * they were.
+ *
  * Nothing here allocates: the caller passes scratch (tfm__attn_scratch
  * floats, at most T * ctx, so the workspace's (max_rows, max_ctx) slot per
  * thread fits either kernel).  The running statistics live on the stack
@@ -40,6 +50,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kv_cache.h"
 
 /* Tile shape (see tfm__attn_pick): BQ * BK floats = 32 KiB, an L1-sized
  * score tile. */
@@ -123,16 +134,29 @@ static void prefill_naive(float *out, int ldo, const float *q, int ldq, const fl
 /* Query rows [r0, r0 + nq) of a chunk (nq <= BQ), every key block up to the
  * block's last key. */
 static void prefill_tile_rows(float *out, int ldo, const float *q, int ldq, const float *k,
-                              const float *v, int ldkv, int hs, int p0, int r0, int nq, float *S)
+                              const float *v, int ldkv, int hs, int p0, int r0, int nq, float *S,
+                              const tfm__kv *qk, const tfm__kv *qv, float *tile)
 {
     float m[BQ], l[BQ]; /* running max and sum of each query row */
     float scale = 1.0f / sqrtf((float)hs);
     int kend = p0 + r0 + nq; /* keys the block's last row sees */
     for (int kb = 0; kb < kend; kb += BK) {
         int nk = imin(BK, kend - kb);
+        const float *kk, *vv;
+        int ld = hs;
+        if (qk) { /* a bf16 or q8 cache: this block's keys and values as floats */
+            tfm__kv_load_rows(qk, kb, nk, hs, tile);
+            tfm__kv_load_rows(qv, kb, nk, hs, tile + (size_t)BK * hs);
+            kk = tile;
+            vv = tile + (size_t)BK * hs;
+        } else {
+            kk = k + (size_t)kb * ldkv;
+            vv = v + (size_t)kb * ldkv;
+            ld = ldkv;
+        }
         /* S (nq, nk) = q[r0..] · k[kb..]^T / sqrt(hs) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale,
-                    q + (size_t)r0 * ldq, ldq, k + (size_t)kb * ldkv, ldkv, 0.0f, S, nk);
+                    q + (size_t)r0 * ldq, ldq, kk, ld, 0.0f, S, nk);
         for (int i = 0; i < nq; i++) {
             float *s = S + (size_t)i * nk;
             int valid = imin(nk, p0 + r0 + i + 1 - kb); /* causal within the tile */
@@ -156,9 +180,8 @@ static void prefill_tile_rows(float *out, int ldo, const float *q, int ldq, cons
         }
         /* out[r0..] (nq, hs) (+)= P (nq, nk) · v[kb..] (nk, hs); the first
          * tile overwrites, so out needs no clearing */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, S, nk,
-                    v + (size_t)kb * ldkv, ldkv, kb == 0 ? 0.0f : 1.0f, out + (size_t)r0 * ldo,
-                    ldo);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, S, nk, vv, ld,
+                    kb == 0 ? 0.0f : 1.0f, out + (size_t)r0 * ldo, ldo);
     }
     for (int i = 0; i < nq; i++)
         tfm__scale(out + (size_t)(r0 + i) * ldo, 1.0f / l[i], hs);
@@ -168,7 +191,8 @@ static void prefill_tiled(float *out, int ldo, const float *q, int ldq, const fl
                           const float *v, int ldkv, int hs, int T, int p0, float *S)
 {
     for (int r0 = 0; r0 < T; r0 += BQ)
-        prefill_tile_rows(out, ldo, q, ldq, k, v, ldkv, hs, p0, r0, imin(BQ, T - r0), S);
+        prefill_tile_rows(out, ldo, q, ldq, k, v, ldkv, hs, p0, r0, imin(BQ, T - r0), S, NULL,
+                          NULL, NULL);
 }
 
 void tfm__attn_prefill(tfm_attn_kernel kern, float *out, int ldo, const float *q, int ldq,
@@ -228,4 +252,118 @@ void tfm__attn_decode(tfm_attn_kernel kern, float *out, const float *q, const fl
         decode_tiled(out, q, k, v, ldkv, hs, ctx, scratch);
     else
         decode_naive(out, q, k, v, ldkv, hs, ctx, scratch);
+}
+
+/* ---- a bf16 or q8 cache ----------------------------------------------------- */
+
+size_t tfm__attn_kv_tile_floats(int hs) { return 2 * (size_t)BK * (size_t)hs; }
+
+/* The naive kernel's score rows and weighted sum one key block at a time:
+ * the same S (T, ctx) and the same softmax, the sgemms split by columns
+ * (scores) and by the inner dimension (values, beta 1 after the first). */
+static void prefill_naive_kv(float *out, int ldo, const float *q, int ldq, const tfm__kv *k,
+                             const tfm__kv *v, int hs, int T, int p0, float *S, float *tile)
+{
+    int ctx = p0 + T;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int kb = 0; kb < ctx; kb += BK) {
+        int nk = imin(BK, ctx - kb);
+        tfm__kv_load_rows(k, kb, nk, hs, tile);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nk, hs, scale, q, ldq, tile, hs,
+                    0.0f, S + kb, ctx);
+    }
+    for (int r = 0; r < T; r++) {
+        float *row = S + (size_t)r * ctx;
+        int valid = p0 + r + 1;
+        tfm__softmax(row, valid);
+        memset(row + valid, 0, (size_t)(ctx - valid) * sizeof(float));
+    }
+    for (int kb = 0; kb < ctx; kb += BK) {
+        int nk = imin(BK, ctx - kb);
+        tfm__kv_load_rows(v, kb, nk, hs, tile);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, nk, 1.0f, S + kb, ctx, tile,
+                    hs, kb == 0 ? 0.0f : 1.0f, out, ldo);
+    }
+}
+
+void tfm__attn_prefill_kv(tfm_attn_kernel kern, float *out, int ldo, const float *q, int ldq,
+                          const tfm__kv *k, const tfm__kv *v, int hs, int T, int p0,
+                          float *scratch, float *tile)
+{
+    if (kern == TFM_ATTN_TILED) {
+        for (int r0 = 0; r0 < T; r0 += BQ)
+            prefill_tile_rows(out, ldo, q, ldq, NULL, NULL, 0, hs, p0, r0, imin(BQ, T - r0),
+                              scratch, k, v, tile);
+    } else {
+        prefill_naive_kv(out, ldo, q, ldq, k, v, hs, T, p0, scratch, tile);
+    }
+}
+
+/* s[j] = q · key(p0 + j) * scale for j < n, reading the row in its format. */
+static void scores_kv(float *s, const float *q, const tfm__kv *k, int p0, int n, int hs,
+                      float scale)
+{
+    if (k->fmt == TFM_KV_BF16) {
+        const uint16_t *x = (const uint16_t *)k->data + (size_t)p0 * k->ld;
+        for (int j = 0; j < n; j++)
+            s[j] = tfm__dot_bf16(q, x + (size_t)j * k->ld, hs) * scale;
+    } else if (k->fmt == TFM_KV_Q8) {
+        const int8_t *x = (const int8_t *)k->data + (size_t)p0 * k->ld;
+        const float *sc = k->scale + (size_t)p0 * k->lds;
+        for (int j = 0; j < n; j++)
+            s[j] = tfm__dot_i8(q, x + (size_t)j * k->ld, hs) * (sc[(size_t)j * k->lds] * scale);
+    } else {
+        const float *x = (const float *)k->data + (size_t)p0 * k->ld;
+        for (int j = 0; j < n; j++)
+            s[j] = tfm__dot(q, x + (size_t)j * k->ld, hs) * scale;
+    }
+}
+
+/* out += sum_j w[j] * value(p0 + j) for j < n. */
+static void values_kv(float *out, const float *w, const tfm__kv *v, int p0, int n, int hs)
+{
+    if (v->fmt == TFM_KV_BF16) {
+        const uint16_t *x = (const uint16_t *)v->data + (size_t)p0 * v->ld;
+        for (int j = 0; j < n; j++)
+            tfm__axpy_bf16(out, w[j], x + (size_t)j * v->ld, hs);
+    } else if (v->fmt == TFM_KV_Q8) {
+        const int8_t *x = (const int8_t *)v->data + (size_t)p0 * v->ld;
+        const float *sc = v->scale + (size_t)p0 * v->lds;
+        for (int j = 0; j < n; j++)
+            tfm__axpy_i8(out, w[j] * sc[(size_t)j * v->lds], x + (size_t)j * v->ld, hs);
+    } else {
+        const float *x = (const float *)v->data + (size_t)p0 * v->ld;
+        for (int j = 0; j < n; j++)
+            tfm__axpy(out, w[j], x + (size_t)j * v->ld, hs);
+    }
+}
+
+void tfm__attn_decode_kv(tfm_attn_kernel kern, float *out, const float *q, const tfm__kv *k,
+                         const tfm__kv *v, int hs, int ctx, float *scratch)
+{
+    float scale = 1.0f / sqrtf((float)hs);
+    memset(out, 0, (size_t)hs * sizeof(float));
+    if (kern != TFM_ATTN_TILED) { /* the whole score row, as decode_naive */
+        scores_kv(scratch, q, k, 0, ctx, hs, scale);
+        tfm__softmax(scratch, ctx);
+        values_kv(out, scratch, v, 0, ctx, hs);
+        return;
+    }
+    float m = 0.0f, l = 0.0f; /* decode_tiled's online softmax */
+    for (int kb = 0; kb < ctx; kb += BK) {
+        int nk = imin(BK, ctx - kb);
+        scores_kv(scratch, q, k, kb, nk, hs, scale);
+        float mx = tfm__max(scratch, nk);
+        if (kb == 0) {
+            m = mx;
+        } else if (mx > m) {
+            float a = expf(m - mx);
+            l *= a;
+            tfm__scale(out, a, hs);
+            m = mx;
+        }
+        l += tfm__exp_sum(scratch, nk, m);
+        values_kv(out, scratch, v, kb, nk, hs);
+    }
+    tfm__scale(out, 1.0f / l, hs);
 }

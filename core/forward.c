@@ -15,6 +15,11 @@
  * online softmax) are in attention.c; the workspace's choice, AUTO by
  * default, is resolved per call there (tfm__attn_pick).
  *
+ * A state's cache may be bf16 or q8 (kv_cache.c): new keys and values then
+ * go through ws->k / ws->v and are converted as they are stored, and the
+ * attention calls take views of the cache (tfm__attn_*_kv); float32 caches
+ * keep the direct path (the projections write into the cache).
+ *
  * Nothing here allocates: the workspace owns the scratch, the state owns
  * its KV cache.  Every op is recorded in the workspace's profile.
  */
@@ -22,6 +27,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "kv_cache.h"
 
 struct tfm_workspace {
     const tfm_model *m;
@@ -38,6 +44,8 @@ struct tfm_workspace {
     float *hb2;  /* (R, hidden) */
     float *att;  /* (n_threads, max_rows, max_ctx) attention scratch: the
                   * naive kernel's need; the tiled one uses a corner */
+    float *kvtile; /* (n_threads, tfm__attn_kv_tile_floats(hs)): prefill's
+                    * dequantised key and value block, bf16/q8 caches */
     tfm_attn_kernel attn; /* as set; AUTO resolved per call */
     const int *pos; /* decode: each row's position (points into posbuf) */
     int *posbuf;    /* (R) */
@@ -77,6 +85,8 @@ tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
     ws->hb = tfm__alloc(R * h * sizeof(float));
     ws->hb2 = tfm__alloc(R * h * sizeof(float));
     ws->att = tfm__alloc((size_t)n_threads * R * (size_t)ws->max_ctx * sizeof(float));
+    ws->kvtile = tfm__alloc((size_t)n_threads *
+                            tfm__attn_kv_tile_floats(c->dim / c->n_heads) * sizeof(float));
     ws->posbuf = calloc(R, sizeof(int));
     ws->rows_state = calloc(R, sizeof(tfm_state *));
     if (m->q) {
@@ -89,7 +99,7 @@ tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
         }
     }
     if (!ws->pool || !ws->x || !ws->xb || !ws->xb2 || !ws->q || !ws->k || !ws->v || !ws->hb ||
-        !ws->hb2 || !ws->att || !ws->posbuf || !ws->rows_state) {
+        !ws->hb2 || !ws->att || !ws->kvtile || !ws->posbuf || !ws->rows_state) {
         tfm_workspace_destroy(ws);
         return TFM_E_NOMEM;
     }
@@ -111,6 +121,7 @@ void tfm_workspace_destroy(tfm_workspace *ws)
     tfm__free(ws->hb);
     tfm__free(ws->hb2);
     tfm__free(ws->att);
+    tfm__free(ws->kvtile);
     free(ws->posbuf);
     free(ws->rows_state);
     tfm__free(ws->xq);
@@ -176,6 +187,16 @@ static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
     float *scratch = ws->att + (size_t)t * ws->max_rows * ws->max_ctx;
     int h0, h1;
     tfm__split(c->n_heads, chunk, n_chunks, 1, &h0, &h1);
+    if (a->st->kv_format != TFM_KV_F32) {
+        float *tile = ws->kvtile + (size_t)t * tfm__attn_kv_tile_floats(hs);
+        for (int h = h0; h < h1; h++) {
+            tfm__kv K = tfm__kv_head(a->st, 0, a->layer, h / group);
+            tfm__kv V = tfm__kv_head(a->st, 1, a->layer, h / group);
+            tfm__attn_prefill_kv(a->kern, ws->xb + (size_t)h * hs, c->dim, ws->q + (size_t)h * hs,
+                                 c->dim, &K, &V, hs, a->T, a->p0, scratch, tile);
+        }
+        return;
+    }
     for (int h = h0; h < h1; h++) {
         const float *K = a->st->key_cache + lofs + (size_t)(h / group) * hs;
         const float *V = a->st->value_cache + lofs + (size_t)(h / group) * hs;
@@ -204,6 +225,15 @@ static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
         int r = j / c->n_heads, h = j % c->n_heads;
         const tfm_state *st = ws->rows_state[r];
         int ctxlen = ws->pos[r] + 1;
+        if (st->kv_format != TFM_KV_F32) {
+            tfm__kv K = tfm__kv_head(st, 0, a->layer, h / group);
+            tfm__kv V = tfm__kv_head(st, 1, a->layer, h / group);
+            tfm__attn_decode_kv(tfm__attn_pick(ws->attn, 1, ctxlen),
+                                ws->xb + (size_t)r * c->dim + (size_t)h * hs,
+                                ws->q + (size_t)r * c->dim + (size_t)h * hs, &K, &V, hs, ctxlen,
+                                scratch);
+            continue;
+        }
         size_t lofs = (size_t)a->layer * (size_t)st->max_seq * (size_t)kv + (size_t)(h / group) * hs;
         tfm__attn_decode(tfm__attn_pick(ws->attn, 1, ctxlen),
                          ws->xb + (size_t)r * c->dim + (size_t)h * hs,
@@ -259,7 +289,8 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
 
         t0 = tfm__prof_start(prof);
         float *kout = ws->k, *vout = ws->v;
-        if (st) { /* prefill writes straight into the cache rows */
+        if (st && st->kv_format == TFM_KV_F32) { /* prefill writes straight into
+                                                  * the cache rows */
             size_t off = ((size_t)l * st->max_seq + (size_t)p0) * kv;
             kout = st->key_cache + off;
             vout = st->value_cache + off;
@@ -277,9 +308,20 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
             tfm__rope(ws->q + (size_t)r * d, c->n_heads, hs, cs, sn);
             tfm__rope(kout + (size_t)r * kv, c->n_kv_heads, hs, cs, sn);
         }
+        if (st && st->kv_format != TFM_KV_F32) { /* converted into the cache */
+            for (int r = 0; r < R; r++) {
+                tfm__kv_store(st, 0, l, p0 + r, ws->k + (size_t)r * kv);
+                tfm__kv_store(st, 1, l, p0 + r, ws->v + (size_t)r * kv);
+            }
+        }
         if (!st) { /* decode: each row's new key and value into its own cache */
             for (int r = 0; r < R; r++) {
                 tfm_state *s = ws->rows_state[r];
+                if (s->kv_format != TFM_KV_F32) {
+                    tfm__kv_store(s, 0, l, ws->pos[r], ws->k + (size_t)r * kv);
+                    tfm__kv_store(s, 1, l, ws->pos[r], ws->v + (size_t)r * kv);
+                    continue;
+                }
                 size_t off = ((size_t)l * s->max_seq + (size_t)ws->pos[r]) * kv;
                 memcpy(s->key_cache + off, ws->k + (size_t)r * kv, (size_t)kv * sizeof(float));
                 memcpy(s->value_cache + off, ws->v + (size_t)r * kv, (size_t)kv * sizeof(float));

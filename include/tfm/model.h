@@ -129,24 +129,61 @@ tfm_status tfm_model_meta_set(tfm_model *m, const char *key, const char *value);
 
 /* ---- per-sequence state ------------------------------------------------ */
 
+/* The KV cache's element format (core/kv_cache.c), chosen per state:
+ *   f32   4 bytes an element, as computed (the default).
+ *   bf16  2 bytes: the float's top half, rounded to nearest even.
+ *   q8    1 byte: each kv head's row of head_size values at one position
+ *         (one key or value vector of one head) is int8 in [-127, 127]
+ *         with one float32 scale, max|x| / 127, stored apart: head_size
+ *         + 4 bytes a row, for any head_size.  Per head row, not per
+ *         32-block as the q8 weights, since head sizes (48 in the 15M
+ *         model) need not be multiples of 32.
+ * New keys and values are converted as the forward writes them; the
+ * attention kernels read the cache in its format (decode: dot products
+ * and sums on the fly; prefill: one key block at a time dequantised into
+ * the workspace's scratch), never a dequantised copy of the whole cache. */
+typedef enum tfm_kv_format {
+    TFM_KV_F32 = 0,
+    TFM_KV_BF16,
+    TFM_KV_Q8,
+} tfm_kv_format;
+
+/* "f32", "bf16", "q8"; NULL outside the enum.  Static storage. */
+const char *tfm_kv_format_name(tfm_kv_format f);
+/* The format named so; TFM_E_INVALID (and *out untouched) otherwise. */
+tfm_status tfm_kv_format_parse(const char *name, tfm_kv_format *out);
+/* Bytes one position of context takes in one sequence's cache: keys and
+ * values of every layer, scales included.  0 for a bad format. */
+size_t tfm_kv_bytes_per_token(const tfm_config *c, tfm_kv_format f);
+
 typedef struct tfm_state {
     const tfm_model *model; /* borrowed */
     int pos;                /* tokens already in the cache */
     int max_seq;            /* capacity in positions */
-    float *key_cache;       /* (layer, max_seq, kv_dim) */
-    float *value_cache;     /* (layer, max_seq, kv_dim) */
+    float *key_cache;       /* f32: (layer, max_seq, kv_dim); else NULL */
+    float *value_cache;     /* f32: (layer, max_seq, kv_dim); else NULL */
+    tfm_kv_format kv_format;
+    void *kq, *vq;          /* bf16: uint16_t, q8: int8_t (layer, max_seq, kv_dim);
+                             * f32: NULL */
+    float *kscale, *vscale; /* q8: (layer, max_seq, n_kv_heads); else NULL */
+    size_t kv_bytes;        /* bytes the cache holds (max_seq positions) */
     double prefill_attn_seconds; /* attention time of this sequence's prefill
                                   * so far (all chunks, all layers); reset by
                                   * tfm_state_reset; see tfm_profile_add_prompt */
 } tfm_state;
 
-/* max_seq 0 means cfg.seq_len; larger than cfg.seq_len is TFM_E_RANGE. */
+/* max_seq 0 means cfg.seq_len; larger than cfg.seq_len is TFM_E_RANGE.
+ * The cache is float32 (tfm_state_create_fmt with TFM_KV_F32). */
 tfm_status tfm_state_create(const tfm_model *m, int max_seq, tfm_state **out);
+/* The same with the cache in format f (TFM_E_INVALID outside the enum).
+ * The caller owns *out (tfm_state_destroy). */
+tfm_status tfm_state_create_fmt(const tfm_model *m, int max_seq, tfm_kv_format f,
+                                tfm_state **out);
 void tfm_state_reset(tfm_state *s); /* forget the sequence: pos = 0 */
 /* Makes dst hold src's first n positions (dst->pos = n): the KV cache rows
  * a prefill of the same n tokens would compute, copied.  Both states are
- * of the same model; n <= src->pos and n <= dst->max_seq, else
- * TFM_E_RANGE. */
+ * of the same model and cache format (else TFM_E_INVALID); n <= src->pos
+ * and n <= dst->max_seq, else TFM_E_RANGE. */
 tfm_status tfm_state_copy(tfm_state *dst, const tfm_state *src, int n);
 void tfm_state_destroy(tfm_state *s);
 

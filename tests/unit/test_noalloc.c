@@ -6,7 +6,8 @@
  * warm-up (the first sgemm call lets OpenBLAS set up its buffers), decode
  * steps at batch 1, 3 and 12 (kernel and sgemm paths) and sampling must
  * leave the counters where they were, with every option of
- * tfm_sampler_params on as well.
+ * tfm_sampler_params on as well; and with KV caches in f32, bf16 and q8
+ * (the 12 states' formats mixed, state 0's in each format in turn).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -71,12 +72,14 @@ static void test_noalloc_decode_and_sample(void **state)
         tfm_model *m = tu_random_model(64, 96, 2, 4, 2, 300, 64, 0, 5);
         assert_int_equal(tfm_model_quantize(m, formats[fi], qerr, sizeof qerr), TFM_OK);
         int V = m->cfg.vocab_size;
+        for (int kvf = 0; kvf < 3; kvf++)
         for (int threads = 1; threads <= 2; threads++) {
             tfm_workspace *ws;
             tfm_state *st[12];
             assert_int_equal(tfm_workspace_create(m, 12, threads, &ws), TFM_OK);
             for (int i = 0; i < 12; i++)
-                assert_int_equal(tfm_state_create(m, 0, &st[i]), TFM_OK);
+                assert_int_equal(tfm_state_create_fmt(m, 0, (tfm_kv_format)((kvf + i) % 3), &st[i]),
+                                 TFM_OK);
             tfm_sampler_params sp = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 7};
             /* every option the sampler has: penalties, bias, min_p, logprobs */
             static const tfm_logit_bias bias[] = {{5, -100.0f}, {9, 3.0f}};
