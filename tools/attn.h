@@ -2,11 +2,22 @@
 #ifndef ATTN_H
 #define ATTN_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 /* `attn bench ...`: argv[0] is "bench".  Returns the process exit code
  * (0 ok, 1 failure, 2 bad arguments). */
 int attn_bench_main(int argc, char **argv);
+
+/* The config of a bench shape: "15M", "110M" (llama2.c's stories shapes,
+ * shared classifier) or "DxHxLxNHxKVxVxS"; validated.  0, or -1 with err. */
+struct tfm_config;
+int attn_bench_shape(const char *s, struct tfm_config *out, char *err, size_t errlen);
+
+/* `attn bench-weights ...` (tools/bench_weights.c): decode, batched decode
+ * and prefill of a whole random model in each weight format, alternated
+ * rounds, medians and ratios to f32.  Exit codes as below. */
+int attn_bench_weights_main(int argc, char **argv);
 
 /* `attn bench-recall ...` (tools/bench_recall.c): tfm_recall_exact's latency
  * against the number of pairs, beside a hash map.  argv[0] is

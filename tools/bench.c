@@ -150,7 +150,7 @@ static int parse_int(const char *s, int len, int lo, int hi, int *out)
     return 0;
 }
 
-static int parse_shape(const char *s, bench_opts *o, char *err, size_t errlen)
+int attn_bench_shape(const char *s, tfm_config *out, char *err, size_t errlen)
 {
     tfm_config c = {.n_layers = 0};
     if (strcmp(s, "15M") == 0) {
@@ -182,7 +182,14 @@ static int parse_shape(const char *s, bench_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "--shape %s: %s", s, msg);
         return -1;
     }
-    o->cfg = c;
+    *out = c;
+    return 0;
+}
+
+static int parse_shape(const char *s, bench_opts *o, char *err, size_t errlen)
+{
+    if (attn_bench_shape(s, &o->cfg, err, errlen))
+        return -1;
     snprintf(o->shape, sizeof o->shape, "%s", s);
     return 0;
 }
