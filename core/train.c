@@ -10,7 +10,9 @@
  *     xn1     (N, d)   rms(x_in) * rms_att: the input of wq, wk, wv
  *     rs1     (N)      1 / rms of x_in
  *     qkv     (N, d + 2 kv)  q | k | v, after RoPE (q, k)
- *     att     (B, heads, T, T)  softmax probabilities
+ *     att     (B, heads, T, T)  softmax probabilities (naive attention)
+ *     lse     (B, heads, T)     their rows' log-sum-exp (tiled attention,
+ *                               train_attn.c: the backward recomputes P)
  *     ao      (N, d)   attention output, the input of wo
  *     x_mid   (N, d)   residual after attention
  *     xn2, rs2         the FFN's norm, as above
@@ -39,6 +41,7 @@
 
 #include "internal.h"
 #include "tfm/train.h"
+#include "train_internal.h"
 
 void openblas_set_num_threads(int num_threads);
 
@@ -47,6 +50,7 @@ void openblas_set_num_threads(int num_threads);
 
 typedef struct layer_acts {
     float *x_in, *xn1, *rs1, *qkv, *att, *ao, *x_mid, *xn2, *rs2, *h13, *hg;
+    float *lse; /* (B, heads, T), tiled attention only (att is NULL then) */
     float *wqkv, *w13; /* fused weight copies, (d + 2 kv, d) and (2 hidden, d) */
 } layer_acts;
 
@@ -60,7 +64,10 @@ struct tfm_trainer {
     /* backward scratch */
     float *dx, *dxn, *dqkv, *dao, *dhg, *dh13, *dlog;
     float *gfused; /* (max(d + 2 kv, 2 hidden), d): a fused weight's gradient */
-    float *dP; /* (n_threads, T, T) */
+    float *dP; /* (n_threads, T, T), naive attention */
+    tfm_attn_kernel attn; /* NAIVE or TILED */
+    float *fa; /* (n_threads, tfm__flash_scratch(T)), tiled attention */
+    size_t bytes, attn_bytes; /* allocated in all, and for attention */
     float *rope_nsin; /* (max_T, head_size / 2): -rope_sin, the inverse rotation */
     float *grads, *mom1, *mom2;
     double red[RED_CHUNKS]; /* per-chunk partial sums */
@@ -290,11 +297,13 @@ typedef struct {
     int B, T;
 } attn_job;
 
-/* One (sequence, head): S = Q K^T / sqrt(hs), causal softmax, O = P V. */
+/* One (sequence, head): S = Q K^T / sqrt(hs), causal softmax, O = P V;
+ * tiled: train_attn.c's forward, which keeps only P's log-sum-exp. */
 static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
 {
     const attn_job *j = ctx;
-    const tfm_config *c = &j->t->m->cfg;
+    const tfm_trainer *t = j->t;
+    const tfm_config *c = &t->m->cfg;
     int nh = c->n_heads, hs = c->dim / nh, kvd = hs * c->n_kv_heads;
     int group = nh / c->n_kv_heads, T = j->T, d = c->dim, E = d + 2 * kvd;
     int b = chunk / nh, h = chunk % nh, kh = h / group;
@@ -302,8 +311,13 @@ static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
     const float *q = j->a->qkv + row0 * E + (size_t)h * hs;
     const float *k = j->a->qkv + row0 * E + d + (size_t)kh * hs;
     const float *v = j->a->qkv + row0 * E + d + kvd + (size_t)kh * hs;
-    float *P = j->a->att + ((size_t)b * nh + h) * T * T;
     float *o = j->a->ao + row0 * d + (size_t)h * hs;
+    if (t->attn == TFM_ATTN_TILED) {
+        tfm__flash_forward(o, d, j->a->lse + ((size_t)b * nh + h) * T, q, E, k, v, E, hs, T,
+                           t->fa + (size_t)thread * tfm__flash_scratch(t->max_T));
+        return;
+    }
+    float *P = j->a->att + ((size_t)b * nh + h) * T * T;
     float scale = 1.0f / sqrtf((float)hs);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, E, k, E, 0.0f, P, T);
     for (int i = 0; i < T; i++) {
@@ -314,11 +328,14 @@ static void attn_fwd_one(void *ctx, int chunk, int n_chunks, int thread)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, P, T, v, E, 0.0f, o, d);
 }
 
-/* Books one layer's attention core (B sequences of T): executed FLOPs (the
- * full T x T products; the causal mask zeroes the upper half), seconds as
- * contraction, the softmax (or its backward) as normalization FLOPs; calls
- * one per sequence in the forward only.  Kind "naive": the whole score
- * matrix is materialised (and kept for the backward). */
+/* Books one layer's attention core (B sequences of T): executed FLOPs,
+ * seconds as contraction, the softmax (or its backward) as normalization
+ * FLOPs; calls one per sequence in the forward only.  Kind "naive": the
+ * full T x T products (the causal mask zeroes the upper half), the whole
+ * score matrix materialised and kept for the backward, its bytes the peak.
+ * Kind "tiled": the tiles up to the diagonal (the backward's five products
+ * a tile, S recomputed); the peak is the kept log-sum-exp plus every
+ * thread's scratch tiles. */
 static void record_train_attention(tfm_trainer *t, double t0, int B, int T, int backward)
 {
     tfm_profile *p = &t->prof;
@@ -328,9 +345,18 @@ static void record_train_attention(tfm_trainer *t, double t0, int B, int T, int 
     double dt = tfm_now() - t0, tt = (double)T * T;
     double f = (backward ? 8.0 : 4.0) * c->dim * tt * B; /* 4 or 2 products */
     int ph = t->phase;
-    tfm__prof_attention(p, ph, TFM_ATTN_KIND_NAIVE, T, dt, f, backward ? 0 : (uint64_t)B);
-    if (!backward) /* the stored softmax */
-        tfm__prof_attn_peak(p, ph, (double)B * c->n_heads * tt * sizeof(float));
+    if (t->attn == TFM_ATTN_TILED) {
+        int hs = c->dim / c->n_heads;
+        f = tfm__flash_flops(T, hs, backward) * c->n_heads * B;
+        double scratch = (double)t->n_threads * tfm__flash_scratch(t->max_T);
+        tfm__prof_attention(p, ph, TFM_ATTN_KIND_TILED, T, dt, f, backward ? 0 : (uint64_t)B);
+        tfm__prof_attn_peak(p, ph,
+                            ((double)B * c->n_heads * T + scratch) * sizeof(float));
+    } else {
+        tfm__prof_attention(p, ph, TFM_ATTN_KIND_NAIVE, T, dt, f, backward ? 0 : (uint64_t)B);
+        if (!backward) /* the stored softmax */
+            tfm__prof_attn_peak(p, ph, (double)B * c->n_heads * tt * sizeof(float));
+    }
     p->seconds[ph][TFM_CLASS_CONTRACTION] += dt;
     p->flops[ph][TFM_CLASS_CONTRACTION] += f;
     p->flops[ph][TFM_CLASS_NORMALIZATION] +=
@@ -348,7 +374,8 @@ static void attention_fwd(tfm_trainer *t, layer_acts *a, int B, int T)
 
 /* One (sequence, kv head), over the query heads that read it:
  *   dP = dO V^T;  dS = P * (dP - rowsum(dP * P));
- *   dQ = dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs);  dV += P^T dO. */
+ *   dQ = dS K / sqrt(hs);  dK += dS^T Q / sqrt(hs);  dV += P^T dO.
+ * Tiled: the same tile by tile (train_attn.c). */
 static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
 {
     const attn_job *j = ctx;
@@ -362,6 +389,15 @@ static void attn_bwd_one(void *ctx, int chunk, int n_chunks, int thread)
     const float *v = j->a->qkv + row0 * E + d + kvd + (size_t)kh * hs;
     float *dk = t->dqkv + row0 * E + d + (size_t)kh * hs;
     float *dv = t->dqkv + row0 * E + d + kvd + (size_t)kh * hs;
+    if (t->attn == TFM_ATTN_TILED) {
+        size_t h0 = (size_t)kh * group;
+        tfm__flash_backward(t->dqkv + row0 * E + h0 * hs, E, dk, dv, E,
+                            t->dao + row0 * d + h0 * hs, d, j->a->ao + row0 * d + h0 * hs, d,
+                            j->a->lse + ((size_t)b * nh + h0) * T,
+                            j->a->qkv + row0 * E + h0 * hs, E, k, v, E, hs, T, group,
+                            t->fa + (size_t)thread * tfm__flash_scratch(t->max_T));
+        return;
+    }
     float *dP = t->dP + (size_t)thread * t->max_T * t->max_T;
     float scale = 1.0f / sqrtf((float)hs);
     for (int r = 0; r < T; r++) {
@@ -480,12 +516,35 @@ static void dlog_rows(tfm_trainer *t, const void *args, int r0, int r1, int chun
 
 /* ---- create / destroy ---------------------------------------------------------- */
 
+/* n floats, counted in t->bytes (and t->attn_bytes: attention's own) */
+static float *talloc(tfm_trainer *t, size_t n)
+{
+    float *p = tfm__alloc(n * sizeof(float));
+    t->bytes += p ? n * sizeof(float) : 0;
+    return p;
+}
+
+static float *talloc_attn(tfm_trainer *t, size_t n)
+{
+    float *p = talloc(t, n);
+    t->attn_bytes += p ? n * sizeof(float) : 0;
+    return p;
+}
+
+tfm_attn_kernel tfm_trainer_attention_pick(const tfm_config *c, int max_batch, int max_seq,
+                                           int n_threads)
+{
+    double naive = ((double)c->n_layers * max_batch * c->n_heads + n_threads) * max_seq *
+                   (double)max_seq * sizeof(float);
+    return naive > TFM_TRAIN_AUTO_TILED_BYTES ? TFM_ATTN_TILED : TFM_ATTN_NAIVE;
+}
+
 static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
-                                 int training, tfm_trainer **out)
+                                 int training, tfm_attn_kernel kern, tfm_trainer **out)
 {
     *out = NULL;
     if (!m || max_batch < 1 || max_seq < 1 || max_seq > m->cfg.seq_len || n_threads < 1 ||
-        n_threads > 256)
+        n_threads > 256 || (unsigned)kern > TFM_ATTN_TILED)
         return TFM_E_INVALID;
     const tfm_config *c = &m->cfg;
     size_t N = (size_t)max_batch * max_seq, d = (size_t)c->dim, H = (size_t)c->hidden_dim;
@@ -501,6 +560,9 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
     t->max_B = max_batch;
     t->max_T = max_seq;
     t->n_threads = n_threads;
+    t->attn = kern == TFM_ATTN_AUTO ? tfm_trainer_attention_pick(&m->cfg, max_batch, max_seq,
+                                                                 n_threads)
+                                    : kern;
     t->prof.enabled = 1;
     t->phase = training ? TFM_PHASE_TRAIN : TFM_PHASE_PREFILL;
     openblas_set_num_threads(1);
@@ -511,35 +573,40 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
         layer_acts *a = &t->L[l];
         float **fd[] = {&a->x_in, &a->xn1, &a->ao, &a->x_mid, &a->xn2};
         for (size_t i = 0; i < sizeof fd / sizeof fd[0]; i++)
-            ok &= (*fd[i] = tfm__alloc(N * d * sizeof(float))) != NULL;
-        ok &= (a->qkv = tfm__alloc(N * E * sizeof(float))) != NULL;
-        ok &= (a->rs1 = tfm__alloc(N * sizeof(float))) != NULL;
-        ok &= (a->rs2 = tfm__alloc(N * sizeof(float))) != NULL;
-        ok &= (a->h13 = tfm__alloc(N * 2 * H * sizeof(float))) != NULL;
-        ok &= (a->hg = tfm__alloc(N * H * sizeof(float))) != NULL;
-        ok &= (a->wqkv = tfm__alloc(E * d * sizeof(float))) != NULL;
-        ok &= (a->w13 = tfm__alloc(2 * H * d * sizeof(float))) != NULL;
-        ok &= (a->att = tfm__alloc((size_t)max_batch * c->n_heads * TT * sizeof(float))) != NULL;
+            ok &= (*fd[i] = talloc(t, N * d)) != NULL;
+        ok &= (a->qkv = talloc(t, N * E)) != NULL;
+        ok &= (a->rs1 = talloc(t, N)) != NULL;
+        ok &= (a->rs2 = talloc(t, N)) != NULL;
+        ok &= (a->h13 = talloc(t, N * 2 * H)) != NULL;
+        ok &= (a->hg = talloc(t, N * H)) != NULL;
+        ok &= (a->wqkv = talloc(t, E * d)) != NULL;
+        ok &= (a->w13 = talloc(t, 2 * H * d)) != NULL;
+        if (t->attn == TFM_ATTN_TILED)
+            ok &= (a->lse = talloc_attn(t, (size_t)max_batch * c->n_heads * max_seq)) != NULL;
+        else
+            ok &= (a->att = talloc_attn(t, (size_t)max_batch * c->n_heads * TT)) != NULL;
     }
-    ok = ok && (t->x_f = tfm__alloc(N * d * sizeof(float))) &&
-         (t->xnf = tfm__alloc(N * d * sizeof(float))) && (t->rsf = tfm__alloc(N * sizeof(float))) &&
-         (t->probs = tfm__alloc(N * V * sizeof(float))) && (t->tok = calloc(N, sizeof(int))) &&
+    ok = ok && (t->x_f = talloc(t, N * d)) &&
+         (t->xnf = talloc(t, N * d)) && (t->rsf = talloc(t, N)) &&
+         (t->probs = talloc(t, N * V)) && (t->tok = calloc(N, sizeof(int))) &&
          (t->tgt = calloc(N, sizeof(int)));
+    if (ok && t->attn == TFM_ATTN_TILED)
+        ok = (t->fa = talloc_attn(t, (size_t)n_threads * tfm__flash_scratch(max_seq))) != NULL;
     if (ok && training) {
         size_t P = m->n_floats, rope_n = (size_t)max_seq * (d / (size_t)c->n_heads / 2);
-        ok = (t->dx = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dxn = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dqkv = tfm__alloc(N * E * sizeof(float))) &&
-             (t->dao = tfm__alloc(N * d * sizeof(float))) &&
-             (t->dhg = tfm__alloc(N * H * sizeof(float))) &&
-             (t->dh13 = tfm__alloc(N * 2 * H * sizeof(float))) &&
-             (t->gfused = tfm__alloc((E > 2 * H ? E : 2 * H) * d * sizeof(float))) &&
-             (t->dlog = tfm__alloc(N * V * sizeof(float))) &&
-             (t->dP = tfm__alloc((size_t)n_threads * TT * sizeof(float))) &&
-             (t->rope_nsin = tfm__alloc(rope_n * sizeof(float))) &&
-             (t->red_vec = tfm__alloc(RED_CHUNKS * d * sizeof(float))) &&
-             (t->grads = tfm__alloc(P * sizeof(float))) &&
-             (t->mom1 = tfm__alloc(P * sizeof(float))) && (t->mom2 = tfm__alloc(P * sizeof(float)));
+        ok = (t->dx = talloc(t, N * d)) &&
+             (t->dxn = talloc(t, N * d)) &&
+             (t->dqkv = talloc(t, N * E)) &&
+             (t->dao = talloc(t, N * d)) &&
+             (t->dhg = talloc(t, N * H)) &&
+             (t->dh13 = talloc(t, N * 2 * H)) &&
+             (t->gfused = talloc(t, (E > 2 * H ? E : 2 * H) * d)) &&
+             (t->dlog = talloc(t, N * V)) &&
+             (t->attn == TFM_ATTN_TILED || (t->dP = talloc_attn(t, (size_t)n_threads * TT))) &&
+             (t->rope_nsin = talloc(t, rope_n)) &&
+             (t->red_vec = talloc(t, RED_CHUNKS * d)) &&
+             (t->grads = talloc(t, P)) &&
+             (t->mom1 = talloc(t, P)) && (t->mom2 = talloc(t, P));
         if (ok) {
             for (size_t i = 0; i < rope_n; i++)
                 t->rope_nsin[i] = -m->rope_sin[i];
@@ -559,7 +626,13 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
 tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
                               tfm_trainer **out)
 {
-    return trainer_create(m, max_batch, max_seq, n_threads, 1, out);
+    return trainer_create(m, max_batch, max_seq, n_threads, 1, TFM_ATTN_AUTO, out);
+}
+
+tfm_status tfm_trainer_create_attn(tfm_model *m, int max_batch, int max_seq, int n_threads,
+                                   tfm_attn_kernel attention, tfm_trainer **out)
+{
+    return trainer_create(m, max_batch, max_seq, n_threads, 1, attention, out);
 }
 
 /* Forward only, for evaluation of a shared read-only model: the trainer
@@ -567,7 +640,7 @@ tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_th
 tfm_status tfm__trainer_create_eval(const tfm_model *m, int max_batch, int max_seq,
                                     int n_threads, tfm_trainer **out)
 {
-    return trainer_create((tfm_model *)m, max_batch, max_seq, n_threads, 0, out);
+    return trainer_create((tfm_model *)m, max_batch, max_seq, n_threads, 0, TFM_ATTN_AUTO, out);
 }
 
 void tfm_trainer_destroy(tfm_trainer *t)
@@ -577,8 +650,8 @@ void tfm_trainer_destroy(tfm_trainer *t)
     if (t->L) {
         for (int l = 0; l < t->m->cfg.n_layers; l++) {
             layer_acts *a = &t->L[l];
-            float *p[] = {a->x_in, a->xn1, a->rs1, a->qkv, a->att, a->ao,  a->x_mid,
-                          a->xn2,  a->rs2, a->h13, a->hg,  a->wqkv, a->w13};
+            float *p[] = {a->x_in, a->xn1, a->rs1, a->qkv,  a->att, a->lse, a->ao,
+                          a->x_mid, a->xn2, a->rs2, a->h13, a->hg,  a->wqkv, a->w13};
             for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
                 tfm__free(p[i]);
         }
@@ -586,7 +659,7 @@ void tfm_trainer_destroy(tfm_trainer *t)
     }
     float *p[] = {t->x_f,  t->xnf,  t->rsf, t->probs, t->dx,    t->dxn,      t->dqkv,
                   t->dao,  t->dhg,  t->dh13, t->dlog, t->dP,    t->red_vec,  t->gfused,
-                  t->rope_nsin,
+                  t->rope_nsin, t->fa,
                   t->grads, t->mom1, t->mom2};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         tfm__free(p[i]);
@@ -604,6 +677,15 @@ int tfm_trainer_step_count(const tfm_trainer *t) { return t->steps; }
 int tfm__trainer_max_batch(const tfm_trainer *t) { return t->max_B; }
 int tfm__trainer_max_seq(const tfm_trainer *t) { return t->max_T; }
 tfm_profile *tfm_trainer_profile(tfm_trainer *t) { return &t->prof; }
+tfm_attn_kernel tfm_trainer_attention(const tfm_trainer *t) { return t->attn; }
+
+void tfm_trainer_memory(const tfm_trainer *t, size_t *total, size_t *attention)
+{
+    if (total)
+        *total = t->bytes;
+    if (attention)
+        *attention = t->attn_bytes;
+}
 
 /* ---- forward ------------------------------------------------------------------- */
 

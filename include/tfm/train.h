@@ -49,6 +49,8 @@ typedef struct tfm_train_config {
     float grad_clip;      /* clip the global gradient norm to this; 0 = off */
     float beta1, beta2, eps;
     uint64_t seed;        /* initial weights and data */
+    tfm_attn_kernel attention; /* the trainer's attention (tfm_trainer_create_attn):
+                                * AUTO (the default), NAIVE or TILED */
 } tfm_train_config;
 
 /* steps 1000, batch 16, seq_len 64, lr 1e-3, warmup -1, min ratio 0.1,
@@ -79,6 +81,35 @@ typedef struct tfm_trainer tfm_trainer;
  * model's seq_len), computed on n_threads threads. */
 tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
                               tfm_trainer **out);
+
+/* The same with a choice of attention kernel, fixed for the trainer's life:
+ *   TFM_ATTN_NAIVE  keeps every head's (T, T) softmax probabilities for
+ *                   the backward: layers x max_batch x heads x T^2 floats,
+ *                   plus a (T, T) dP per thread.
+ *   TFM_ATTN_TILED  FlashAttention (core/train_attn.c): keeps each row's
+ *                   log-sum-exp (layers x max_batch x heads x T floats) and
+ *                   recomputes the probabilities tile by tile (64 x 128) in
+ *                   the backward; scratch two tiles and T floats a thread.
+ *                   Same gradients to float rounding (~1e-6 relative).
+ *   TFM_ATTN_AUTO   tfm_trainer_attention_pick (what tfm_trainer_create
+ *                   does).
+ * Both are bit-for-bit repeatable for a seed and thread count.
+ * TFM_E_INVALID for another value. */
+tfm_status tfm_trainer_create_attn(tfm_model *m, int max_batch, int max_seq, int n_threads,
+                                   tfm_attn_kernel attention, tfm_trainer **out);
+/* AUTO's rule: TILED when the naive kernel's stored probabilities and dP
+ * would exceed TFM_TRAIN_AUTO_TILED_BYTES, else NAIVE (see core/train.c for
+ * the measurements behind it). */
+#define TFM_TRAIN_AUTO_TILED_BYTES ((double)(256 << 20))
+tfm_attn_kernel tfm_trainer_attention_pick(const tfm_config *c, int max_batch, int max_seq,
+                                           int n_threads);
+/* The kernel the trainer runs (NAIVE or TILED). */
+tfm_attn_kernel tfm_trainer_attention(const tfm_trainer *t);
+/* Bytes of the float buffers the trainer allocated (activations,
+ * gradients, AdamW moments, scratch; not the model's weights), and of
+ * those, attention's own (probabilities and dP, or log-sum-exp and tiles).
+ * Either pointer may be NULL. */
+void tfm_trainer_memory(const tfm_trainer *t, size_t *total, size_t *attention);
 void tfm_trainer_destroy(tfm_trainer *t); /* NULL is a no-op */
 tfm_model *tfm_trainer_model(tfm_trainer *t);
 
@@ -111,11 +142,14 @@ int tfm_trainer_step_count(const tfm_trainer *t);
 /* The trainer's op accounting (tfm/profile.h), enabled from creation:
  * every forward (an evaluation's too), backward, clip and AdamW books its
  * FLOPs and seconds in phase "train" (an evaluation-only trainer, as
- * tfm_mqar_answer's, in "prefill"); attention by the step's sequence length, kind "naive"
- * (the trainer keeps the whole score matrix for the backward), calls one
- * per sequence and layer, FLOPs as executed (full T x T products).  A
- * backward books twice its forward's contraction FLOPs.  Plain memory
- * written by the training thread: read or reset it between steps. */
+ * tfm_mqar_answer's, in "prefill"); attention by the step's sequence
+ * length and the trainer's kernel, calls one per sequence and layer, FLOPs
+ * as executed.  Kind "naive": full T x T products, a backward twice its
+ * forward, peak bytes the kept probabilities.  Kind "tiled": the tiles up
+ * to the diagonal, five products a tile in the backward against the
+ * forward's two, peak bytes the kept log-sum-exp plus every thread's
+ * scratch.  Plain memory written by the training thread: read or reset it
+ * between steps. */
 tfm_profile *tfm_trainer_profile(tfm_trainer *t);
 
 typedef struct tfm_step_info {
