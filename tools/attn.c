@@ -37,8 +37,9 @@ static void usage(FILE *f)
             "\n"
             "  attn generate --model FILE [--tokenizer FILE] --prompt TEXT [-n N]\n"
             "                [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
-            "                [--threads N] [--print-ids]\n"
+            "                [--threads N] [--print-ids] [--kv-cache f32|bf16|q8]\n"
             "      prints the generated text (or ids), not the prompt; timings on stderr.\n"
+            "      --kv-cache stores keys and values in that format (f32).\n"
             "      A llama2.c .bin model needs its tokenizer.bin (default: tokenizer.bin\n"
             "      beside the model).\n"
             "  attn random --out FILE [--dim 288] [--hidden 768] [--layers 6] [--heads 6]\n"
@@ -55,6 +56,9 @@ static void usage(FILE *f)
             "      (alternated rounds, medians, ratio) and the options path per token.\n"
             "  attn bench-quant [--rounds 9] [--batch 1]\n"
             "      one thread's product with f32, bf16, q8 and q4 weights from memory.\n"
+            "  attn bench-kv [--shape 15M] [--from 2000] [--to 4000] [--model FILE]\n"
+            "      KV cache in f32, bf16, q8: bytes per 1,000 tokens, decode tokens/s at\n"
+            "      long context (alternated, medians), greedy agreement with f32.\n"
             "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
             "      prefill attention time and peak memory against N, naive and tiled\n"
             "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
@@ -169,6 +173,7 @@ static int parse_float(const char *s, float lo, float hi, float *out)
 static int cmd_generate(int argc, char **argv)
 {
     const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
+    tfm_kv_format kvf = TFM_KV_F32;
     long n = 256, threads = 1;
     int print_ids = 0, have_seed = 0;
     tfm_sampler_params sp = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
@@ -188,7 +193,10 @@ static int cmd_generate(int argc, char **argv)
             tok_path = v;
         else if (!strcmp(a, "--prompt"))
             prompt = v;
-        else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
+        else if (!strcmp(a, "--kv-cache")) {
+            if (tfm_kv_format_parse(v, &kvf) != TFM_OK)
+                return bad_arg("--kv-cache must be f32, bf16 or q8", v);
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
             if (!parse_long(v, 0, INT_MAX, &n))
                 return bad_arg("-n must be a non-negative integer", v);
         } else if (!strcmp(a, "--temperature")) {
@@ -273,7 +281,7 @@ static int cmd_generate(int argc, char **argv)
     if (n > seq - n_prompt)
         n = seq - n_prompt; /* as run.c clamps its steps to seq_len */
     if ((s = tfm_workspace_create(m, n_prompt, (int)threads, &ws)) != TFM_OK ||
-        (s = tfm_state_create(m, 0, &st)) != TFM_OK ||
+        (s = tfm_state_create_fmt(m, 0, kvf, &st)) != TFM_OK ||
         (s = tfm_sampler_create(m->cfg.vocab_size, &sp, &smp)) != TFM_OK) {
         fprintf(stderr, "attn: %s\n", tfm_strerror(s));
         goto out;
@@ -421,6 +429,8 @@ int main(int argc, char **argv)
         return attn_bench_sampler_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-quant"))
         return attn_bench_quant_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-kv"))
+        return attn_bench_kv_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
         return attn_cost_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))

@@ -19,6 +19,10 @@ int attn_bench_shape(const char *s, struct tfm_config *out, char *err, size_t er
  * rounds, medians and ratios to f32.  Exit codes as below. */
 int attn_bench_weights_main(int argc, char **argv);
 
+/* `attn bench-kv ...` (tools/bench_kv.c): the KV cache in f32, bf16 and q8,
+ * bytes per token, long-context decode and agreement. */
+int attn_bench_kv_main(int argc, char **argv);
+
 /* `attn bench-recall ...` (tools/bench_recall.c): tfm_recall_exact's latency
  * against the number of pairs, beside a hash map.  argv[0] is
  * "bench-recall".  Returns the process exit code (0 ok, 1 failure, 2 bad
