@@ -531,12 +531,25 @@ static float *talloc_attn(tfm_trainer *t, size_t n)
     return p;
 }
 
+/* AUTO.  Measured with `attn bench-train --configs text --attention both
+ * --seq-len T --batch 4096/T --threads 1` (byte LM: d 128, 4 heads of 32,
+ * 4 layers, V 258; 4096 tokens a step; medians of alternated steps on a
+ * shared 2-core EPYC, so +-10%), tiled step time over naive: T 128 ~1.0,
+ * 256 ~0.97, 512 ~0.9, 1024 ~0.86 (see the README for 1024 and 2048).
+ * The naive kernel multiplies full T x T matrices and discards the masked
+ * half; the tiled one stops at the diagonal, which pays for recomputing S
+ * from T ~ 256 on.  So: tiled from TFM_TRAIN_AUTO_TILED_SEQ tokens, or
+ * whenever naive's (T, T) buffers would pass TFM_TRAIN_AUTO_TILED_BYTES;
+ * below both, naive, as tfm_trainer_create always was (so short-sequence
+ * runs keep their exact numbers). */
 tfm_attn_kernel tfm_trainer_attention_pick(const tfm_config *c, int max_batch, int max_seq,
                                            int n_threads)
 {
     double naive = ((double)c->n_layers * max_batch * c->n_heads + n_threads) * max_seq *
                    (double)max_seq * sizeof(float);
-    return naive > TFM_TRAIN_AUTO_TILED_BYTES ? TFM_ATTN_TILED : TFM_ATTN_NAIVE;
+    return max_seq >= TFM_TRAIN_AUTO_TILED_SEQ || naive > TFM_TRAIN_AUTO_TILED_BYTES
+               ? TFM_ATTN_TILED
+               : TFM_ATTN_NAIVE;
 }
 
 static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,

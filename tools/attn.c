@@ -64,7 +64,7 @@ static void usage(FILE *f)
             "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
             "  attn train --task recall|text --out FILE [...]   (attn train --help)\n"
             "      trains a model as POST /train does: a checkpoint and a loss log.\n"
-            "  attn bench-train [--threads 1,2] [--steps 10]\n"
+            "  attn bench-train [--threads 1,2] [--steps 10] [--attention both] [--seq-len T]\n"
             "      training step time of the two benchmark configurations, JSON lines.\n");
 }
 

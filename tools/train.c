@@ -15,12 +15,20 @@
  * another implementation's.
  *
  *   attn bench-train [--threads 1,2] [--steps 10] [--configs mqar,text]
+ *                    [--attention auto|naive|tiled|both] [--seq-len T] [--batch B]
  *
  * times training steps (forward, backward, clip, AdamW) for the two
- * benchmark configurations of issue #5, one JSON line per config and
- * thread count, medians.
+ * benchmark configurations of issue #5, one JSON line per config, thread
+ * count and attention kernel, medians, with the trainer's bytes (all, and
+ * attention's own) and the process's peak RSS.  --attention both builds a
+ * naive and a tiled trainer on the same weights and alternates their steps
+ * (naive first in even rounds, tiled first in odd ones), then prints the
+ * ratios of the medians; peak RSS is the process's, so for one kernel's
+ * RSS run it alone.  --seq-len and --batch replace the configs' T and B
+ * (the model's max_seq_len follows T).
  */
 #include <math.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +44,7 @@ static void usage(FILE *f)
             "  model:  --dim 64 --layers 2 --heads 2 --kv-heads H --hidden 4*dim --max-seq-len T\n"
             "  steps:  --steps 1000 --batch-size 16 --seq-len 64 --learning-rate 1e-3\n"
             "          --warmup-steps min(100,steps/10) --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1\n"
-            "          --seed 1 --threads 1\n"
+            "          --seed 1 --threads 1 --attention auto|naive|tiled\n"
             "  eval:   --eval-every 0 --eval-sequences N (recall: sequences, text: windows)\n"
             "  recall: --n-pairs 8 --n-keys 64 --n-values 64 --absent-fraction 0.2\n"
             "          --min-pairs 0 (0: every sequence has n_pairs pairs)\n"
@@ -44,7 +52,8 @@ static void usage(FILE *f)
             "  files:  --log FILE (loss log CSV) --state FILE --checkpoint-every N\n"
             "          (resumes from FILE when it exists)\n"
             "  --dump-batch STEP  print that step's batch and exit\n"
-            "usage: attn bench-train [--threads 1,2] [--steps 10] [--configs mqar,text]\n");
+            "usage: attn bench-train [--threads 1,2] [--steps 10] [--configs mqar,text]\n"
+            "                        [--attention auto|naive|tiled|both] [--seq-len T] [--batch B]\n");
 }
 
 typedef struct opts {
@@ -52,6 +61,16 @@ typedef struct opts {
     const char *out, *log, *state, *corpus;
     long dump_step;
 } opts;
+
+/* "auto", "naive", "tiled" (and "both" when allowed: returns 3); -1 otherwise */
+static int parse_attention(const char *v, int both)
+{
+    static const char *names[] = {"auto", "naive", "tiled", "both"};
+    for (int k = 0; k < 3 + both; k++)
+        if (!strcmp(v, names[k]))
+            return k;
+    return -1;
+}
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out,
                      char *err, size_t errlen)
@@ -150,6 +169,13 @@ static int parse_args(int argc, char **argv, opts *o, char *err, size_t errlen)
                 snprintf(err, errlen, "--seed needs an unsigned integer");
                 return -1;
             }
+        } else if (!strcmp(a, "--attention")) {
+            int kern = parse_attention(v, 0);
+            if (kern < 0) {
+                snprintf(err, errlen, "--attention is auto, naive or tiled");
+                return -1;
+            }
+            s->train.attention = (tfm_attn_kernel)kern;
         } else if (!strcmp(a, "--dump-batch")) {
             if (attn_parse_long(v, -1, 0, 100000000, &o->dump_step)) {
                 snprintf(err, errlen, "--dump-batch needs a step number");
@@ -315,7 +341,8 @@ int attn_train_main(int argc, char **argv)
     run_ctx rctx = {.state = o.state, .every = s->train.steps >= 20 ? s->train.steps / 20 : 1};
     int rc = 1;
     if (tfm_model_create(&s->model, &m, err, sizeof err) != TFM_OK ||
-        tfm_trainer_create(m, s->train.batch_size, s->train.seq_len, s->n_threads, &t) != TFM_OK) {
+        tfm_trainer_create_attn(m, s->train.batch_size, s->train.seq_len, s->n_threads,
+                                s->train.attention, &t) != TFM_OK) {
         fprintf(stderr, "attn train: %s\n", err[0] ? err : "cannot create the trainer");
         goto out;
     }
@@ -330,9 +357,13 @@ int attn_train_main(int argc, char **argv)
             goto out;
         }
     }
-    fprintf(stderr, "attn train: %zu parameters, %d steps of %d x %d tokens, %d thread(s)\n",
+    size_t attn_bytes;
+    tfm_trainer_memory(t, NULL, &attn_bytes);
+    fprintf(stderr, "attn train: %zu parameters, %d steps of %d x %d tokens, %d thread(s), "
+            "%s attention (%.1f MiB)\n",
             tfm_config_n_params(&s->model), s->train.steps, s->train.batch_size,
-            s->train.seq_len, s->n_threads);
+            s->train.seq_len, s->n_threads, tfm_attn_kernel_name(tfm_trainer_attention(t)),
+            attn_bytes / 1048576.0);
     if (o.log) {
         int fresh = tfm_trainer_step_count(t) == 0;
         if (!(rctx.log = fopen(o.log, fresh ? "w" : "a"))) {
@@ -394,21 +425,66 @@ static const bench_cfg bench_cfgs[] = {
               .vocab_size = 258, .seq_len = 128, .shared_classifier = 1}, 32, 128},
 };
 
-static int bench_one(const bench_cfg *bc, int threads, int steps)
-{
-    tfm_config c = bc->model;
-    tfm_config_defaults(&c);
+/* One kernel's trainer and its step times. */
+typedef struct bench_run {
     tfm_model *m;
     tfm_trainer *t;
+    double *ms;
+} bench_run;
+
+static void bench_run_free(bench_run *r)
+{
+    tfm_trainer_destroy(r->t);
+    tfm_model_destroy(r->m);
+    free(r->ms);
+}
+
+static int bench_run_init(bench_run *r, const tfm_config *c, int B, int T, int threads,
+                          tfm_attn_kernel k, int steps)
+{
     char err[256];
-    if (tfm_model_create(&c, &m, err, sizeof err) != TFM_OK)
-        return 1;
-    tfm_model_init_train(m, 1);
-    if (tfm_trainer_create(m, bc->B, bc->T, threads, &t) != TFM_OK) {
-        tfm_model_destroy(m);
+    memset(r, 0, sizeof *r);
+    if (tfm_model_create(c, &r->m, err, sizeof err) != TFM_OK) {
+        fprintf(stderr, "attn bench-train: %s\n", err);
         return 1;
     }
-    int N = bc->B * bc->T;
+    tfm_model_init_train(r->m, 1);
+    tfm_status st = tfm_trainer_create_attn(r->m, B, T, threads, k, &r->t);
+    if (st != TFM_OK || !(r->ms = malloc((size_t)steps * sizeof(double)))) {
+        fprintf(stderr, "attn bench-train: cannot create the %s trainer: %s\n",
+                tfm_attn_kernel_name(k), tfm_strerror(st));
+        bench_run_free(r);
+        return 1;
+    }
+    return 0;
+}
+
+static double bench_step(bench_run *r, const tfm_train_config *tc, const int *in, const int *tg,
+                         int B, int T)
+{
+    double t0 = tfm_now();
+    tfm_trainer_step(r->t, tc, in, tg, B, T, NULL);
+    return (tfm_now() - t0) * 1e3;
+}
+
+/* which: 0 auto, 1 naive, 2 tiled, 3 both (alternated) */
+static int bench_one(const bench_cfg *bc, int threads, int steps, int which, int B, int T)
+{
+    tfm_config c = bc->model;
+    if (T > c.seq_len)
+        c.seq_len = T;
+    tfm_config_defaults(&c);
+    int nk = which == 3 ? 2 : 1;
+    tfm_attn_kernel kern[2] = {which == 3 ? TFM_ATTN_NAIVE : (tfm_attn_kernel)which,
+                               TFM_ATTN_TILED};
+    bench_run run[2];
+    for (int k = 0; k < nk; k++)
+        if (bench_run_init(&run[k], &c, B, T, threads, kern[k], steps)) {
+            while (k-- > 0)
+                bench_run_free(&run[k]);
+            return 1;
+        }
+    int N = B * T;
     int *in = malloc((size_t)N * sizeof(int)), *tg = malloc((size_t)N * sizeof(int));
     uint64_t r = 12345;
     for (int i = 0; i < N; i++) {
@@ -419,43 +495,68 @@ static int bench_one(const bench_cfg *bc, int threads, int steps)
     tfm_train_config tc;
     tfm_train_config_defaults(&tc);
     tc.steps = steps + 2;
-    double *ms = malloc((size_t)steps * sizeof(double));
-    tfm_profile *prof = tfm_trainer_profile(t);
-    for (int s = 0; s < steps + 2; s++) {
-        if (s == 2)
-            tfm_profile_reset(prof);
-        double t0 = tfm_now();
-        tfm_trainer_step(t, &tc, in, tg, bc->B, bc->T, NULL);
-        if (s >= 2) /* two warm-up steps */
-            ms[s - 2] = (tfm_now() - t0) * 1e3;
+    for (int k = 0; k < nk; k++) { /* two warm-up steps */
+        bench_step(&run[k], &tc, in, tg, B, T);
+        bench_step(&run[k], &tc, in, tg, B, T);
+        tfm_profile_reset(tfm_trainer_profile(run[k].t));
     }
-    double med = attn_median(ms, steps);
-    /* where the timed steps went (the trainer's op accounting) */
-    double secs = tfm_profile_total_seconds(prof, TFM_PHASE_TRAIN), flops = 0.0, attn = 0.0;
-    for (int k = 0; k < TFM_CLASS_COUNT; k++)
-        flops += prof->flops[TFM_PHASE_TRAIN][k];
-    for (int b = 0; b < TFM_CTX_BUCKETS; b++)
-        attn += prof->attn_seconds[TFM_PHASE_TRAIN][b];
-    printf("{\"bench\": \"train_step\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, "
-           "\"seq_len\": %d, \"params\": %zu, \"steps\": %d, \"step_ms_median\": %.2f, "
-           "\"tokens_per_s\": %.0f, \"gflops_per_step\": %.3f, \"gflop_per_s\": %.1f, "
-           "\"attention_share\": %.3f}\n",
-           bc->name, threads, bc->B, bc->T, tfm_config_n_params(&c), steps, med,
-           N / (med * 1e-3), flops / steps * 1e-9, secs > 0 ? flops / secs * 1e-9 : 0.0,
-           secs > 0 ? attn / secs : 0.0);
+    double *ratio = malloc((size_t)steps * sizeof(double));
+    for (int s = 0; s < steps; s++) {
+        for (int j = 0; j < nk; j++) { /* alternate which kernel goes first */
+            int k = (s & 1) ? nk - 1 - j : j;
+            run[k].ms[s] = bench_step(&run[k], &tc, in, tg, B, T);
+        }
+        if (nk == 2)
+            ratio[s] = run[1].ms[s] / run[0].ms[s];
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    size_t total[2], attn[2];
+    for (int k = 0; k < nk; k++) {
+        tfm_profile *prof = tfm_trainer_profile(run[k].t);
+        double med = attn_median(run[k].ms, steps);
+        /* where the timed steps went (the trainer's op accounting) */
+        double secs = tfm_profile_total_seconds(prof, TFM_PHASE_TRAIN), flops = 0.0, at = 0.0;
+        for (int i = 0; i < TFM_CLASS_COUNT; i++)
+            flops += prof->flops[TFM_PHASE_TRAIN][i];
+        for (int b = 0; b < TFM_CTX_BUCKETS; b++)
+            at += prof->attn_seconds[TFM_PHASE_TRAIN][b];
+        tfm_trainer_memory(run[k].t, &total[k], &attn[k]);
+        printf("{\"bench\": \"train_step\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, "
+               "\"seq_len\": %d, \"params\": %zu, \"attention\": \"%s\", \"steps\": %d, "
+               "\"step_ms_median\": %.2f, \"tokens_per_s\": %.0f, \"gflops_per_step\": %.3f, "
+               "\"gflop_per_s\": %.1f, \"attention_share\": %.3f, \"trainer_mib\": %.1f, "
+               "\"attention_mib\": %.2f, \"attn_peak_mib\": %.2f, \"process_peak_rss_mib\": %.1f}\n",
+               bc->name, threads, B, T, tfm_config_n_params(&c),
+               tfm_attn_kernel_name(tfm_trainer_attention(run[k].t)), steps, med,
+               N / (med * 1e-3), flops / steps * 1e-9, secs > 0 ? flops / secs * 1e-9 : 0.0,
+               secs > 0 ? at / secs : 0.0, total[k] / 1048576.0, attn[k] / 1048576.0,
+               prof->attn_peak_bytes[TFM_PHASE_TRAIN] / 1048576.0, ru.ru_maxrss / 1024.0);
+    }
+    if (nk == 2)
+        printf("{\"bench\": \"train_attention\", \"config\": \"%s\", \"threads\": %d, "
+               "\"batch\": %d, \"seq_len\": %d, \"rounds\": %d, \"tiled_over_naive_step\": %.3f, "
+               "\"tiled_over_naive_step_per_round_median\": %.3f, "
+               "\"naive_over_tiled_attention_bytes\": %.1f, \"naive_over_tiled_trainer_bytes\": "
+               "%.2f}\n",
+               bc->name, threads, B, T, steps,
+               attn_median(run[1].ms, steps) / attn_median(run[0].ms, steps),
+               attn_median(ratio, steps), (double)attn[0] / (double)attn[1],
+               (double)total[0] / (double)total[1]);
     fflush(stdout);
-    free(ms);
+    free(ratio);
     free(in);
     free(tg);
-    tfm_trainer_destroy(t);
-    tfm_model_destroy(m);
+    for (int k = 0; k < nk; k++)
+        bench_run_free(&run[k]);
     return 0;
 }
 
 int attn_bench_train_main(int argc, char **argv)
 {
     const char *threads = "1,2", *configs = "mqar,text";
-    long steps = 10;
+    long steps = 10, seq_len = 0, batch = 0;
+    int which = 0;
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -473,6 +574,21 @@ int attn_bench_train_main(int argc, char **argv)
         else if (!strcmp(argv[i], "--steps")) {
             if (attn_parse_long(v, -1, 1, 100000, &steps)) {
                 fprintf(stderr, "attn bench-train: --steps needs 1..100000\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--seq-len")) {
+            if (attn_parse_long(v, -1, 2, 65536, &seq_len)) {
+                fprintf(stderr, "attn bench-train: --seq-len needs 2..65536\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--batch")) {
+            if (attn_parse_long(v, -1, 1, 65536, &batch)) {
+                fprintf(stderr, "attn bench-train: --batch needs 1..65536\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--attention")) {
+            if ((which = parse_attention(v, 1)) < 0) {
+                fprintf(stderr, "attn bench-train: --attention is auto, naive, tiled or both\n");
                 return 2;
             }
         } else {
@@ -493,7 +609,9 @@ int attn_bench_train_main(int argc, char **argv)
                 fprintf(stderr, "attn bench-train: bad --threads\n");
                 return 2;
             }
-            if (bench_one(&bench_cfgs[k], (int)th, (int)steps))
+            if (bench_one(&bench_cfgs[k], (int)th, (int)steps, which,
+                          batch ? (int)batch : bench_cfgs[k].B,
+                          seq_len ? (int)seq_len : bench_cfgs[k].T))
                 return 1;
             p += len + (comma != NULL);
         }

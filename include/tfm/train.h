@@ -97,9 +97,11 @@ tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_th
  * TFM_E_INVALID for another value. */
 tfm_status tfm_trainer_create_attn(tfm_model *m, int max_batch, int max_seq, int n_threads,
                                    tfm_attn_kernel attention, tfm_trainer **out);
-/* AUTO's rule: TILED when the naive kernel's stored probabilities and dP
- * would exceed TFM_TRAIN_AUTO_TILED_BYTES, else NAIVE (see core/train.c for
- * the measurements behind it). */
+/* AUTO's rule: TILED for sequences of TFM_TRAIN_AUTO_TILED_SEQ tokens or
+ * more (where it is also the faster), or when the naive kernel's stored
+ * probabilities and dP would exceed TFM_TRAIN_AUTO_TILED_BYTES; else NAIVE
+ * (see core/train.c for the measurements behind it). */
+#define TFM_TRAIN_AUTO_TILED_SEQ 512
 #define TFM_TRAIN_AUTO_TILED_BYTES ((double)(256 << 20))
 tfm_attn_kernel tfm_trainer_attention_pick(const tfm_config *c, int max_batch, int max_seq,
                                            int n_threads);

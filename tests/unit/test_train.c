@@ -64,12 +64,13 @@ static double loss_at(tfm_trainer *t, const int *in, const int *tg, int B, int T
 /* For each weight tensor: the derivative of the loss along a random
  * direction, by central differences, against grad . direction; and the
  * single entries with the largest gradients, one by one. */
-static void gradcheck(int shared, int heads, int kv_heads, int threads)
+static void gradcheck_kernel(int shared, int heads, int kv_heads, int threads,
+                             tfm_attn_kernel kern)
 {
     tfm_model *m = tu_random_model(16, 24, 2, heads, kv_heads, 13, 8, shared, 7);
     int B = 3, T = 7;
     tfm_trainer *t;
-    assert_int_equal(tfm_trainer_create(m, B, T, threads, &t), TFM_OK);
+    assert_int_equal(tfm_trainer_create_attn(m, B, T, threads, kern, &t), TFM_OK);
     int in[21], tg[21];
     random_batch(B, T, 13, 99, in, tg);
     loss_at(t, in, tg, B, T);
@@ -132,6 +133,13 @@ static void gradcheck(int shared, int heads, int kv_heads, int threads)
     free(g);
     tfm_trainer_destroy(t);
     tfm_model_destroy(m);
+}
+
+static void gradcheck(int shared, int heads, int kv_heads, int threads)
+{
+    gradcheck_kernel(shared, heads, kv_heads, threads, TFM_ATTN_NAIVE);
+    /* the tiled kernel (core/train_attn.c; longer sequences in test_train_attn) */
+    gradcheck_kernel(shared, heads, kv_heads, threads, TFM_ATTN_TILED);
 }
 
 static void test_gradcheck_tied(void **state) { gradcheck(1, 4, 4, 1); }

@@ -506,9 +506,10 @@ static void test_choice(void **state)
     tfm_config c = m->cfg;
     c.n_layers = 4;
     c.n_heads = 4;
-    assert_int_equal(tfm_trainer_attention_pick(&c, 1, 1024, 1), TFM_ATTN_NAIVE); /* 68 MiB */
-    assert_int_equal(tfm_trainer_attention_pick(&c, 4, 1024, 1), TFM_ATTN_TILED); /* 260 MiB */
-    assert_int_equal(tfm_trainer_attention_pick(&c, 1, 4096, 1), TFM_ATTN_TILED);
+    assert_int_equal(tfm_trainer_attention_pick(&c, 16, 256, 1), TFM_ATTN_NAIVE); /* 65 MiB */
+    assert_int_equal(tfm_trainer_attention_pick(&c, 64, 256, 1), TFM_ATTN_TILED); /* 256+ MiB */
+    assert_int_equal(tfm_trainer_attention_pick(&c, 1, 511, 1), TFM_ATTN_NAIVE);
+    assert_int_equal(tfm_trainer_attention_pick(&c, 1, 512, 1), TFM_ATTN_TILED);
     tfm_model_destroy(m);
 }
 
