@@ -6,6 +6,7 @@
  * cannot disagree.  The environment is read first and flags override it.
  */
 #include "config.h"
+#include "tfm/model.h"
 #include "tfm/quant.h"
 
 #include <errno.h>
@@ -69,6 +70,8 @@ static const opt opts[] = {
      "                          and SIGHUP do (0: only then)", K_INT, F(models_poll_s), 0, 0, 86400},
     {"--weights", "ATTND_WEIGHTS", "FORMAT", "weight matrices as f32, bf16, q8 or q4, converted as each\n"
      "                          model loads (f32)", K_STR, F(weights), CAP(weights), 0, 0},
+    {"--kv-cache", "ATTND_KV_CACHE", "FORMAT", "keys and values of every sequence as f32, bf16 (half\n"
+     "                          the bytes) or q8 (about a quarter) (f32)", K_STR, F(kv_cache), CAP(kv_cache), 0, 0},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
 
@@ -154,6 +157,7 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     cfg->max_recall_queries = 1024;
     snprintf(cfg->attention, sizeof cfg->attention, "auto");
     snprintf(cfg->weights, sizeof cfg->weights, "f32");
+    snprintf(cfg->kv_cache, sizeof cfg->kv_cache, "f32");
     cfg->train_workers = 1;
     cfg->train_threads = 1;
     cfg->header_timeout_s = 10;
@@ -234,6 +238,12 @@ int srv_config_parse(srv_config *cfg, int argc, char **argv)
     tfm_wformat wf;
     if (tfm_wformat_parse(cfg->weights, &wf) != TFM_OK) {
         fprintf(stderr, "attnd: --weights must be f32, bf16, q8 or q4, not \"%s\"\n\n", cfg->weights);
+        usage(stderr);
+        return 2;
+    }
+    tfm_kv_format kvf;
+    if (tfm_kv_format_parse(cfg->kv_cache, &kvf) != TFM_OK) {
+        fprintf(stderr, "attnd: --kv-cache must be f32, bf16 or q8, not \"%s\"\n\n", cfg->kv_cache);
         usage(stderr);
         return 2;
     }

@@ -54,6 +54,7 @@ typedef struct srv_config {
                              * saves; replicas may share it) */
     int models_poll_s;     /* --models-poll-seconds: 0 (off); rescan every N s */
     char weights[8];       /* --weights: f32 | bf16 | q8 | q4 (converted at load) */
+    char kv_cache[8];      /* --kv-cache: f32 | bf16 | q8 (every sequence's KV cache) */
 } srv_config;
 
 /* Fills cfg from the environment and argv.  Returns 0 to run, 1 when

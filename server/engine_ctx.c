@@ -79,14 +79,22 @@ mctx *srv_engine_ctx_create(srv_engine *e, const srv_model *m)
     mc->bslot = calloc((size_t)max_batch, sizeof(int));
     if (!mc->slots || !mc->logits || !mc->bst || !mc->btok || !mc->bslot)
         goto fail;
+    /* --kv-cache (validated at startup) */
+    tfm_kv_format kvf = TFM_KV_F32;
+    if (e->reg && e->reg->cfg)
+        tfm_kv_format_parse(e->reg->cfg->kv_cache, &kvf);
     for (int k = 0; k < max_batch; k++) {
         slot *s = &mc->slots[k];
         tfm_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f};
         s->ids = malloc((size_t)c->seq_len * sizeof(int));
-        if (!s->ids || tfm_state_create(m->model, 0, &s->st) != TFM_OK ||
+        if (!s->ids || tfm_state_create_fmt(m->model, 0, kvf, &s->st) != TFM_OK ||
             tfm_sampler_create(c->vocab_size, &sp, &s->smp) != TFM_OK)
             goto fail;
     }
+    if (kvf != TFM_KV_F32) /* once per model context, not per request */
+        fprintf(stderr, "attnd: model %s: KV cache %s, %zu bytes per token, %d slots of %d\n",
+                m->name, tfm_kv_format_name(kvf), tfm_kv_bytes_per_token(c, kvf), max_batch,
+                c->seq_len);
     e->mc[m->index] = mc;
     e->live[e->n_live++] = mc;
     return mc;
