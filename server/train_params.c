@@ -189,12 +189,16 @@ static int core_error(perr *e, const char *err, const srv_train_params *p)
  * layer the activations of B x T rows and the B x heads x T x T attention
  * weights; the logits, their gradient and the row buffers once; weights,
  * gradients and AdamW's two moments. */
-static double trainer_floats(const tfm_config *c, int B, int T)
+static double trainer_floats(const tfm_config *c, int B, int T, int n_threads)
 {
     double N = (double)B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
     double kvd = d / c->n_heads * c->n_kv_heads;
-    double layer = N * (6 * d + 2 * kvd + 2 + 3 * H) + (double)B * c->n_heads * T * T;
-    double once = N * (6 * d + 2 * kvd + 2 * H + 2 * V + 1) + (double)T * T;
+    /* attention as the trainer's AUTO picks it: (T, T) probabilities and a
+     * dP per thread, or each row's log-sum-exp and two 64 x 128 tiles */
+    int tiled = tfm_trainer_attention_pick(c, B, T, n_threads) == TFM_ATTN_TILED;
+    double layer = N * (6 * d + 2 * kvd + 2 + 3 * H) + (double)B * c->n_heads * T * (tiled ? 1 : T);
+    double once = N * (6 * d + 2 * kvd + 2 * H + 2 * V + 1) +
+                  (double)n_threads * (tiled ? 2 * 64 * 128 + T : (double)T * T);
     return c->n_layers * layer + once + 4.0 * (double)tfm_config_n_params(c);
 }
 
@@ -354,7 +358,7 @@ int srv_train_params_parse(json_t *body, int from_record, int n_threads, srv_tra
     if (n_params > SRV_TRAIN_MAX_PARAMS)
         return fail(&e, "model", "the model has %zu parameters; at most %d", n_params,
                     SRV_TRAIN_MAX_PARAMS);
-    double bytes = 4.0 * trainer_floats(&s->model, c->batch_size, c->seq_len);
+    double bytes = 4.0 * trainer_floats(&s->model, c->batch_size, c->seq_len, n_threads);
     if (bytes > (double)SRV_TRAIN_MAX_BYTES)
         return fail(&e, "batch_size",
                     "training this model on batch_size x seq_len = %d x %d needs about %.1f GiB; "
