@@ -9,6 +9,7 @@
  *   attn bench    (tools/bench.c)
  *   attn cost     (tools/cost.c)
  *   attn train, attn bench-train (tools/train.c)
+ *   attn quantize (tools/quantize.c), attn eval (tools/eval.c)
  *
  * Generation follows llama2.c's run.c: the prompt is encoded with BOS, fed
  * through the model (here as one prefill), and each sampled token is printed
@@ -27,6 +28,7 @@
 #include "attn.h"
 #include "tfm/checkpoint.h"
 #include "tfm/model.h"
+#include "tfm/quant.h"
 #include "tfm/sampler.h"
 #include "tfm/tokenizer.h"
 
@@ -37,9 +39,11 @@ static void usage(FILE *f)
             "\n"
             "  attn generate --model FILE [--tokenizer FILE] --prompt TEXT [-n N]\n"
             "                [--temperature X] [--top-k K] [--top-p P] [--seed S]\n"
-            "                [--threads N] [--print-ids] [--kv-cache f32|bf16|q8]\n"
+            "                [--threads N] [--print-ids] [--weights f32|bf16|q8|q4]\n"
+            "                [--kv-cache f32|bf16|q8]\n"
             "      prints the generated text (or ids), not the prompt; timings on stderr.\n"
-            "      --kv-cache stores keys and values in that format (f32).\n"
+            "      --weights converts a float32 model's matrices as it loads; --kv-cache\n"
+            "      stores keys and values in that format (f32).\n"
             "      A llama2.c .bin model needs its tokenizer.bin (default: tokenizer.bin\n"
             "      beside the model).\n"
             "  attn random --out FILE [--dim 288] [--hidden 768] [--layers 6] [--heads 6]\n"
@@ -62,6 +66,11 @@ static void usage(FILE *f)
             "  attn cost [--out DIR] [--min 128] [--max 8192] [--runs 3] [--threads 1]\n"
             "      prefill attention time and peak memory against N, naive and tiled\n"
             "      kernels: DIR/cost.csv and DIR/cost.md (default DIR build/cost).\n"
+            "  attn quantize --in MODEL --out FILE --format bf16|q8|q4\n"
+            "      saves a float32 model with its matrices in the format (safetensors).\n"
+            "  attn eval --model M [--weights f32,q8,...] --text FILE | --mqar | --agree\n"
+            "      bits per byte on a text, held-out MQAR accuracy, or greedy top-1\n"
+            "      agreement with float32, per weight format (attn eval --help).\n"
             "  attn train --task recall|text --out FILE [...]   (attn train --help)\n"
             "      trains a model as POST /train does: a checkpoint and a loss log.\n"
             "  attn bench-train [--threads 1,2] [--steps 10] [--attention both] [--seq-len T]\n"
@@ -172,7 +181,7 @@ static int parse_float(const char *s, float lo, float hi, float *out)
 
 static int cmd_generate(int argc, char **argv)
 {
-    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
+    const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *weights = NULL;
     tfm_kv_format kvf = TFM_KV_F32;
     long n = 256, threads = 1;
     int print_ids = 0, have_seed = 0;
@@ -193,6 +202,12 @@ static int cmd_generate(int argc, char **argv)
             tok_path = v;
         else if (!strcmp(a, "--prompt"))
             prompt = v;
+        else if (!strcmp(a, "--weights")) {
+            tfm_wformat wf;
+            if (tfm_wformat_parse(v, &wf) != TFM_OK)
+                return bad_arg("--weights must be f32, bf16, q8 or q4", v);
+            weights = v;
+        }
         else if (!strcmp(a, "--kv-cache")) {
             if (tfm_kv_format_parse(v, &kvf) != TFM_OK)
                 return bad_arg("--kv-cache must be f32, bf16 or q8", v);
@@ -238,6 +253,10 @@ static int cmd_generate(int argc, char **argv)
     tfm_status s = tfm_checkpoint_load(model_path, TFM_CKPT_AUTO, &m, err, sizeof err);
     if (s != TFM_OK) {
         fprintf(stderr, "attn: %s: %s: %s\n", model_path, tfm_strerror(s), err);
+        goto out;
+    }
+    if (weights && attn_model_weights(m, weights, err, sizeof err) != 0) {
+        fprintf(stderr, "attn: %s: %s\n", model_path, err);
         goto out;
     }
     if (m->tokenizer == TFM_TOKENIZER_LLAMA2C) {
@@ -433,6 +452,10 @@ int main(int argc, char **argv)
         return attn_bench_kv_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
         return attn_cost_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize"))
+        return attn_quantize_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval"))
+        return attn_eval_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))
         return attn_train_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-train"))

@@ -50,6 +50,17 @@ int attn_cost_main(int argc, char **argv);
 int attn_train_main(int argc, char **argv);
 int attn_bench_train_main(int argc, char **argv);
 
+/* `attn quantize ...` (tools/quantize.c) and `attn eval ...` (tools/eval.c):
+ * a model saved in bf16/q8/q4; bits per byte, MQAR accuracy and greedy
+ * agreement of a model in each weight format.  Exit codes as above. */
+int attn_quantize_main(int argc, char **argv);
+int attn_eval_main(int argc, char **argv);
+/* Converts m to the weight format named (f32, bf16, q8, q4): nothing when
+ * it is in that format already, tfm_model_quantize from float32, else an
+ * error (a quantised model does not convert).  0, or -1 with err. */
+struct tfm_model;
+int attn_model_weights(struct tfm_model *m, const char *weights, char *err, size_t errlen);
+
 /* A whole-string decimal integer in [lo, hi]; len < 0 means up to the NUL.
  * 0 and *out set, or -1.  Shared by every subcommand's flag parsing. */
 int attn_parse_long(const char *s, int len, long lo, long hi, long *out);

@@ -110,7 +110,62 @@ head -c 20000 /dev/urandom | base64 >"$TMP/corpus.txt"
 expect_status 0 "train a small text model" "$ATTN" train --task text --corpus "$TMP/corpus.txt" \
   --out "$TMP/x.safetensors" --dim 32 --layers 1 --heads 2 --seq-len 32 --batch-size 4 --steps 20
 grep -q '"bits_per_byte"' "$TMP/out" && ok "text run reports bits per byte" || ko "no bits per byte: $(cat "$TMP/out")"
+cp "$TMP/out" "$TMP/x_train.json"
 expect_status 0 "a trained text model generates" "$ATTN" generate --model "$TMP/x.safetensors" --prompt "ab" -n 8
+
+# quantised models: attn quantize, generate --weights, attn eval
+expect_status 2 "quantize without --format" "$ATTN" quantize --in "$TMP/b.safetensors" --out "$TMP/q.safetensors"
+expect_status 2 "quantize to f32" "$ATTN" quantize --in "$TMP/b.safetensors" --out "$TMP/q.safetensors" --format f32
+expect_status 2 "generate with a bad --weights" "$ATTN" generate --model "$TMP/b.safetensors" --weights q5
+expect_status 1 "quantize into a llama2.c file" "$ATTN" quantize --in "$TMP/b.safetensors" --out "$TMP/q.bin" --format q8
+for f in bf16 q8 q4; do
+  expect_status 0 "quantize to $f" "$ATTN" quantize --in "$TMP/b.safetensors" --out "$TMP/b_$f.safetensors" --format $f
+  [ "$(stat -c %s "$TMP/b_$f.safetensors")" -lt "$(stat -c %s "$TMP/b.safetensors")" ] &&
+    ok "the $f file is smaller" || ko "the $f file is not smaller"
+  "$ATTN" generate --model "$TMP/b_$f.safetensors" --prompt "hello" -n 40 --temperature 0 --print-ids >"$TMP/gq1" 2>"$TMP/err"
+  "$ATTN" generate --model "$TMP/b.safetensors" --weights $f --prompt "hello" -n 40 --temperature 0 --print-ids >"$TMP/gq2" 2>>"$TMP/err"
+  [ -s "$TMP/gq1" ] && cmp -s "$TMP/gq1" "$TMP/gq2" && ok "$f file generates as --weights $f of the original" ||
+    ko "$f file and --weights $f differ: $(head -c 200 "$TMP/gq1") / $(head -c 200 "$TMP/gq2") $(head -3 "$TMP/err")"
+  expect_status 0 "generate --weights $f of a $f file" "$ATTN" generate --model "$TMP/b_$f.safetensors" --weights $f --prompt hi -n 4
+done
+expect_status 1 "quantize a quantised file" "$ATTN" quantize --in "$TMP/b_q8.safetensors" --out "$TMP/q.safetensors" --format q4
+expect_status 1 "generate --weights f32 of a q8 file" "$ATTN" generate --model "$TMP/b_q8.safetensors" --weights f32 --prompt hi
+"$ATTN" random --out "$TMP/odd.safetensors" --dim 48 --hidden 96 --layers 1 --heads 4 --kv-heads 4 --vocab 258 --seq-len 32 >/dev/null 2>&1
+expect_status 1 "q8 of a dim-48 model" "$ATTN" generate --model "$TMP/odd.safetensors" --weights q8 --prompt hi
+grep -q "multiples of 32" "$TMP/err" && ok "the error says why" || ko "error: $(cat "$TMP/err")"
+expect_status 2 "eval without a mode" "$ATTN" eval --model "$TMP/x.safetensors"
+expect_status 2 "eval with a bad --weights" "$ATTN" eval --model "$TMP/x.safetensors" --mqar --weights q8,q3
+# bits per byte: the inference forward against the trainer's (the reference)
+# and against attn train's own final evaluation of the same held-out tail
+expect_status 0 "eval --text" "$ATTN" eval --model "$TMP/x.safetensors" --text "$TMP/corpus.txt" --eval-fraction 0.1 --trainer
+read -r bpb tbpb < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["bits_per_byte"], d["trainer_bits_per_byte"])' "$TMP/out")
+trained=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if "bits_per_byte" in l: d=json.loads(l)
+print(d.get("bits_per_byte") or d["eval"]["bits_per_byte"])' "$TMP/x_train.json" 2>/dev/null)
+awk -v a="$bpb" -v b="$tbpb" 'BEGIN { exit !(a > 0.5 && a < 20 && (a - b)^2 < 1e-10) }' &&
+  ok "eval: $bpb bits per byte, the trainer's forward $tbpb" || ko "eval $bpb vs trainer $tbpb"
+awk -v a="$bpb" -v b="$trained" 'BEGIN { exit !((a - b)^2 < 1e-8) }' &&
+  ok "eval equals attn train's final evaluation ($trained)" || ko "eval $bpb vs attn train's $trained"
+expect_status 0 "eval --text --decode in each format" "$ATTN" eval --model "$TMP/x.safetensors" --text "$TMP/corpus.txt" --eval-fraction 0.1 --decode --weights f32,bf16,q8,q4
+[ "$(grep -c '"bits_per_byte"' "$TMP/out")" -eq 4 ] && ok "one line per format" || ko "eval output: $(cat "$TMP/out")"
+read -r d32 < <(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["bits_per_byte"])' "$TMP/out")
+awk -v a="$bpb" -v b="$d32" 'BEGIN { exit !((a - b)^2 < 1e-8) }' && ok "decode path == prefill path in f32" || ko "decode $d32 vs prefill $bpb"
+# MQAR accuracy: the inference forward against the trainer's and training's
+expect_status 0 "eval --mqar" "$ATTN" eval --model "$TMP/r.safetensors" --mqar --sequences 64 --seed 7 --trainer --weights f32,q8
+python3 - "$TMP/out" "$TMP/r_full.json" <<'PY' && ok "mqar accuracy equals the trainer's and attn train's" || ko "mqar: $(cat "$TMP/out")"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+train = [json.loads(l) for l in open(sys.argv[2]) if '"accuracy"' in l][-1]
+acc = train.get("accuracy", train.get("eval", {}).get("accuracy"))
+assert rows[0]["accuracy"] == rows[0]["trainer_accuracy"] and rows[0]["queries"] == rows[0]["trainer_queries"], rows[0]
+assert abs(rows[0]["accuracy"] - acc) < 1e-5, (rows[0], acc)
+assert rows[1]["weights"] == "q8" and 0 <= rows[1]["accuracy"] <= 1
+PY
+expect_status 0 "eval --agree" "$ATTN" eval --model "$TMP/b.safetensors" --agree --tokens 150
+[ "$(grep -c '"top1_agreement"' "$TMP/out")" -eq 3 ] && ok "agreement for bf16, q8, q4" || ko "agree output: $(cat "$TMP/out")"
+expect_status 1 "eval --agree needs a float32 model" "$ATTN" eval --model "$TMP/b_q8.safetensors" --agree --tokens 10
+expect_status 1 "eval --mqar of a text model" "$ATTN" eval --model "$TMP/x.safetensors" --mqar
 expect_status 0 "bench-train runs" "$ATTN" bench-train --steps 1 --threads 1 --configs mqar
 grep -q '"step_ms_median"' "$TMP/out" && ok "bench-train prints step times" || ko "bench-train output: $(cat "$TMP/out")"
 
