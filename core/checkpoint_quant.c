@@ -23,7 +23,9 @@
  * before any read, and a file too short for the plan's bytes is refused
  * before the model is allocated.  What a shape cannot show is checked here
  * after the read (tfm__qckpt_finish): every scale finite, no q8 value of
- * -128.
+ * -128.  A recall model (metadata task "recall") is refused: it answers
+ * through the trainer's forward (tfm_mqar_answer), which reads float32
+ * matrices, so a quantised one would have none to read.
  */
 #include "checkpoint_quant.h"
 
@@ -134,6 +136,14 @@ uint64_t tfm__qckpt_bytes(const tfm_config *c, int wformat)
 
 tfm_status tfm__qckpt_finish(tfm_model *m, char *err, size_t errlen)
 {
+    /* A recall model answers through the trainer's forward (tfm_mqar_answer),
+     * which reads the float32 matrices a quantised model does not have. */
+    const char *task = tfm_model_meta_get(m, "task");
+    if (task && !strcmp(task, "recall")) {
+        snprintf(err, errlen, "a recall model (task \"recall\") answers through the trainer's "
+                 "float32 forward: it cannot be %s", tfm_wformat_name((tfm_wformat)m->q->fmt));
+        return TFM_E_UNSUPPORTED;
+    }
     tfm__qtensor *t;
     int n;
     if (tfm__qckpt_plan(m, &t, &n) != TFM_OK) {

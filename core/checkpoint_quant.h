@@ -36,8 +36,10 @@ tfm_status tfm__qckpt_plan(const tfm_model *m, tfm__qtensor **out, int *n);
  * unusable pair: the loader's bound before it allocates. */
 uint64_t tfm__qckpt_bytes(const tfm_config *c, int wformat);
 
-/* After every tensor is read: refuses non-finite scales (TFM_E_FORMAT)
- * and q8 values of -128 (outside the format's [-127, 127]), then
+/* After every tensor is read: refuses a recall model (TFM_E_UNSUPPORTED:
+ * the trainer's forward it answers through is float32 only), non-finite
+ * scales (TFM_E_FORMAT) and q8 values of -128 (outside the format's
+ * [-127, 127]), then
  * quantises a shared classifier from the embedding. */
 tfm_status tfm__qckpt_finish(tfm_model *m, char *err, size_t errlen);
 

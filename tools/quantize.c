@@ -91,6 +91,12 @@ int attn_quantize_main(int argc, char **argv)
                 tfm_wformat_name((tfm_wformat)tfm_model_wformat(m)));
         goto out;
     }
+    const char *task = tfm_model_meta_get(m, "task");
+    if (task && !strcmp(task, "recall")) { /* the loader would refuse the file */
+        fprintf(stderr, "attn quantize: %s is a recall model: it answers through the trainer's "
+                "float32 forward (attn eval --mqar --weights measures a format)\n", in);
+        goto out;
+    }
     if (attn_model_weights(m, format, err, sizeof err) != 0) {
         fprintf(stderr, "attn quantize: %s: %s\n", in, err);
         goto out;

@@ -162,6 +162,7 @@ assert rows[0]["accuracy"] == rows[0]["trainer_accuracy"] and rows[0]["queries"]
 assert abs(rows[0]["accuracy"] - acc) < 1e-5, (rows[0], acc)
 assert rows[1]["weights"] == "q8" and 0 <= rows[1]["accuracy"] <= 1
 PY
+expect_status 1 "quantize refuses a recall model" "$ATTN" quantize --in "$TMP/r.safetensors" --out "$TMP/rq.safetensors" --format q8
 expect_status 0 "eval --agree" "$ATTN" eval --model "$TMP/b.safetensors" --agree --tokens 150
 [ "$(grep -c '"top1_agreement"' "$TMP/out")" -eq 3 ] && ok "agreement for bf16, q8, q4" || ko "agree output: $(cat "$TMP/out")"
 expect_status 1 "eval --agree needs a float32 model" "$ATTN" eval --model "$TMP/b_q8.safetensors" --agree --tokens 10

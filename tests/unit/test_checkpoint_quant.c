@@ -338,6 +338,10 @@ static void test_checkpoint_quant_corrupt(void **state)
         expect_load(bad, TFM_E_UNSUPPORTED, "expected BF16");
         tfm_model_destroy(f);
     }
+    /* a recall model answers through the trainer's float32 forward */
+    tfm_model_meta_set(m8, "task", "recall");
+    save_ok(m8, bad);
+    expect_load(bad, TFM_E_UNSUPPORTED, "recall");
     /* llama2.c files are float32 only */
     char err[160] = "";
     assert_int_equal(tfm_checkpoint_save(m8, tu_path("c.bin"), TFM_CKPT_AUTO, err, sizeof err),
