@@ -18,6 +18,13 @@ tiny="--dim 4 --hidden 8 --layers 1 --heads 2 --kv-heads 1 --vocab 6 --seq-len 4
 "$attn" random --out "$c/safetensors/untied.safetensors" $tiny --untied --seed 2
 "$attn" random --out "$c/safetensors/two-layers.safetensors" --dim 4 --hidden 4 --layers 2 \
   --heads 1 --kv-heads 1 --vocab 3 --seq-len 2 --tokenizer-kind llama2c --seed 3
+# quantised files (q8 and q4 need widths that are multiples of 32)
+"$attn" random --out "$c/q32.safetensors" --dim 32 --hidden 32 --layers 1 --heads 2 --kv-heads 1 \
+  --vocab 6 --seq-len 4 --untied --seed 4
+for f in bf16 q8 q4; do
+  "$attn" quantize --in "$c/q32.safetensors" --out "$c/safetensors/$f.safetensors" --format $f 2>/dev/null
+done
+rm "$c/q32.safetensors"
 "$attn" random --out "$c/llama2c/tiny.bin" $tiny --seed 1
 "$attn" random --out "$c/llama2c/untied.bin" $tiny --untied --seed 2
 "$attn" random --out "$c/llama2c/gqa.bin" --dim 8 --hidden 4 --layers 1 --heads 4 --kv-heads 2 \
