@@ -532,10 +532,12 @@ static float *talloc_attn(tfm_trainer *t, size_t n)
 }
 
 /* AUTO.  Measured with `attn bench-train --configs text --attention both
- * --seq-len T --batch 4096/T --threads 1` (byte LM: d 128, 4 heads of 32,
- * 4 layers, V 258; 4096 tokens a step; medians of alternated steps on a
- * shared 2-core EPYC, so +-10%), tiled step time over naive: T 128 ~1.0,
- * 256 ~0.97, 512 ~0.9, 1024 ~0.86 (see the README for 1024 and 2048).
+ * --seq-len T --batch B --threads 1` (byte LM: d 128, 4 heads of 32, 4
+ * layers, V 258; B = 4096 / T up to 512, then 2; 5-9 alternated steps on a
+ * 2-core EPYC shared with other builds, so +-10%), tiled step time over
+ * naive, ratio of medians / median of per-step ratios:
+ *     T  128: 1.10 / 0.99    256: 0.99 / 1.00    512: 0.95 / 0.89
+ *     T 1024: 0.74 / 0.76   2048: 0.75 / 0.69
  * The naive kernel multiplies full T x T matrices and discards the masked
  * half; the tiled one stops at the diagonal, which pays for recomputing S
  * from T ~ 256 on.  So: tiled from TFM_TRAIN_AUTO_TILED_SEQ tokens, or
