@@ -197,7 +197,7 @@ static tfm_status setup(job *j, const tfm_train_spec *spec, tfm_model **m, tfm_t
     const tfm_train_config *c = &spec->train;
     tfm_status st = tfm_model_create(&spec->model, m, err, errlen);
     if (st == TFM_OK)
-        st = tfm_trainer_create(*m, c->batch_size, c->seq_len, spec->n_threads, tr);
+        st = tfm_trainer_create_attn(*m, c->batch_size, c->seq_len, spec->n_threads, c->attention, tr);
     if (st != TFM_OK) {
         if (!err[0])
             snprintf(err, errlen, "cannot set up the trainer: %s", tfm_strerror(st));
@@ -234,7 +234,7 @@ static tfm_status setup(job *j, const tfm_train_spec *spec, tfm_model **m, tfm_t
         pthread_mutex_unlock(&j->t->mu);
         tfm_trainer_destroy(*tr);
         *tr = NULL;
-        if ((st = tfm_trainer_create(*m, c->batch_size, c->seq_len, spec->n_threads, tr)))
+        if ((st = tfm_trainer_create_attn(*m, c->batch_size, c->seq_len, spec->n_threads, c->attention, tr)))
             return st;
     } else if (j->ckpt_step > 0) {
         pthread_mutex_lock(&j->t->mu);

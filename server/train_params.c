@@ -141,7 +141,7 @@ static const char *const known_top[] = {
     "task",         "name",          "model",         "steps",          "batch_size",
     "seq_len",      "learning_rate", "warmup_steps",  "min_lr_ratio",   "weight_decay",
     "grad_clip",    "seed",          "eval_every",    "eval_sequences", "checkpoint_every",
-    "recall",       "text"};
+    "recall",       "text",          "attention"};
 static const char *const known_model[] = {"dim",     "n_layers",   "n_heads",
                                           "n_kv_heads", "hidden_dim", "max_seq_len"};
 static const char *const known_recall[] = {"n_pairs", "n_keys", "n_values", "absent_fraction",
@@ -189,13 +189,16 @@ static int core_error(perr *e, const char *err, const srv_train_params *p)
  * layer the activations of B x T rows and the B x heads x T x T attention
  * weights; the logits, their gradient and the row buffers once; weights,
  * gradients and AdamW's two moments. */
-static double trainer_floats(const tfm_config *c, int B, int T, int n_threads)
+static double trainer_floats(const tfm_config *c, tfm_attn_kernel k, int B, int T, int n_threads)
 {
     double N = (double)B * T, d = c->dim, H = c->hidden_dim, V = c->vocab_size;
     double kvd = d / c->n_heads * c->n_kv_heads;
-    /* attention as the trainer's AUTO picks it: (T, T) probabilities and a
-     * dP per thread, or each row's log-sum-exp and two 64 x 128 tiles */
-    int tiled = tfm_trainer_attention_pick(c, B, T, n_threads) == TFM_ATTN_TILED;
+    /* attention as asked, or as the trainer's AUTO picks it: (T, T)
+     * probabilities and a dP per thread, or each row's log-sum-exp and two
+     * 64 x 128 tiles */
+    if (k == TFM_ATTN_AUTO)
+        k = tfm_trainer_attention_pick(c, B, T, n_threads);
+    int tiled = k == TFM_ATTN_TILED;
     double layer = N * (6 * d + 2 * kvd + 2 + 3 * H) + (double)B * c->n_heads * T * (tiled ? 1 : T);
     double once = N * (6 * d + 2 * kvd + 2 * H + 2 * V + 1) +
                   (double)n_threads * (tiled ? 2 * 64 * 128 + T : (double)T * T);
@@ -326,6 +329,16 @@ int srv_train_params_parse(json_t *body, int from_record, int n_threads, srv_tra
         get_i(&e, body, "", "checkpoint_every", 0, SRV_TRAIN_MAX_STEPS, &s->checkpoint_every))
         return -1;
     c->seed = (uint64_t)seed;
+    json_t *att = json_object_get(body, "attention");
+    if (att) {
+        const char *a = json_is_string(att) ? json_string_value(att) : "";
+        tfm_attn_kernel k = TFM_ATTN_AUTO;
+        while (k <= TFM_ATTN_TILED && strcmp(a, tfm_attn_kernel_name(k)))
+            k++;
+        if (k > TFM_ATTN_TILED)
+            return fail(&e, "attention", "attention must be \"auto\", \"naive\" or \"tiled\"");
+        c->attention = k;
+    }
     /* the core's 100 warmup steps would refuse every short run */
     c->warmup_steps = warmup >= 0 ? warmup : (c->steps / 10 < 100 ? c->steps / 10 : 100);
     if ((long long)c->batch_size * c->seq_len > SRV_TRAIN_MAX_TOKENS)
@@ -358,7 +371,7 @@ int srv_train_params_parse(json_t *body, int from_record, int n_threads, srv_tra
     if (n_params > SRV_TRAIN_MAX_PARAMS)
         return fail(&e, "model", "the model has %zu parameters; at most %d", n_params,
                     SRV_TRAIN_MAX_PARAMS);
-    double bytes = 4.0 * trainer_floats(&s->model, c->batch_size, c->seq_len, n_threads);
+    double bytes = 4.0 * trainer_floats(&s->model, c->attention, c->batch_size, c->seq_len, n_threads);
     if (bytes > (double)SRV_TRAIN_MAX_BYTES)
         return fail(&e, "batch_size",
                     "training this model on batch_size x seq_len = %d x %d needs about %.1f GiB; "
@@ -395,8 +408,10 @@ json_t *srv_train_params_json(const srv_train_params *p)
         "weight_decay", srv_json_float(c->weight_decay), "grad_clip",
         srv_json_float(c->grad_clip), "seed", (json_int_t)c->seed, "eval_every", s->eval_every,
         "eval_sequences", s->eval_sequences, "checkpoint_every", s->checkpoint_every);
-    if (!o)
+    if (!o || json_object_set_new(o, "attention", json_string(tfm_attn_kernel_name(c->attention)))) {
+        json_decref(o);
         return NULL;
+    }
     json_t *task;
     if (s->task == TFM_TASK_RECALL)
         task = json_pack("{s:i,s:i,s:i,s:o,s:i}", "n_pairs", s->recall.n_pairs, "n_keys",

@@ -259,6 +259,7 @@ class Test01Validation(Base):
             (w(R, grad_clip=-1), "grad_clip"), (w(R, seed=-1), "seed"), (w(R, seed="1"), "seed"),
             (w(R, eval_every=-1), "eval_every"), (w(R, eval_sequences=-1), "eval_sequences"),
             (w(R, checkpoint_every=-1), "checkpoint_every"), (w(R, checkpoint_every=True), "checkpoint_every"),
+            (w(R, attention="flash"), "attention"), (w(R, attention=1), "attention"),
             (w(R, recall=5), "recall"), (w(R, recall={"n_pairs": 0}), "recall.n_pairs"),
             (w(R, recall={"n_pairs": 20, "n_keys": 10}), "recall.n_pairs"),
             (w(R, recall={"n_keys": 0}), "recall.n_keys"), (w(R, recall={"n_values": 70000}), "recall.n_values"),
@@ -368,6 +369,7 @@ class Test02Lifecycle(Base):
         self.assertEqual(req["model"]["hidden_dim"], 128)
         self.assertEqual(req["model"]["max_seq_len"], 32)
         self.assertEqual(req["learning_rate"], 0.003)
+        self.assertEqual(req["attention"], "auto")
         self.assertEqual(req["recall"], dict(SMALL_RECALL["recall"], min_pairs=0))
         # the name is a served model's now
         err = self.train_error(body(SMALL_RECALL, name), 409, "conflict", field="name")
@@ -376,8 +378,10 @@ class Test02Lifecycle(Base):
     def test_text_job_is_served_by_generate(self):
         name = fresh("tx")
         b = {"task": "text", "name": name, "model": {"dim": 32, "n_layers": 1, "n_heads": 2}, "steps": 60,
-             "batch_size": 4, "seq_len": 32, "learning_rate": 0.003, "text": {"text": TEXT * 4}}
+             "batch_size": 4, "seq_len": 32, "learning_rate": 0.003, "text": {"text": TEXT * 4},
+             "attention": "tiled"}  # the linear-memory backward, end to end
         j = self.finished(self.submit(b))
+        self.assertEqual(j["request"]["attention"], "tiled")
         self.assertEqual(set(j["eval"]), {"step", "loss", "bits_per_byte", "n_bytes"})
         self.assertAlmostEqual(j["eval"]["bits_per_byte"], j["eval"]["loss"] / 0.6931471805599453, places=5)
         self.assertEqual(j["request"]["text"], {"text_bytes": len(TEXT * 4), "eval_fraction": 0.1})
