@@ -25,7 +25,11 @@
  *       position, on whether its argmax is the token float32 chose.  When
  *       the context fills, every model restarts from BOS and the last
  *       seq_len/2 tokens.  M must be float32; f32 in --weights is the
- *       reference (the others default to bf16,q8,q4).
+ *       reference (the others default to bf16,q8,q4).  --feed random feeds
+ *       seeded uniform tokens instead of float32's choices (still scoring
+ *       each position's argmax against float32's): a random model's greedy
+ *       text loops on a few tokens, which says little ("distinct_fed" in
+ *       the output counts the tokens fed).
  *
  * --text and --mqar run each window as one prefill (tfm_prefill_rows: a
  * quantised model's weights dequantised in tiles, float32 activations);
@@ -59,7 +63,7 @@ enum { MODE_NONE, MODE_TEXT, MODE_MQAR, MODE_AGREE };
 
 typedef struct opts {
     const char *model, *text, *prompt;
-    int mode, n_formats, threads, trainer, ctx, sequences, tokens, decode;
+    int mode, n_formats, threads, trainer, ctx, sequences, tokens, decode, feed_random;
     tfm_wformat formats[MAX_FORMATS];
     double eval_fraction; /* 0: the whole text */
     long bytes;           /* 0: all */
@@ -75,9 +79,9 @@ static void usage(FILE *f)
             "      holds it out); windows of T bytes from BOS, as training evaluates.\n"
             "  --mqar [--sequences 2000] [--seed 1] [--trainer]\n"
             "      held-out accuracy of a recall model (its task from the metadata).\n"
-            "  --agree [--tokens 2000] [--prompt P]\n"
+            "  --agree [--tokens 2000] [--prompt P] [--feed greedy|random] [--seed 1]\n"
             "      greedy top-1 agreement of each format with float32 (teacher-forced on\n"
-            "      float32's greedy tokens; M must be float32).\n"
+            "      float32's greedy tokens, or seeded random ones; M must be float32).\n"
             "  --decode: --text and --mqar a token at a time through decode's kernels\n"
             "      (activations rounded as generation rounds them), not as prefills.\n"
             "  --trainer: also through the trainer's forward (float32), the reference.\n"
@@ -128,6 +132,13 @@ static int parse_args(int argc, char **argv, opts *o, char *err, size_t errlen)
             o->text = v, o->mode = MODE_TEXT;
         else if (!strcmp(a, "--prompt"))
             o->prompt = v;
+        else if (!strcmp(a, "--feed")) {
+            if (strcmp(v, "greedy") && strcmp(v, "random")) {
+                snprintf(err, errlen, "--feed must be greedy or random");
+                return -1;
+            }
+            o->feed_random = !strcmp(v, "random");
+        }
         else if (!strcmp(a, "--weights")) {
             if (parse_formats(v, o) != 0) {
                 snprintf(err, errlen, "--weights: a comma-separated list of f32, bf16, q8, q4");
@@ -455,6 +466,7 @@ static int eval_agree(const opts *o, tfm_model *ref)
     }
     /* the prompt: BOS and P's bytes, cut to leave room to generate */
     int n_ctx = 0, len = 0, restarts = 0;
+    uint64_t rng = o->seed;
     ctx[n_ctx++] = bos;
     for (size_t i = 0; i < plen && n_ctx < keep; i++)
         ctx[n_ctx++] = (unsigned char)o->prompt[i];
@@ -466,9 +478,11 @@ static int eval_agree(const opts *o, tfm_model *ref)
                 goto fail;
         }
         for (; done < o->tokens; done++) {
-            int next = tfm_argmax(r[0].logits, V);
+            int top = tfm_argmax(r[0].logits, V), next = top;
             for (int i = 1; i < nr; i++)
-                r[i].agree += tfm_argmax(r[i].logits, V) == next;
+                r[i].agree += tfm_argmax(r[i].logits, V) == top;
+            if (o->feed_random) /* seeded uniform tokens (splitmix64 of the position) */
+                next = (int)(tfm__splitmix64(&rng) % (uint64_t)V);
             traj[len++] = next;
             if (r[0].st->pos >= seq) {
                 done++;
@@ -486,11 +500,20 @@ static int eval_agree(const opts *o, tfm_model *ref)
             ctx[n_ctx++] = traj[i];
         restarts += done < o->tokens;
     }
+    int distinct = 0; /* how varied the fed tokens are (a random model's greedy text loops) */
+    for (int i = 0; i < len; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = traj[j] == traj[i];
+        distinct += !seen;
+    }
     for (int i = 1; i < nr; i++)
         printf("{\"mode\":\"agree\",\"weights\":\"%s\",\"top1_agreement\":%.6f,\"agree\":%ld,"
-               "\"tokens\":%d,\"restarts\":%d,\"seconds_all_formats\":%.2f}\n",
+               "\"tokens\":%d,\"feed\":\"%s\",\"distinct_fed\":%d,\"restarts\":%d,"
+               "\"seconds_all_formats\":%.2f}\n",
                tfm_wformat_name((tfm_wformat)tfm_model_wformat(r[i].m)),
-               (double)r[i].agree / o->tokens, r[i].agree, o->tokens, restarts, tfm_now() - t0);
+               (double)r[i].agree / o->tokens, r[i].agree, o->tokens,
+               o->feed_random ? "random" : "greedy", distinct, restarts, tfm_now() - t0);
     if (ref->tokenizer == TFM_TOKENIZER_BYTE) { /* what float32 wrote, for the record */
         fprintf(stderr, "float32 greedy text (first 200 bytes): ");
         for (int i = 0; i < len && i < 200; i++)
