@@ -62,9 +62,12 @@ struct tfm__pool {
     atomic_int stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    struct worker_arg *args; /* one per thread, the pool's: a worker frees
+                              * nothing when it starts (a late start would
+                              * show up in a caller's malloc count) */
 };
 
-typedef struct {
+typedef struct worker_arg {
     tfm__pool *pool;
     int index;
 } worker_arg;
@@ -106,10 +109,9 @@ static void work(tfm__pool *p, uint32_t g, int thread)
 
 static void *worker(void *arg)
 {
-    worker_arg *wa = arg;
+    const worker_arg *wa = arg;
     tfm__pool *p = wa->pool;
     int index = wa->index;
-    free(wa);
     uint32_t seen = gen_of(atomic_load(&p->claim));
     for (;;) {
         uint32_t g = gen_of(atomic_load(&p->claim));
@@ -153,18 +155,13 @@ tfm__pool *tfm__pool_create(int n_threads)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
-    if (!p->threads)
+    p->args = calloc((size_t)n_threads, sizeof *p->args);
+    if (!p->threads || !p->args)
         goto fail;
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *wa = malloc(sizeof *wa);
-        if (!wa)
+        p->args[i] = (worker_arg){.pool = p, .index = i};
+        if (pthread_create(&p->threads[i], NULL, worker, &p->args[i]) != 0)
             goto fail;
-        wa->pool = p;
-        wa->index = i;
-        if (pthread_create(&p->threads[i], NULL, worker, wa) != 0) {
-            free(wa);
-            goto fail;
-        }
         p->n = i + 1; /* threads started so far, for a clean destroy */
     }
     return p;
@@ -187,6 +184,7 @@ void tfm__pool_destroy(tfm__pool *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
+    free(p->args);
     free(p);
 }
 
