@@ -149,10 +149,15 @@ static srv_model *entry_load(const srv_models *reg, const char *path, int *broke
     }
     e->kind = "text";
     memset(&e->recall, 0, sizeof e->recall);
-    /* --weights: text models (a recall model answers through the trainer's
-     * forward, which needs float32; they are small) */
-    tfm_wformat wf = TFM_WF_F32;
-    if (reg->cfg && tfm_wformat_parse(reg->cfg->weights, &wf) == TFM_OK && wf != TFM_WF_F32) {
+    /* --weights: float32 text models (a recall model answers through the
+     * trainer's forward, which needs float32; they are small).  A file saved
+     * quantised (attn quantize) is served in its own format. */
+    tfm_wformat wf = TFM_WF_F32, stored = (tfm_wformat)tfm_model_wformat(m);
+    if (reg->cfg && tfm_wformat_parse(reg->cfg->weights, &wf) == TFM_OK && stored != TFM_WF_F32 &&
+        wf != stored)
+        fprintf(stderr, "attnd: model %s: served as stored, %s (--weights %s applies to float32 "
+                "files)\n", e->name, tfm_wformat_name(stored), tfm_wformat_name(wf));
+    else if (wf != TFM_WF_F32 && stored == TFM_WF_F32) {
         s = tfm_model_quantize(m, wf, msg, sizeof msg);
         if (s == TFM_E_NOMEM) {
             snprintf(err, errlen, "%s: %s", tfm_strerror(s), msg);

@@ -78,7 +78,9 @@ typedef struct tfm_trainer tfm_trainer;
 
 /* Borrows m (its weights are updated in place by tfm_trainer_adamw) for
  * batches up to max_batch sequences of up to max_seq tokens (<= the
- * model's seq_len), computed on n_threads threads. */
+ * model's seq_len), computed on n_threads threads.  A model with
+ * quantised matrices (tfm_model_quantize, a bf16/q8/q4 file) is
+ * TFM_E_UNSUPPORTED: the trainer reads and writes float32. */
 tfm_status tfm_trainer_create(tfm_model *m, int max_batch, int max_seq, int n_threads,
                               tfm_trainer **out);
 

@@ -15,6 +15,7 @@
 
 #include "tfm/checkpoint.h"
 #include "tfm/quant.h"
+#include "tfm/train.h"
 #include "testutil.h"
 
 enum { DIM = 64, HID = 128, LAYERS = 2, HEADS = 4, KV = 2, VOCAB = 258, SEQ = 128, T = 40 };
@@ -154,6 +155,12 @@ static void test_bytes_and_refusals(void **state)
     assert_int_equal(tfm_checkpoint_save(q8, tu_path("q8.bin"), TFM_CKPT_AUTO, err,
                                          sizeof err),
                      TFM_E_UNSUPPORTED);
+    /* nor trained: the trainer reads and writes float32 matrices */
+    tfm_trainer *tr = NULL;
+    assert_int_equal(tfm_trainer_create(q8, 2, 8, 1, &tr), TFM_E_UNSUPPORTED);
+    assert_null(tr);
+    assert_int_equal(tfm_trainer_create(f32, 2, 8, 1, &tr), TFM_OK);
+    tfm_trainer_destroy(tr);
     tfm_model *odd = tu_random_model(48, 80, 1, 4, 2, 258, 32, 0, 3);
     assert_int_equal(tfm_model_quantize(odd, TFM_WF_Q8, err, sizeof err), TFM_E_SHAPE);
     assert_non_null(strstr(err, "multiples of 32"));
