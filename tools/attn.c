@@ -60,6 +60,9 @@ static void usage(FILE *f)
             "      (alternated rounds, medians, ratio) and the options path per token.\n"
             "  attn bench-quant [--rounds 9] [--batch 1]\n"
             "      one thread's product with f32, bf16, q8 and q4 weights from memory.\n"
+            "  attn bench-weights [--shape 15M|110M] [--threads 1,2] [--rounds 5]\n"
+            "      decode, batched decode and prefill tokens/s of a whole model in each\n"
+            "      weight format, alternated, with the ratio to f32.\n"
             "  attn bench-kv [--shape 15M] [--from 2000] [--to 4000] [--model FILE]\n"
             "      KV cache in f32, bf16, q8: bytes per 1,000 tokens, decode tokens/s at\n"
             "      long context (alternated, medians), greedy agreement with f32.\n"
@@ -448,6 +451,8 @@ int main(int argc, char **argv)
         return attn_bench_sampler_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-quant"))
         return attn_bench_quant_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-weights"))
+        return attn_bench_weights_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench-kv"))
         return attn_bench_kv_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "cost"))
