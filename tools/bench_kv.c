@@ -8,6 +8,12 @@
  *            15M and 110M shapes, times 1,000, and the bytes a state of
  *            1,000 positions actually allocated (st->kv_bytes, summed from
  *            its allocations), which must agree.
+ *   attention  the attention of one decode token alone (every layer and
+ *            head, the decode kernel AUTO picks) over a cache of
+ *            (--from + --to) / 2 positions of random rows, per format: the
+ *            part of decode the cache format changes, without the weights'
+ *            traffic.  Calls the core's internals (core/kv_cache.h), as
+ *            `attn bench`'s kernel section does.  Alternated, medians.
  *   decode   a random model of --shape with seq_len raised to --to; each
  *            format's state is prefilled once with --from random tokens;
  *            a timed run copies it (tfm_state_copy, untimed) and decodes
@@ -28,6 +34,7 @@
 #include <string.h>
 
 #include "attn.h"
+#include "kv_cache.h" /* core/: the decode kernels, for the attention section */
 #include "tfm/checkpoint.h"
 #include "tfm/model.h"
 #include "tfm/profile.h"
@@ -53,7 +60,8 @@ static void usage(FILE *f)
           "  110M shapes), decode tokens/s from position --from to --to on a random\n"
           "  model of --shape (seq_len raised to --to; formats alternated per round,\n"
           "  medians), and with --model the greedy agreement of --agree tokens with\n"
-          "  the f32 cache.  --rounds 0 skips the decode section.\n",
+          "  the f32 cache.  Also the attention alone at context (--from + --to) / 2.\n"
+          "  --rounds 0 skips the decode section (the attention one runs once).\n",
           f);
 }
 
@@ -160,6 +168,85 @@ static int bench_memory(void)
         }
     }
     return 0;
+}
+
+/* ---- attention alone ---------------------------------------------------------- */
+
+static int bench_attention(const kopts *o)
+{
+    const tfm_config *c = &o->cfg;
+    int ctx = (o->from + o->to) / 2, hs = c->dim / c->n_heads, group = c->n_heads / c->n_kv_heads;
+    int kvd = hs * c->n_kv_heads, iters = 10, rc = 1;
+    tfm_model stub; /* states and views read only the config */
+    memset(&stub, 0, sizeof stub);
+    stub.cfg = *c;
+    tfm_state *st[N_KV] = {0};
+    float *row = malloc((size_t)kvd * sizeof(float)), *q = malloc((size_t)c->dim * sizeof(float));
+    float *out = malloc((size_t)c->dim * sizeof(float)), *scr = malloc((size_t)ctx * sizeof(float));
+    if (!row || !q || !out || !scr)
+        goto done;
+    uint64_t seed = 3;
+    for (int i = 0; i < c->dim; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        q[i] = (float)((seed >> 40) % 2001) / 1000.0f - 1.0f;
+    }
+    for (int f = 0; f < N_KV; f++) {
+        if (tfm_state_create_fmt(&stub, ctx, (tfm_kv_format)f, &st[f]) != TFM_OK)
+            goto done;
+        for (int l = 0; l < c->n_layers; l++)
+            for (int p = 0; p < ctx; p++)
+                for (int which = 0; which < 2; which++) {
+                    for (int i = 0; i < kvd; i++) {
+                        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+                        row[i] = (float)((seed >> 40) % 2001) / 1000.0f - 1.0f;
+                    }
+                    tfm__kv_store(st[f], which, l, p, row);
+                }
+    }
+    double ms[N_KV][MAX_ROUNDS], ratio[N_KV][MAX_ROUNDS];
+    int rounds = o->rounds > 0 ? o->rounds : 1;
+    tfm_attn_kernel kern = tfm__attn_pick(TFM_ATTN_AUTO, 1, ctx);
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < N_KV; k++) {
+            int f = r % 2 ? N_KV - 1 - k : k;
+            double t0 = tfm_now();
+            for (int it = 0; it < iters; it++)
+                for (int l = 0; l < c->n_layers; l++)
+                    for (int h = 0; h < c->n_heads; h++) {
+                        tfm__kv K = tfm__kv_head(st[f], 0, l, h / group);
+                        tfm__kv V = tfm__kv_head(st[f], 1, l, h / group);
+                        float *o_h = out + (size_t)h * hs;
+                        const float *q_h = q + (size_t)h * hs;
+                        if (f == TFM_KV_F32) /* the float32 path as forward.c calls it */
+                            tfm__attn_decode(kern, o_h, q_h, K.data, V.data, (int)K.ld, hs, ctx,
+                                             scr);
+                        else
+                            tfm__attn_decode_kv(kern, o_h, q_h, &K, &V, hs, ctx, scr);
+                    }
+            ms[f][r] = (tfm_now() - t0) / iters * 1e3;
+        }
+        for (int f = 0; f < N_KV; f++)
+            ratio[f][r] = ms[0][r] / ms[f][r];
+    }
+    fprintf(stderr, "attention alone, %s, context %d, one thread, %d rounds\n", o->shape, ctx,
+            rounds);
+    for (int f = 0; f < N_KV; f++) {
+        double med = attn_median(ms[f], rounds), sp = attn_median(ratio[f], rounds);
+        double mb = (double)tfm_kv_bytes_per_token(c, (tfm_kv_format)f) * ctx / 1e6;
+        printf("{\"bench\":\"kv_attention\",\"shape\":\"%s\",\"kv_cache\":\"%s\",\"context\":%d,"
+               "\"rounds\":%d,\"median_ms_per_token\":%.4f,\"median_speedup_vs_f32\":%.3f,"
+               "\"cache_mb_read\":%.2f,\"gb_per_s\":%.2f}\n",
+               o->shape, tfm_kv_format_name((tfm_kv_format)f), ctx, rounds, med, sp, mb,
+               mb / med);
+        fprintf(stderr, "  kv %-4s  %7.3f ms/token  x%.2f faster than f32  (%.1f MB, %.1f GB/s)\n",
+                tfm_kv_format_name((tfm_kv_format)f), med, sp, mb, mb / med);
+    }
+    rc = 0;
+done:
+    for (int f = 0; f < N_KV; f++)
+        tfm_state_destroy(st[f]);
+    free(row), free(q), free(out), free(scr);
+    return rc;
 }
 
 /* ---- decode at long context --------------------------------------------------- */
@@ -313,6 +400,8 @@ int attn_bench_kv_main(int argc, char **argv)
     if ((code = attn_parse_outcome(pr, "bench-kv", err, usage)) >= 0)
         return code;
     if (bench_memory())
+        return 1;
+    if (bench_attention(&o))
         return 1;
     if (o.rounds > 0 && bench_decode(&o))
         return 1;
