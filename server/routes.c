@@ -21,7 +21,7 @@ static void reply_jansson(srv_req *r, int status, json_t *v)
     json_decref(v);
 }
 
-static json_t *model_info(const srv_model *m)
+static json_t *model_info(const srv_model *m, const srv_config *sc)
 {
     const tfm_config *c = &m->model->cfg;
     json_t *cfg = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:b,s:f,s:f}", "dim", c->dim,
@@ -44,6 +44,12 @@ static json_t *model_info(const srv_model *m)
                                       tfm_wformat_name((tfm_wformat)tfm_model_wformat(m->model)),
                                       "bytes", (json_int_t)tfm_model_weight_bytes(m->model)));
     }
+    tfm_kv_format kvf = TFM_KV_F32; /* --kv-cache, validated at startup; text models */
+    if (e && !recall && tfm_kv_format_parse(sc->kv_cache, &kvf) == TFM_OK)
+        json_object_set_new(e, "kv_cache",
+                            json_pack("{s:s,s:I}", "format", tfm_kv_format_name(kvf),
+                                      "bytes_per_token",
+                                      (json_int_t)tfm_kv_bytes_per_token(c, kvf)));
     /* the float's decimal as trained (0.1, not 0.100000001) */
     double absent = round((double)m->recall.absent_fraction * 1e6) / 1e6;
     if (e && recall)
@@ -64,7 +70,7 @@ void srv_route_models(srv_req *r)
         const srv_model *ms[SRV_MODELS_MAX];
         int n = srv_models_get_all(&app->models, ms, SRV_MODELS_MAX);
         for (int i = 0; i < n; i++)
-            json_array_append_new(list, model_info(ms[i]));
+            json_array_append_new(list, model_info(ms[i], &app->cfg));
         srv_models_put_all(ms, n);
     }
     reply_jansson(r, 200, json_pack("{s:o}", "models", list));

@@ -149,10 +149,19 @@ class Test03KvCache(unittest.TestCase):
     def test_formats_agree(self):
         base = self.kv_server([], tag="f32")
         ref = {m: self.greedy(base, m) for m in ("even", "odd")}
+        f32_models = Test01Formats.models(self, base)
+        self.assertEqual(f32_models["even"]["kv_cache"]["format"], "f32")
+        # even: 2 layers x (keys, values) x 2 kv heads of 16, float32
+        self.assertEqual(f32_models["even"]["kv_cache"]["bytes_per_token"], 2 * 2 * 32 * 4)
         base.stop(timeout=10)
         for fmt, args, env in (("bf16", ["--kv-cache", "bf16"], None),
                                ("q8", [], H.clean_env(ATTND_KV_CACHE="q8"))):
             srv = self.kv_server(args, env=env, tag=fmt)
+            ms = Test01Formats.models(self, srv)
+            per = ms["even"]["kv_cache"]["bytes_per_token"]
+            self.assertEqual(ms["even"]["kv_cache"]["format"], fmt)
+            # bf16 half of f32; q8 a byte a value and a float scale per head row
+            self.assertEqual(per, 2 * 2 * 32 * 2 if fmt == "bf16" else 2 * 2 * (32 + 2 * 4))
             for m in ("even", "odd"):
                 self.assertIn("model %s: KV cache %s" % (m, fmt), srv.stderr_text())
                 got = self.greedy(srv, m)
