@@ -3,7 +3,7 @@
  * *_kv attention kernels).
  *
  * Checked, per format (f32, bf16, q8) and on head sizes 48 (three AVX-512
- * vectors), 10 and 6 (a tail only):
+ * vectors), 10 and 6 (a tail only) and 24 (a vector and a tail):
  *   - names, bytes per token against the formula, and the bytes the state
  *     allocates;
  *   - a row's round trip within the format's bound (bf16: 2^-9 relative;
@@ -37,9 +37,9 @@
 static const tfm_kv_format FORMATS[] = {TFM_KV_F32, TFM_KV_BF16, TFM_KV_Q8};
 #define N_FORMATS 3
 
-/* (dim, heads, kv_heads): head sizes 48, 10, 6 */
-static const int SHAPES[][3] = {{96, 2, 1}, {40, 4, 2}, {24, 4, 2}};
-#define N_SHAPES 3
+/* (dim, heads, kv_heads): head sizes 48, 10, 6 and 24 (a vector and a tail) */
+static const int SHAPES[][3] = {{96, 2, 1}, {40, 4, 2}, {24, 4, 2}, {72, 3, 3}};
+#define N_SHAPES 4
 
 static tfm_model *shape_model(int s, int seq_len, uint64_t seed)
 {
