@@ -31,9 +31,10 @@
  * with a BK-float score block: the row never exists in full.
  *
  * A cache in bf16 or q8 (kv_cache.c) goes through the *_kv entry points:
- * decode reads each key and value row in its format (tfm__dot_bf16,
- * tfm__dot_i8 and the axpys of kv_cache.h; a q8 row's scale multiplies its
- * score, and the softmax weight of its value); prefill dequantises one key
+ * decode reads each key and value row in its format (four rows' scores at
+ * a time, the weighted values a 16-lane slice at a time: see scores_kv; a
+ * q8 row's scale multiplies its score, and the softmax weight of its
+ * value); prefill dequantises one key
  * block and its value block (BK rows each) into the caller's tile and runs
  * the same sgemms over it: the naive kernel builds its score rows block by
  * block, the tiled kernel converts the block it is about to use.  Never a

@@ -2,14 +2,14 @@
  * kv_cache.h — cross-file internals of the KV cache in bf16 or q8
  * (core/kv_cache.c; formats in tfm/model.h): a view of one kv head's rows,
  * the row conversions the forward writes with, and the dot products and
- * sums the decode kernels read them with.
+ * sums the decode kernels read them with (the rows' widening is in
+ * attention.c, which reads four rows or a 16-lane slice at a time).
  *
  * A view (tfm__kv) is one kv head of one layer: position p's row of hs
  * values starts at element p * ld of data (ld = kv_dim, the head's offset
  * already applied) and, in q8, its scale is scale[p * lds].  The kernels
- * below work on one row; attention.c loops over positions.  They are
- * inline for the same reason as tfm__dot: decode calls them once per
- * position per head, where a call costs as much as the work.  AVX-512F
+ * below work on one row (attention.c's fallback for rows left over from
+ * its blocks of four); inline for the same reason as tfm__dot.  AVX-512F
  * only (bf16 widened by a shift, int8 by vpmovsxbd); a plain loop
  * otherwise and for the tail of a head size that is not a multiple of 16.
  */
@@ -95,37 +95,6 @@ static inline float tfm__dot_i8(const float *a, const int8_t *b, int n)
     for (; i < n; i++)
         s += a[i] * (float)b[i];
     return s;
-}
-
-/* y += a * x (n bf16) */
-static inline void tfm__axpy_bf16(float *y, float a, const uint16_t *x, int n)
-{
-    int i = 0;
-#if defined(__AVX512F__)
-    __m512 va = _mm512_set1_ps(a);
-    for (; i + 16 <= n; i += 16) {
-        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + i)));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
-                                                _mm512_loadu_ps(y + i)));
-    }
-#endif
-    for (; i < n; i++)
-        y[i] += a * tfm__bf16_f32(x[i]);
-}
-
-/* y += a * x (n int8) */
-static inline void tfm__axpy_i8(float *y, float a, const int8_t *x, int n)
-{
-    int i = 0;
-#if defined(__AVX512F__)
-    __m512 va = _mm512_set1_ps(a);
-    for (; i + 16 <= n; i += 16) {
-        __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x + i))));
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, w, _mm512_loadu_ps(y + i)));
-    }
-#endif
-    for (; i < n; i++)
-        y[i] += a * (float)x[i];
 }
 
 #endif
