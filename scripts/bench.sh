@@ -113,6 +113,47 @@ if kern:
 print("\n".join(out))
 EOF
 
+# Weight formats (`attn bench-weights`, tools/bench_weights.c): the whole
+# model's decode, batch 4 and 8, and a 256-token prefill in f32, bf16, q8
+# and q4, alternated round by round, 15M and 110M, 1 and 2 threads — about
+# ten minutes; the share of the read roofline from the bandwidth measured
+# above.  With LLAMA_CPP_DIR set to a llama.cpp checkout,
+# scripts/bench-llamacpp.sh then puts llama.cpp's F32, Q8_0 and Q4_0 decode
+# beside attnd's in one alternated run.  WEIGHTS_BENCH=0 skips both.
+if [ "${WEIGHTS_BENCH:-1}" != 0 ]; then
+  echo
+  WJ=$BUILD/bench_weights.jsonl
+  : >"$WJ"
+  "$ATTN" bench-weights --shape 15M | tee -a "$WJ"
+  "$ATTN" bench-weights --shape 110M | tee -a "$WJ"
+  echo
+  python3 - "$OUT" "$WJ" <<'EOF5'
+import json, sys
+bw = {(r["shape"], r["threads"]): r.get("read_gbs") for r in map(json.loads, open(sys.argv[1]))
+      if r.get("bench") == "bandwidth"}
+rows = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+out = ["## Weight formats (attn bench-weights): tokens/s, medians of alternated rounds", "",
+       "x = the format's figure over f32's in the same run; roofline = decode tokens/s x bytes "
+       "read per token / the read bandwidth measured above.", "",
+       "| shape | threads | format | MB/token | decode | x | roofline | batch 4 | x | batch 8 | x "
+       "| prefill 256 | x |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for r in rows:
+    g = bw.get((r["shape"], r["threads"]))
+    roof = f"{100 * r['decode_tokens_per_s'] * r['bytes_per_token'] / (g * 1e9):.0f}%" if g else "-"
+    cells = []
+    for k in ("batch4", "batch8", "prefill"):
+        cells += [f"{r.get(k + '_tokens_per_s', 0):,.1f}", f"{r.get(k + '_vs_f32', 0):.2f}x"]
+    out.append(f"| {r['shape']} | {r['threads']} | {r['format']} | {r['bytes_per_token'] / 1e6:.1f} "
+               f"| {r['decode_tokens_per_s']:,.1f} | {r['decode_vs_f32']:.2f}x | {roof} | "
+               + " | ".join(cells) + " |")
+print("\n".join(out))
+EOF5
+  if [ -n "${LLAMA_CPP_DIR:-}" ]; then
+    echo
+    "$(dirname "$0")/bench-llamacpp.sh" "$BUILD"
+  fi
+fi
+
 # The live server (tests/bench/server_bench.py): attnd on 127.0.0.1 with a
 # random 15M-shape model — aggregate decode tokens/s with 1, 4 and 8
 # clients, time to first token, 1-token latency, wrk on /healthz and

@@ -49,6 +49,7 @@ typedef struct {
     int formats[N_FORMATS], n_formats;
     int threads[MAX_THREADS], n_threads;
     int rounds, decode_tokens, prompt_tokens;
+    unsigned only; /* bit k: metric k is measured */
 } wopts;
 
 /* One format's model and, per thread count, its workspace and states. */
@@ -65,16 +66,18 @@ static void usage(FILE *f)
 {
     fputs("usage: attn bench-weights [--shape 15M|110M|DxHxLxNHxKVxVxS] [--formats LIST]\n"
           "                          [--threads LIST] [--rounds N] [--decode-tokens N]\n"
-          "                          [--prompt-tokens N]\n"
+          "                          [--prompt-tokens N] [--only LIST]\n"
           "  decode (1 sequence), batched decode (4 and 8) and prefill tokens/s of a\n"
           "  random model in each weight format, alternated round by round; medians\n"
           "  and the ratio to f32 (defaults: 15M, f32,bf16,q8,q4, 1,2, 5 rounds,\n"
-          "  128 decode tokens, 256 prompt tokens)\n",
+          "  128 decode tokens, 256 prompt tokens; --only any of\n"
+          "  decode,batch4,batch8,prefill, default all)\n",
           f);
 }
 
-/* Comma-separated list of small ints or format names into out. */
-static int parse_list(const char *s, int is_format, int *out, int max, int *n)
+/* Comma-separated list of small ints (kind 0), format names (1) or metric
+ * names (2) into out. */
+static int parse_list(const char *s, int kind, int *out, int max, int *n)
 {
     *n = 0;
     for (const char *p = s;; p++) {
@@ -85,7 +88,14 @@ static int parse_list(const char *s, int is_format, int *out, int max, int *n)
             return -1;
         memcpy(item, p, len);
         item[len] = '\0';
-        if (is_format) {
+        if (kind == 2) {
+            int k = 0;
+            while (k < N_METRICS && strcmp(item, metric_names[k]))
+                k++;
+            if (k == N_METRICS)
+                return -1;
+            out[(*n)++] = k;
+        } else if (kind == 1) {
             tfm_wformat f;
             if (tfm_wformat_parse(item, &f) != TFM_OK)
                 return -1;
@@ -105,7 +115,7 @@ static int parse_args(int argc, char **argv, wopts *o, char *err, size_t errlen)
 {
     *o = (wopts){.formats = {TFM_WF_F32, TFM_WF_BF16, TFM_WF_Q8, TFM_WF_Q4},
                  .n_formats = 4, .threads = {1, 2}, .n_threads = 2, .rounds = 5,
-                 .decode_tokens = 128, .prompt_tokens = 256};
+                 .decode_tokens = 128, .prompt_tokens = 256, .only = (1u << N_METRICS) - 1};
     const char *shape = "15M";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -121,7 +131,13 @@ static int parse_args(int argc, char **argv, wopts *o, char *err, size_t errlen)
             shape = v;
         else if (!strcmp(a, "--formats"))
             bad = parse_list(v, 1, o->formats, N_FORMATS, &o->n_formats);
-        else if (!strcmp(a, "--threads"))
+        else if (!strcmp(a, "--only")) {
+            int ks[N_METRICS], nk;
+            bad = parse_list(v, 2, ks, N_METRICS, &nk);
+            o->only = 0;
+            for (int j = 0; !bad && j < nk; j++)
+                o->only |= 1u << ks[j];
+        } else if (!strcmp(a, "--threads"))
             bad = parse_list(v, 0, o->threads, MAX_THREADS, &o->n_threads);
         else if (!strcmp(a, "--rounds"))
             bad = attn_parse_long(v, -1, 1, MAX_ROUNDS, &n) || !(o->rounds = (int)n);
@@ -231,6 +247,10 @@ static void report(const wopts *o, wmodel *wm, int t)
                "\"bytes_per_token\":%.0f",
                o->shape, t, name, w->bytes_per_token);
         for (int k = 0; k < N_METRICS; k++) {
+            if (!(o->only & (1u << k))) {
+                fprintf(stderr, " %16s", "-");
+                continue;
+            }
             double med = median_of(w->v[k], o->rounds);
             double x = f32med[k] > 0 ? med / f32med[k] : 0;
             fprintf(stderr, " %9.1f", med);
@@ -267,7 +287,7 @@ static int bench_threads(const wopts *o, wmodel *wm, int t, const int *prompt, f
     for (int i = 0; i < o->n_formats; i++) /* page in, warm the pools */
         for (int k = 0; k < N_METRICS; k++) {
             double tps;
-            if (measure(&wm[i], o, k, prompt, logits, &tps) != TFM_OK)
+            if ((o->only & (1u << k)) && measure(&wm[i], o, k, prompt, logits, &tps) != TFM_OK)
                 goto out;
         }
     for (int r = 0; r < o->rounds; r++) {
@@ -275,7 +295,7 @@ static int bench_threads(const wopts *o, wmodel *wm, int t, const int *prompt, f
         for (int j = 0; j < o->n_formats; j++) {
             wmodel *w = &wm[r % 2 ? o->n_formats - 1 - j : j];
             for (int k = 0; k < N_METRICS; k++)
-                if (measure(w, o, k, prompt, logits, &w->v[k][r]) != TFM_OK)
+                if ((o->only & (1u << k)) && measure(w, o, k, prompt, logits, &w->v[k][r]) != TFM_OK)
                     goto out;
         }
     }
