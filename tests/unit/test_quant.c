@@ -249,7 +249,7 @@ static void test_products(void **state)
     (void)state;
     const int ns[] = {1, 3, 17, 67};
     const int ds[] = {32, 64, 96, 288, 800, 2048};
-    const int bs[] = {1, 2, 5, 16, 17};
+    const int bs[] = {1, 2, 5, 8, 9, 16, 17};
     tfm_wformat fs[] = {TFM_WF_F32, TFM_WF_BF16, TFM_WF_Q8, TFM_WF_Q4};
     for (int t = 0; t < 4; t++)
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
