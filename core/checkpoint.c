@@ -27,6 +27,13 @@
  * threads of one process must not save to the same path at once (they would
  * share the temporary name).
  *
+ * Linear-attention layers (model_mixer.c) add "mixer" ("softmax" when
+ * absent, "linear", or a word per layer) and "feature_dim" to the metadata
+ * and a tensor layers.{l}.attn.feature (f, head_size) per linear layer: the
+ * slots after the classifier, in layer order, as wfeat follows wcls in the
+ * data array.  Files of softmax models do not name them (they are as
+ * before).  llama2.c files cannot hold them.
+ *
  * Quantised models (m->q, "weights" in the metadata) keep the same names
  * but other dtypes and extra ".scales" tensors: checkpoint_quant.c lists
  * them (tfm__qckpt_plan, each with its bytes in the model), and the same
@@ -75,7 +82,8 @@ static const char *const layer_names[N_LAYER_KINDS] = {
  * floats); every other key is model meta. */
 static const char *const config_keys[] = {
     "dim",     "hidden_dim", "n_layers", "n_heads",    "n_kv_heads", "vocab_size",
-    "seq_len", "shared_classifier",      "norm_eps",   "rope_theta", "tokenizer",  "format"};
+    "seq_len", "shared_classifier",      "norm_eps",   "rope_theta", "tokenizer",  "format",
+    "mixer",   "feature_dim"};
 #define N_INT_KEYS 8
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 
@@ -111,6 +119,12 @@ typedef struct tensor {
 
 static int n_slots(const tfm_config *c)
 {
+    return N_LAYER_KINDS * c->n_layers + 2 + !c->shared_classifier + tfm_config_n_linear(c);
+}
+
+/* The first feature-projection slot (linear layers, after the classifier). */
+static int feature_slot0(const tfm_config *c)
+{
     return N_LAYER_KINDS * c->n_layers + 2 + !c->shared_classifier;
 }
 
@@ -122,7 +136,15 @@ static void slot_info(const tfm_model *m, int slot, tensor *t)
     size_t d = (size_t)c->dim, h = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
     size_t kv = d / (size_t)c->n_heads * (size_t)c->n_kv_heads, V = (size_t)c->vocab_size;
     t->ndim = 2;
-    if (slot == 0) {
+    if (slot >= feature_slot0(c)) { /* j-th linear layer's wfeat */
+        int j = slot - feature_slot0(c), layer = 0;
+        for (int seen = -1; layer < c->n_layers; layer++)
+            if (tfm_config_layer_linear(c, layer) && ++seen == j)
+                break;
+        size_t f = (size_t)c->feature_dim, hs = d / (size_t)c->n_heads;
+        snprintf(t->name, sizeof t->name, "layers.%d.attn.feature", layer);
+        t->ptr = m->w.wfeat + (size_t)j * f * hs, t->dims[0] = f, t->dims[1] = hs;
+    } else if (slot == 0) {
         snprintf(t->name, sizeof t->name, "tok_embeddings.weight");
         t->ptr = m->w.token_embedding, t->dims[0] = V, t->dims[1] = d;
     } else if ((size_t)slot == N_LAYER_KINDS * L + 1) {
@@ -170,6 +192,10 @@ static int slot_of(const tfm_config *c, const char *name)
     }
     if (*p++ != '.')
         return -1;
+    if (strcmp(p, "attn.feature") == 0)
+        return tfm_config_layer_linear(c, layer)
+                   ? feature_slot0(c) + tfm__linear_ordinal(c, layer)
+                   : -1;
     for (int k = 0; k < N_LAYER_KINDS; k++)
         if (strcmp(p, layer_names[k]) == 0)
             return 1 + k * L + layer;
@@ -215,6 +241,33 @@ static tfm_status seek_to(FILE *f, uint64_t off, char *err, size_t errlen)
 
 /* ---- safetensors: load ----------------------------------------------------- */
 
+/* "mixer" (absent: every layer softmax) and, with linear layers,
+ * "feature_dim" (required then), once n_layers is known. */
+static tfm_status parse_mixer(json_t *meta, tfm_config *c, char *err, size_t errlen)
+{
+    json_t *mv = json_object_get(meta, "mixer");
+    if (!mv)
+        return TFM_OK;
+    char msg[160] = "";
+    if (!json_is_string(mv) ||
+        tfm_mixer_parse(json_string_value(mv), c->n_layers, &c->linear_layers, msg, sizeof msg) !=
+            TFM_OK)
+        return set_err(err, errlen, TFM_E_FORMAT, "metadata: 'mixer': %s",
+                       *msg ? msg : "not a string");
+    if (!c->linear_layers)
+        return TFM_OK;
+    const char *s = json_string_value(json_object_get(meta, "feature_dim"));
+    char *end = NULL;
+    long v = s && isdigit((unsigned char)s[0]) ? strtol(s, &end, 10) : 0;
+    if (!s || end == s || *end || v < 1 || v > TFM_LINATTN_MAX_F)
+        return set_err(err, errlen, TFM_E_FORMAT,
+                       "metadata: 'feature_dim' missing or not an integer in 1..%d (linear "
+                       "layers need it)",
+                       TFM_LINATTN_MAX_F);
+    c->feature_dim = (int)v;
+    return TFM_OK;
+}
+
 /* The config from __metadata__: every field required, as a decimal string. */
 static tfm_status parse_config(json_t *meta, tfm_config *c, tfm_tokenizer_kind *tok, char *err,
                                size_t errlen)
@@ -253,6 +306,9 @@ static tfm_status parse_config(json_t *meta, tfm_config *c, tfm_tokenizer_kind *
     *tok = s && strcmp(s, "llama2c") == 0 ? TFM_TOKENIZER_LLAMA2C : TFM_TOKENIZER_BYTE;
     if (tv && (!s || (strcmp(s, "llama2c") != 0 && strcmp(s, "byte") != 0)))
         return set_err(err, errlen, TFM_E_FORMAT, "metadata: unknown 'tokenizer' (byte, llama2c)");
+    tfm_status st = parse_mixer(meta, c, err, errlen);
+    if (st != TFM_OK)
+        return st;
     char msg[200] = "";
     if (tfm_config_validate(c, msg, sizeof msg) != TFM_OK)
         return set_err(err, errlen, TFM_E_FORMAT, "metadata: invalid config: %s", msg);
@@ -708,6 +764,12 @@ static tfm_status safetensors_header(const tfm_model *m, char **text, char *err,
     snprintf(buf, sizeof buf, "%.9g", (double)c->rope_theta);
     bad |= set_str(meta, "rope_theta", buf);
     bad |= set_str(meta, "tokenizer", m->tokenizer == TFM_TOKENIZER_LLAMA2C ? "llama2c" : "byte");
+    if (c->linear_layers) { /* softmax models' headers stay as they were */
+        char mix[64 * 8 + 1];
+        bad |= tfm_mixer_format(c, mix, sizeof mix) != TFM_OK || set_str(meta, "mixer", mix);
+        snprintf(buf, sizeof buf, "%d", c->feature_dim);
+        bad |= set_str(meta, "feature_dim", buf);
+    }
     if (bad)
         goto fail;
     for (int i = 0; i < m->n_meta; i++) {
@@ -846,6 +908,10 @@ tfm_status tfm_checkpoint_save(const tfm_model *m, const char *path, tfm_ckpt_fo
         fmt = n >= 4 && strcmp(path + n - 4, ".bin") == 0 ? TFM_CKPT_LLAMA2C
                                                           : TFM_CKPT_SAFETENSORS;
     }
+    if (m->cfg.linear_layers && fmt == TFM_CKPT_LLAMA2C)
+        return set_err(err, errlen, TFM_E_UNSUPPORTED,
+                       "llama2.c files cannot hold linear-attention layers (mixer): save as "
+                       "safetensors");
     if (m->q && fmt == TFM_CKPT_LLAMA2C) /* float32 only (checkpoint_quant.c: safetensors) */
         return set_err(err, errlen, TFM_E_UNSUPPORTED,
                        "a %s model can be saved as safetensors only",

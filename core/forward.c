@@ -20,6 +20,11 @@
  * attention calls take views of the cache (tfm__attn_*_kv); float32 caches
  * keep the direct path (the projections write into the cache).
  *
+ * Linear-attention layers (cfg.linear_layers) share everything but the
+ * mixing step, which is forward_linear.c's: their keys and values go
+ * through ws->k / ws->v into the layer's recurrent state, not a cache, and
+ * the cache layers are the softmax layers' ordinals (kl below).
+ *
  * Nothing here allocates: the workspace owns the scratch, the state owns
  * its KV cache.  Every op is recorded in the workspace's profile.
  */
@@ -50,6 +55,9 @@ struct tfm_workspace {
     const int *pos; /* decode: each row's position (points into posbuf) */
     int *posbuf;    /* (R) */
     tfm_state **rows_state; /* (R) decode: each row's sequence */
+    float *lin;     /* linear layers: tfm__linear_ws_floats (qf, kf, scratch) */
+    size_t lin_floats;
+    int lin_chunk;  /* their prefill chunk */
     void *xq;       /* quantised models: the prepared activations */
     float *tiles;   /* and each thread's dequantised tile (model_quant.c) */
 };
@@ -87,6 +95,11 @@ tfm_status tfm_workspace_create(const tfm_model *m, int max_rows, int n_threads,
     ws->att = tfm__alloc((size_t)n_threads * R * (size_t)ws->max_ctx * sizeof(float));
     ws->kvtile = tfm__alloc((size_t)n_threads *
                             tfm__attn_kv_tile_floats(c->dim / c->n_heads) * sizeof(float));
+    ws->lin_floats = tfm__linear_ws_floats(c, max_rows, &ws->lin_chunk);
+    if (ws->lin_floats && !(ws->lin = tfm__alloc(ws->lin_floats * sizeof(float)))) {
+        tfm_workspace_destroy(ws);
+        return TFM_E_NOMEM;
+    }
     ws->posbuf = calloc(R, sizeof(int));
     ws->rows_state = calloc(R, sizeof(tfm_state *));
     if (m->q) {
@@ -122,6 +135,7 @@ void tfm_workspace_destroy(tfm_workspace *ws)
     tfm__free(ws->hb2);
     tfm__free(ws->att);
     tfm__free(ws->kvtile);
+    tfm__free(ws->lin);
     free(ws->posbuf);
     free(ws->rows_state);
     tfm__free(ws->xq);
@@ -160,7 +174,7 @@ static void wmatmul(tfm_workspace *ws, float *y, const float *x, const float *ba
 typedef struct {
     tfm_workspace *ws;
     const tfm_state *st;
-    int layer, p0, T;
+    int layer, p0, T; /* layer: the cache layer (softmax ordinal) */
     tfm_attn_kernel kern; /* resolved */
 } prefill_attn_args;
 
@@ -208,7 +222,7 @@ static void prefill_attn_task(void *ctx, int chunk, int n_chunks, int t)
 /* Decode: row r is one token of sequence rows_state[r] at position pos[r]. */
 typedef struct {
     tfm_workspace *ws;
-    int layer, R;
+    int layer, R; /* layer: the cache layer (softmax ordinal) */
 } decode_attn_args;
 
 static void decode_attn_task(void *ctx, int chunk, int n_chunks, int t)
@@ -280,6 +294,7 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
     int half = hs / 2;
     for (int l = 0; l < c->n_layers; l++) {
         size_t ld = (size_t)l * d;
+        int lin = tfm_config_layer_linear(c, l), kl = tfm__softmax_ordinal(c, l);
         /* attention block */
         double t0 = tfm__prof_start(prof);
         for (int r = 0; r < R; r++)
@@ -289,9 +304,9 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
 
         t0 = tfm__prof_start(prof);
         float *kout = ws->k, *vout = ws->v;
-        if (st && st->kv_format == TFM_KV_F32) { /* prefill writes straight into
-                                                  * the cache rows */
-            size_t off = ((size_t)l * st->max_seq + (size_t)p0) * kv;
+        if (st && st->kv_format == TFM_KV_F32 && !lin) { /* prefill writes straight
+                                                          * into the cache rows */
+            size_t off = ((size_t)kl * st->max_seq + (size_t)p0) * kv;
             kout = st->key_cache + off;
             vout = st->value_cache + off;
         }
@@ -308,21 +323,21 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
             tfm__rope(ws->q + (size_t)r * d, c->n_heads, hs, cs, sn);
             tfm__rope(kout + (size_t)r * kv, c->n_kv_heads, hs, cs, sn);
         }
-        if (st && st->kv_format != TFM_KV_F32) { /* converted into the cache */
+        if (st && st->kv_format != TFM_KV_F32 && !lin) { /* converted into the cache */
             for (int r = 0; r < R; r++) {
-                tfm__kv_store(st, 0, l, p0 + r, ws->k + (size_t)r * kv);
-                tfm__kv_store(st, 1, l, p0 + r, ws->v + (size_t)r * kv);
+                tfm__kv_store(st, 0, kl, p0 + r, ws->k + (size_t)r * kv);
+                tfm__kv_store(st, 1, kl, p0 + r, ws->v + (size_t)r * kv);
             }
         }
-        if (!st) { /* decode: each row's new key and value into its own cache */
+        if (!st && !lin) { /* decode: each row's new key and value into its own cache */
             for (int r = 0; r < R; r++) {
                 tfm_state *s = ws->rows_state[r];
                 if (s->kv_format != TFM_KV_F32) {
-                    tfm__kv_store(s, 0, l, ws->pos[r], ws->k + (size_t)r * kv);
-                    tfm__kv_store(s, 1, l, ws->pos[r], ws->v + (size_t)r * kv);
+                    tfm__kv_store(s, 0, kl, ws->pos[r], ws->k + (size_t)r * kv);
+                    tfm__kv_store(s, 1, kl, ws->pos[r], ws->v + (size_t)r * kv);
                     continue;
                 }
-                size_t off = ((size_t)l * s->max_seq + (size_t)ws->pos[r]) * kv;
+                size_t off = ((size_t)kl * s->max_seq + (size_t)ws->pos[r]) * kv;
                 memcpy(s->key_cache + off, ws->k + (size_t)r * kv, (size_t)kv * sizeof(float));
                 memcpy(s->value_cache + off, ws->v + (size_t)r * kv, (size_t)kv * sizeof(float));
             }
@@ -331,8 +346,15 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
                      3.0 * R * (d + kv));
 
         t0 = tfm__prof_start(prof);
-        if (st) {
-            prefill_attn_args a = {ws, st, l, p0, R, tfm__attn_pick(ws->attn, R, p0 + R)};
+        if (lin && st) {
+            /* cannot fail: the chunk and the scratch were sized together */
+            tfm__linear_prefill(ws->pool, prof, ph, m, l, st, p0, R, ws->q, ws->k, ws->v, ws->xb,
+                                ws->lin, ws->lin_floats, ws->lin_chunk);
+        } else if (lin) {
+            tfm__linear_decode(ws->pool, prof, ph, m, l, ws->rows_state, ws->pos, R, ws->q, ws->k,
+                               ws->v, ws->xb, ws->lin);
+        } else if (st) {
+            prefill_attn_args a = {ws, st, kl, p0, R, tfm__attn_pick(ws->attn, R, p0 + R)};
             tfm__pool_run(ws->pool, prefill_attn_task, &a, c->n_heads);
             if (prof->enabled) {
                 double dt = tfm_now() - t0;
@@ -343,7 +365,7 @@ static void run_layers(tfm_workspace *ws, tfm_phase ph, tfm_state *st, int p0, i
                                   ws->n_threads < c->n_heads ? ws->n_threads : c->n_heads);
             }
         } else {
-            decode_attn_args a = {ws, l, R};
+            decode_attn_args a = {ws, kl, R};
             int chunks = tfm__pool_chunks(ws->pool, R * c->n_heads, 4);
             tfm__pool_run(ws->pool, decode_attn_task, &a, chunks);
             if (prof->enabled) {

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "tfm/linear_attn.h"
 #include "tfm/model.h"
 #include "tfm/quant.h"
 #include "tfm/profile.h"
@@ -29,6 +30,18 @@ static inline uint64_t tfm__splitmix64(uint64_t *s)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
+
+/* ---- mixers (model_mixer.c) ----------------------------------------------
+ * Layer l's ordinal among the linear layers (its wfeat and state) and among
+ * the softmax layers (its KV cache layer); l's own kind is not counted. */
+int tfm__linear_ordinal(const tfm_config *c, int l);
+int tfm__softmax_ordinal(const tfm_config *c, int l);
+/* The linear mixer's shape of a config (head_dim = head_size). */
+tfm_linattn_shape tfm__linattn_shape(const tfm_config *c);
+/* feature_dim's default when some layer is linear (tfm_config_defaults). */
+void tfm__config_mixer_defaults(tfm_config *c);
+/* NULL when linear_layers and feature_dim are valid, else the message. */
+const char *tfm__config_mixer_check(const tfm_config *c);
 
 /* ---- thread pool --------------------------------------------------------
  * n_threads compute threads: the caller of tfm__pool_run is thread 0, and
@@ -188,6 +201,23 @@ void tfm__attn_prefill(tfm_attn_kernel kern, float *out, int ldo, const float *q
  * and values v (ctx, hs; ldkv). */
 void tfm__attn_decode(tfm_attn_kernel kern, float *out, const float *q, const float *k,
                       const float *v, int ldkv, int hs, int ctx, float *scratch);
+
+/* ---- linear-attention layers in the forward (forward_linear.c) -------------
+ * Workspace floats for max_rows rows (qf, kf, the prefill kernel's scratch
+ * for chunks of *chunk tokens); 0 without linear layers.  Prefill mixes
+ * layer l's roped q (R, dim), k and v (R, kv_dim) of R consecutive tokens
+ * of st at p0.. into out (R, dim) through st's state of that layer; decode
+ * mixes one row per sequence (rows_state[r] at pos[r]), each through its
+ * own state.  buf is the workspace's (tfm__linear_ws_floats).  Both book
+ * into prof (kind "linear"). */
+size_t tfm__linear_ws_floats(const tfm_config *c, int max_rows, int *chunk);
+tfm_status tfm__linear_prefill(tfm__pool *pool, tfm_profile *prof, tfm_phase ph,
+                               const tfm_model *m, int l, tfm_state *st, int p0, int R,
+                               const float *q, const float *k, const float *v, float *out,
+                               float *buf, size_t buf_floats, int chunk);
+void tfm__linear_decode(tfm__pool *pool, tfm_profile *prof, tfm_phase ph, const tfm_model *m,
+                        int l, tfm_state *const *rows_state, const int *pos, int R, const float *q,
+                        const float *k, const float *v, float *out, float *buf);
 
 /* ---- profile recording --------------------------------------------------- */
 static inline void tfm__prof_op(tfm_profile *p, tfm_phase ph, tfm_op_class c, tfm_component comp,

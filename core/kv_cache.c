@@ -15,12 +15,18 @@
  * max|x| / 254, per element.  bf16 rounds to nearest even (quant.c's
  * conversion): a relative error of at most 2^-9.
  *
- * Bytes per position of one sequence: n_layers * 2 * kv_dim * (4, 2, 1)
- * plus, in q8, n_layers * 2 * n_kv_heads * 4 (tfm_kv_bytes_per_token).
+ * Bytes per position of one sequence: n_softmax_layers * 2 * kv_dim * (4, 2, 1)
+ * plus, in q8, n_softmax_layers * 2 * n_kv_heads * 4 (tfm_kv_bytes_per_token).
  *
  * The float32 format keeps key_cache / value_cache as before (the f32 paths
  * of forward.c and attention.c are the code they were); the others leave
  * them NULL and use kq / vq (and kscale / vscale).
+ *
+ * Linear layers (model_mixer.c) have no cache: "layer" above is the
+ * softmax layer's ordinal among the softmax layers, and each linear layer
+ * has a tfm_linattn_state (S, z: a fixed size whatever max_seq is), all of
+ * them in one allocation made with the state.  Such a state sums the whole
+ * prefix, so a copy can only take all of src's positions.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -54,6 +60,11 @@ static size_t kv_dim(const tfm_config *c)
     return (size_t)c->dim / (size_t)c->n_heads * (size_t)c->n_kv_heads;
 }
 
+static int n_softmax(const tfm_config *c)
+{
+    return c->n_layers - tfm_config_n_linear(c);
+}
+
 size_t tfm_kv_bytes_per_token(const tfm_config *c, tfm_kv_format f)
 {
     if (!c || !elem_bytes(f) || c->n_heads < 1)
@@ -61,7 +72,21 @@ size_t tfm_kv_bytes_per_token(const tfm_config *c, tfm_kv_format f)
     size_t row = kv_dim(c) * elem_bytes(f);
     if (f == TFM_KV_Q8)
         row += (size_t)c->n_kv_heads * sizeof(float);
-    return (size_t)c->n_layers * 2 * row;
+    return (size_t)n_softmax(c) * 2 * row;
+}
+
+/* One layer's state bytes rounded up to 64, so that each starts on a line. */
+static size_t lin_stride(const tfm_config *c)
+{
+    tfm_linattn_shape sh = tfm__linattn_shape(c);
+    return (tfm_linattn_state_bytes(&sh) + 63) & ~(size_t)63;
+}
+
+size_t tfm_linear_state_bytes(const tfm_config *c)
+{
+    if (!c || !c->linear_layers || c->n_heads < 1)
+        return 0;
+    return (size_t)tfm_config_n_linear(c) * lin_stride(c);
 }
 
 tfm_status tfm_state_create(const tfm_model *m, int max_seq, tfm_state **out)
@@ -83,12 +108,28 @@ tfm_status tfm_state_create_fmt(const tfm_model *m, int max_seq, tfm_kv_format f
     if (!s)
         return TFM_E_NOMEM;
     const tfm_config *c = &m->cfg;
-    size_t rows = (size_t)c->n_layers * (size_t)max_seq;
+    size_t rows = (size_t)n_softmax(c) * (size_t)max_seq;
     size_t n = rows * kv_dim(c), nb = n * elem_bytes(f);
     s->model = m;
     s->max_seq = max_seq;
     s->kv_format = f;
-    if (f == TFM_KV_F32) {
+    int nl = tfm_config_n_linear(c);
+    if (nl) {
+        tfm_linattn_shape sh = tfm__linattn_shape(c);
+        size_t stride = lin_stride(c);
+        s->lin_bytes = tfm_linear_state_bytes(c);
+        s->lin = calloc((size_t)nl, sizeof *s->lin);
+        s->lin_mem = tfm__alloc(s->lin_bytes);
+        if (!s->lin || !s->lin_mem)
+            goto fail;
+        for (int j = 0; j < nl; j++)
+            if (tfm_linattn_state_init(&s->lin[j], &sh, (char *)s->lin_mem + (size_t)j * stride,
+                                       stride) != TFM_OK)
+                goto fail;
+    }
+    if (nb == 0) /* every layer linear: no cache */
+        ;
+    else if (f == TFM_KV_F32) {
         s->key_cache = tfm__alloc(nb);
         s->value_cache = tfm__alloc(nb);
         if (!s->key_cache || !s->value_cache)
@@ -120,6 +161,8 @@ void tfm_state_reset(tfm_state *s)
     if (s) {
         s->pos = 0;
         s->prefill_attn_seconds = 0;
+        for (int j = 0, nl = tfm_config_n_linear(&s->model->cfg); j < nl; j++)
+            tfm_linattn_state_reset(&s->lin[j]);
     }
 }
 
@@ -140,8 +183,13 @@ tfm_status tfm_state_copy(tfm_state *dst, const tfm_state *src, int n)
     if (n < 0 || n > src->pos || n > dst->max_seq)
         return TFM_E_RANGE;
     const tfm_config *c = &src->model->cfg;
+    int nl = tfm_config_n_linear(c);
+    if (nl && n != src->pos)
+        return TFM_E_UNSUPPORTED;
+    for (int j = 0; j < nl; j++)
+        tfm_linattn_state_copy(&dst->lin[j], &src->lin[j]);
     size_t kv = kv_dim(c), es = elem_bytes(src->kv_format);
-    int L = c->n_layers;
+    int L = n_softmax(c);
     if (src->kv_format == TFM_KV_F32) {
         copy_layers(dst->key_cache, dst->max_seq, src->key_cache, src->max_seq, L, n, kv, es);
         copy_layers(dst->value_cache, dst->max_seq, src->value_cache, src->max_seq, L, n, kv, es);
@@ -169,6 +217,8 @@ void tfm_state_destroy(tfm_state *s)
     tfm__free(s->vq);
     tfm__free(s->kscale);
     tfm__free(s->vscale);
+    tfm__free(s->lin_mem);
+    free(s->lin);
     free(s);
 }
 

@@ -28,7 +28,8 @@ typedef struct tfm__kv {
     size_t lds;         /* q8: scales between positions (n_kv_heads) */
 } tfm__kv;
 
-/* The view of kv head h of layer l of st's keys (values: 1) */
+/* The view of kv head h of cache layer l (the softmax ordinal: the layer
+ * itself when no layer is linear) of st's keys (values: 1) */
 tfm__kv tfm__kv_head(const tfm_state *st, int values, int l, int h);
 
 /* Converts row (kv_dim floats: n_kv_heads heads of hs) into st's keys

@@ -5,7 +5,9 @@
  * All weights live in one allocation laid out in llama2.c's order
  * (embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls),
  * so a llama2.c file body maps onto it in order and a safetensors file's
- * per-layer tensors are slices of the stacked arrays.
+ * per-layer tensors are slices of the stacked arrays.  The linear layers'
+ * feature projections (wfeat, model_mixer.c) come last, so a model without
+ * linear layers has exactly llama2.c's layout.
  */
 #include "tfm/model.h"
 
@@ -22,6 +24,7 @@ void tfm_config_defaults(tfm_config *c)
         c->norm_eps = 1e-5f;
     if (c->rope_theta == 0.0f)
         c->rope_theta = 10000.0f;
+    tfm__config_mixer_defaults(c);
 }
 
 /* Upper limits that keep every size product far from overflow and every
@@ -63,13 +66,18 @@ tfm_status tfm_config_validate(const tfm_config *c, char *err, size_t errlen)
         return bad(err, errlen, "norm_eps must be in (0, 1)");
     if (!(c->rope_theta > 1.0f && isfinite(c->rope_theta)))
         return bad(err, errlen, "rope_theta must be > 1");
+    const char *mix = tfm__config_mixer_check(c);
+    if (mix)
+        return bad(err, errlen, mix);
     if (tfm_config_n_params(c) > MAX_PARAMS)
         return bad(err, errlen, "model too large");
     return TFM_OK;
 }
 
-/* Float counts of each region, in llama2.c's order. */
-static void layout(const tfm_config *c, size_t sz[12])
+#define N_REGIONS 13
+
+/* Float counts of each region, in llama2.c's order, then wfeat. */
+static void layout(const tfm_config *c, size_t sz[N_REGIONS])
 {
     size_t d = (size_t)c->dim, h = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
     size_t kv = d / (size_t)c->n_heads * (size_t)c->n_kv_heads;
@@ -86,31 +94,38 @@ static void layout(const tfm_config *c, size_t sz[12])
     sz[9] = L * h * d;  /* w3 */
     sz[10] = d;         /* rms_final */
     sz[11] = c->shared_classifier ? 0 : V * d; /* wcls */
+    /* wfeat: n_linear x (f, head_size); a stray feature_dim of a config
+     * without linear layers counts nothing */
+    sz[12] = c->linear_layers && c->feature_dim > 0
+                 ? (size_t)tfm_config_n_linear(c) * (size_t)c->feature_dim * (d / (size_t)c->n_heads)
+                 : 0;
 }
 
 size_t tfm_config_n_params(const tfm_config *c)
 {
-    size_t sz[12], n = 0;
+    size_t sz[N_REGIONS], n = 0;
     layout(c, sz);
-    for (int i = 0; i < 12; i++)
+    for (int i = 0; i < N_REGIONS; i++)
         n += sz[i];
     return n;
 }
 
 static void point_weights(tfm_model *m)
 {
-    size_t sz[12];
+    size_t sz[N_REGIONS];
     layout(&m->cfg, sz);
     float *p = m->data;
-    float **dst[12] = {&m->w.token_embedding, &m->w.rms_att, &m->w.wq, &m->w.wk,
-                       &m->w.wv, &m->w.wo, &m->w.rms_ffn, &m->w.w1,
-                       &m->w.w2, &m->w.w3, &m->w.rms_final, &m->w.wcls};
-    for (int i = 0; i < 12; i++) {
+    float **dst[N_REGIONS] = {&m->w.token_embedding, &m->w.rms_att, &m->w.wq, &m->w.wk,
+                              &m->w.wv, &m->w.wo, &m->w.rms_ffn, &m->w.w1,
+                              &m->w.w2, &m->w.w3, &m->w.rms_final, &m->w.wcls, &m->w.wfeat};
+    for (int i = 0; i < N_REGIONS; i++) {
         *dst[i] = p;
         p += sz[i];
     }
     if (m->cfg.shared_classifier)
         m->w.wcls = m->w.token_embedding;
+    if (!sz[12])
+        m->w.wfeat = NULL;
 }
 
 /* The RoPE angles exactly as run.c computes them (float powf/cosf/sinf), so
@@ -198,6 +213,11 @@ void tfm_model_init_random(tfm_model *m, uint64_t seed)
     fill_uniform(m->w.rms_final, d, 0.1f, 1.0f, &s);
     if (!c->shared_classifier)
         fill_uniform(m->w.wcls, (size_t)c->vocab_size * d, sd, 0.0f, &s);
+    if (m->w.wfeat) { /* drawn last: softmax models keep their values */
+        size_t hs = d / (size_t)c->n_heads;
+        fill_uniform(m->w.wfeat, (size_t)tfm_config_n_linear(c) * (size_t)c->feature_dim * hs,
+                     1.0f / sqrtf((float)hs), 0.0f, &s);
+    }
 }
 
 const char *tfm_model_meta_get(const tfm_model *m, const char *key)

@@ -70,6 +70,11 @@ tfm_status tfm__qweights_create(const tfm_config *c, int wformat, tfm_qweights *
         snprintf(err, errlen, "not a quantised weight format: %d", wformat);
         return TFM_E_INVALID;
     }
+    if (c->linear_layers) { /* wfeat is not among the quantised layout's floats */
+        snprintf(err, errlen, "a model with linear-attention layers (mixer) cannot be %s yet",
+                 tfm_wformat_name(f));
+        return TFM_E_UNSUPPORTED;
+    }
     if ((f == TFM_WF_Q8 || f == TFM_WF_Q4) && (d % TFM_QK || hid % TFM_QK)) {
         snprintf(err, errlen, "%s needs dim and hidden_dim multiples of %d (they are %d and %d)",
                  tfm_wformat_name(f), TFM_QK, d, hid);

@@ -30,7 +30,7 @@ const char *tfm_phase_name(tfm_phase p)
 
 const char *tfm_attn_kind_name(tfm_attn_kind k)
 {
-    static const char *names[] = {"naive", "tiled", "exact"};
+    static const char *names[] = {"naive", "tiled", "exact", "linear"};
     return (unsigned)k < TFM_ATTN_KIND_COUNT ? names[k] : "unknown";
 }
 

@@ -563,6 +563,8 @@ static tfm_status trainer_create(tfm_model *m, int max_batch, int max_seq, int n
         return TFM_E_INVALID;
     if (m->q) /* quantised matrices: the trainer reads and writes float32 */
         return TFM_E_UNSUPPORTED;
+    if (m->cfg.linear_layers) /* its forward and backward are softmax layers' only */
+        return TFM_E_UNSUPPORTED;
     const tfm_config *c = &m->cfg;
     size_t N = (size_t)max_batch * max_seq, d = (size_t)c->dim, H = (size_t)c->hidden_dim;
     size_t kvd = d / (size_t)c->n_heads * (size_t)c->n_kv_heads, V = (size_t)c->vocab_size;

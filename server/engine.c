@@ -250,7 +250,8 @@ static int share_prefill(srv_engine *e, mctx *mc, slot *leader, slot **f)
         if (s == leader || s->phase != SLOT_PREFILL || s->prefilled != 0 ||
             s->job->share != leader->job || s->n_ids != leader->n_ids)
             continue;
-        tfm_state_copy(s->st, leader->st, leader->n_ids);
+        if (tfm_state_copy(s->st, leader->st, leader->n_ids) != TFM_OK)
+            continue; /* it prefills its own */
         srv_job_copy_prompt_lps(s->job, leader->job);
         s->prefilled = s->n_ids;
         s->job->t_prefill_done = tfm_now();
@@ -269,7 +270,10 @@ static void share_late(srv_engine *e, mctx *mc, slot *s)
     slot *l = slot_of(e, mc, s->job->share);
     if (!l || l->phase != SLOT_DECODE || l->n_ids != s->n_ids || s->n_ids < 2)
         return;
-    tfm_state_copy(s->st, l->st, s->n_ids - 1);
+    /* a model with linear layers cannot cut a state (TFM_E_UNSUPPORTED): the
+     * child then prefills its whole prompt */
+    if (tfm_state_copy(s->st, l->st, s->n_ids - 1) != TFM_OK)
+        return;
     srv_job_copy_prompt_lps(s->job, l->job);
     s->prefilled = s->n_ids - 1;
 }

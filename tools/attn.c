@@ -6,6 +6,7 @@
  *   attn random   --out F [--dim 288 --hidden 768 --layers 6 --heads 6
  *                 --kv-heads 6 --vocab 32000 --seq-len 256 --seed 1]
  *                 [--untied] [--format llama2c|safetensors]
+ *                 [--mixer softmax|linear|LIST] [--feature-dim F]
  *   attn bench    (tools/bench.c)
  *   attn cost     (tools/cost.c)
  *   attn train, attn bench-train (tools/train.c)
@@ -49,7 +50,10 @@ static void usage(FILE *f)
             "  attn random --out FILE [--dim 288] [--hidden 768] [--layers 6] [--heads 6]\n"
             "              [--kv-heads 6] [--vocab 32000] [--seq-len 256] [--seed 1]\n"
             "              [--untied] [--format llama2c|safetensors] [--tokenizer-kind byte|llama2c]\n"
-            "      writes a model with seeded random weights.\n"
+            "              [--mixer softmax|linear|LIST] [--feature-dim 16]\n"
+            "      writes a model with seeded random weights; --mixer picks each layer's token\n"
+            "      mixer (LIST: one word a layer, e.g. linear,softmax; linear: Based's linear\n"
+            "      attention over q and k projected to --feature-dim, at most the head size).\n"
             "  attn bench [--shape 15M|110M] [--threads 1,2] [--runs 5] ...\n"
             "      decode, prefill and memory-bandwidth benchmarks as JSON lines.\n"
             "  attn bench-recall [--runs 5] ...\n"
@@ -367,7 +371,7 @@ static int cmd_random(int argc, char **argv)
 {
     tfm_config c = {.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6,
                     .vocab_size = 32000, .seq_len = 256, .shared_classifier = 1};
-    const char *out = NULL, *format = NULL, *tk = NULL;
+    const char *out = NULL, *format = NULL, *tk = NULL, *mixer = NULL;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -386,6 +390,7 @@ static int cmd_random(int argc, char **argv)
                      : !strcmp(a, "--kv-heads") ? &c.n_kv_heads
                      : !strcmp(a, "--vocab")    ? &c.vocab_size
                      : !strcmp(a, "--seq-len")  ? &c.seq_len
+                     : !strcmp(a, "--feature-dim") ? &c.feature_dim
                                                 : NULL;
         if (field) {
             if (!parse_long(v, 1, INT_MAX, &l))
@@ -397,6 +402,8 @@ static int cmd_random(int argc, char **argv)
             format = v;
         else if (!strcmp(a, "--tokenizer-kind"))
             tk = v;
+        else if (!strcmp(a, "--mixer"))
+            mixer = v;
         else if (!strcmp(a, "--seed")) {
             if (!parse_u64(v, &seed))
                 return bad_arg("--seed must be an unsigned integer", v);
@@ -414,8 +421,10 @@ static int cmd_random(int argc, char **argv)
         return bad_arg("--format must be llama2c or safetensors", format);
     if (tk && strcmp(tk, "byte") && strcmp(tk, "llama2c"))
         return bad_arg("--tokenizer-kind must be byte or llama2c", tk);
-    tfm_config_defaults(&c);
     char err[512] = "";
+    if (mixer && tfm_mixer_parse(mixer, c.n_layers, &c.linear_layers, err, sizeof err) != TFM_OK)
+        return bad_arg(err, NULL);
+    tfm_config_defaults(&c);
     tfm_model *m = NULL;
     tfm_status s = tfm_model_create(&c, &m, err, sizeof err);
     if (s != TFM_OK)

@@ -12,6 +12,14 @@
  * shared_classifier, norm_eps, rope_theta), the tokenizer kind ("byte" or
  * "llama2c") and the model's free-form meta entries, all as strings.
  *
+ * Linear-attention layers (tfm_config.linear_layers): "mixer" in the
+ * metadata, "softmax" (also when absent), "linear" (every layer) or one
+ * word per layer ("linear,softmax"), and "feature_dim"; each linear layer
+ * l has a tensor layers.{l}.attn.feature, F32 [feature_dim, head_size].
+ * Unknown words, a list of the wrong length, a missing or misshaped
+ * feature tensor are refused (TFM_E_FORMAT, TFM_E_SHAPE); a llama2.c file
+ * or a quantised model cannot hold such layers (TFM_E_UNSUPPORTED).
+ *
  * Quantised models (tfm_model_quantize: bf16, q8, q4) are saved as
  * safetensors too, with "weights" in `__metadata__` naming the format: the
  * embedding and the norms F32, each matrix as BF16 [n, d], I8 [n, d] (q8)

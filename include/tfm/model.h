@@ -21,6 +21,11 @@
  *   per layer: x += wo · attn(rope(wq·rms(x)), rope(wk·rms(x)), wv·rms(x))
  *              x += w2 · (silu(w1·rms(x)) * (w3·rms(x)))
  *   logits = wcls · rms(x)
+ * A layer may mix by linear attention instead (cfg.linear_layers,
+ * forward_linear.c): q and k as above, then per head q_f = wfeat · q_h,
+ * k_f = wfeat · k_h (feature_dim each), and attn is Based's causal linear
+ * attention (tfm/linear_attn.h) over q_f, k_f, v, read from a recurrent
+ * state of fixed size instead of a KV cache.
  * RoPE rotates adjacent pairs (2i, 2i+1) within each head by
  * pos / theta^(2i/head_size); n_kv_heads may divide n_heads (grouped-query
  * attention: query head h reads kv head h / (n_heads / n_kv_heads)).
@@ -51,17 +56,43 @@ typedef struct tfm_config {
     int shared_classifier; /* 1: the output head is the token embedding */
     float norm_eps;        /* RMSNorm epsilon, 1e-5 as llama2.c */
     float rope_theta;      /* 10000 as llama2.c */
+    /* The token mixer of each layer (issue 14).  Bit l set: layer l mixes
+     * by causal linear attention with Based's feature map (tfm/linear_attn.h)
+     * over q and k projected per head to feature_dim by the layer's wfeat;
+     * clear: softmax attention.  0 (a zeroed config) is all softmax, the
+     * llama2.c model.  Linear layers need n_layers <= 64. */
+    uint64_t linear_layers;
+    int feature_dim;       /* f of the linear layers, 1 .. head_size; 0 with
+                            * linear layers means the default, min(16, head_size) */
 } tfm_config;
 
-/* Fills the defaults that a zeroed config lacks (norm_eps, rope_theta). */
+/* Fills the defaults that a zeroed config lacks (norm_eps, rope_theta, and
+ * feature_dim when some layer is linear). */
 void tfm_config_defaults(tfm_config *c);
+
+/* Layer l's mixer is linear attention (1) or softmax (0). */
+int tfm_config_layer_linear(const tfm_config *c, int l);
+/* How many layers are linear. */
+int tfm_config_n_linear(const tfm_config *c);
+
+/* Mixer specs as the CLI and the safetensors metadata write them:
+ * "softmax", "linear" (every layer), or one word per layer separated by
+ * commas ("linear,softmax").  Parse gives the linear_layers bits for
+ * n_layers layers; TFM_E_INVALID with a message in err for an unknown
+ * word, a list of another length than n_layers, or linear layers with
+ * n_layers > 64.  Format writes the shortest spec ("softmax", "linear" or
+ * the list) into buf; TFM_E_RANGE when buf is too small. */
+tfm_status tfm_mixer_parse(const char *spec, int n_layers, uint64_t *linear_layers, char *err,
+                           size_t errlen);
+tfm_status tfm_mixer_format(const tfm_config *c, char *buf, size_t len);
 
 /* Checks every field (positive, head_size even, n_kv_heads divides n_heads,
  * sizes that fit in memory arithmetic).  On error writes a message naming
  * the field into err (may be NULL). */
 tfm_status tfm_config_validate(const tfm_config *c, char *err, size_t errlen);
 
-/* Number of parameters (the classifier counted once when shared). */
+/* Number of parameters (the classifier counted once when shared; the
+ * linear layers' wfeat included). */
 size_t tfm_config_n_params(const tfm_config *c);
 
 #define TFM_META_MAX 16
@@ -83,6 +114,11 @@ typedef struct tfm_weights {
     float *w3;              /* (layer, hidden, dim) */
     float *rms_final;       /* (dim) */
     float *wcls;            /* (vocab, dim); == token_embedding when shared */
+    float *wfeat;           /* (n_linear, feature_dim, head_size): linear layer
+                             * number j's (j-th set bit of linear_layers)
+                             * projection of each head's q and k, shared by
+                             * the heads; after wcls in data; NULL when no
+                             * layer is linear */
 } tfm_weights;
 
 struct tfm_qweights;
@@ -92,7 +128,8 @@ typedef struct tfm_model {
     tfm_weights w; /* quantised models (tfm_model_quantize): the matrices'
                     * pointers are NULL, but token_embedding and the norms */
     struct tfm_qweights *q; /* the matrices in another format, or NULL (f32) */
-    float *data;      /* owns every weight, llama2.c's order; n_floats long */
+    float *data;      /* owns every weight, llama2.c's order, then wfeat;
+                       * n_floats long */
     size_t n_floats;
     float *rope_cos;  /* (seq_len, head_size / 2) */
     float *rope_sin;  /* (seq_len, head_size / 2) */
@@ -115,7 +152,8 @@ void tfm_model_init_random(tfm_model *m, uint64_t seed);
  * no-op) and frees their float32 copies; the embedding and the norms stay
  * float32.  Decode then reads the fewer bytes; prefill dequantises tiles
  * for sgemm.  Once quantised a model cannot be trained, saved or
- * quantised again (TFM_E_UNSUPPORTED).  q8 and q4 need dim and hidden_dim
+ * quantised again (TFM_E_UNSUPPORTED); nor can a model with linear
+ * layers be quantised (TFM_E_UNSUPPORTED).  q8 and q4 need dim and hidden_dim
  * multiples of 32 (TFM_E_SHAPE, with err). */
 tfm_status tfm_model_quantize(tfm_model *m, int wformat, char *err, size_t errlen);
 /* The model's matrix format (a tfm_wformat: 0 is f32) and the bytes all
@@ -153,20 +191,34 @@ const char *tfm_kv_format_name(tfm_kv_format f);
 /* The format named so; TFM_E_INVALID (and *out untouched) otherwise. */
 tfm_status tfm_kv_format_parse(const char *name, tfm_kv_format *out);
 /* Bytes one position of context takes in one sequence's cache: keys and
- * values of every layer, scales included.  0 for a bad format. */
+ * values of every softmax layer (linear layers keep no cache), scales
+ * included.  0 for a bad format. */
 size_t tfm_kv_bytes_per_token(const tfm_config *c, tfm_kv_format f);
+/* Bytes of one sequence's recurrent state for all linear layers (S and z,
+ * tfm_linattn_state_bytes per layer): independent of the context length;
+ * 0 without linear layers. */
+size_t tfm_linear_state_bytes(const tfm_config *c);
+
+struct tfm_linattn_state;
 
 typedef struct tfm_state {
     const tfm_model *model; /* borrowed */
     int pos;                /* tokens already in the cache */
     int max_seq;            /* capacity in positions */
-    float *key_cache;       /* f32: (layer, max_seq, kv_dim); else NULL */
-    float *value_cache;     /* f32: (layer, max_seq, kv_dim); else NULL */
+    /* The cache has one layer per softmax layer, indexed by the layer's
+     * ordinal among them (= the layer for an all-softmax model); NULL
+     * arrays when every layer is linear. */
+    float *key_cache;       /* f32: (softmax layer, max_seq, kv_dim); else NULL */
+    float *value_cache;     /* f32: (softmax layer, max_seq, kv_dim); else NULL */
     tfm_kv_format kv_format;
-    void *kq, *vq;          /* bf16: uint16_t, q8: int8_t (layer, max_seq, kv_dim);
-                             * f32: NULL */
-    float *kscale, *vscale; /* q8: (layer, max_seq, n_kv_heads); else NULL */
+    void *kq, *vq;          /* bf16: uint16_t, q8: int8_t (softmax layer, max_seq,
+                             * kv_dim); f32: NULL */
+    float *kscale, *vscale; /* q8: (softmax layer, max_seq, n_kv_heads); else NULL */
     size_t kv_bytes;        /* bytes the cache holds (max_seq positions) */
+    struct tfm_linattn_state *lin; /* (n_linear) each linear layer's state, by
+                                    * ordinal; their S and z in lin_mem */
+    void *lin_mem;
+    size_t lin_bytes;       /* bytes of lin_mem (tfm_linear_state_bytes) */
     double prefill_attn_seconds; /* attention time of this sequence's prefill
                                   * so far (all chunks, all layers); reset by
                                   * tfm_state_reset; see tfm_profile_add_prompt */
@@ -183,7 +235,9 @@ void tfm_state_reset(tfm_state *s); /* forget the sequence: pos = 0 */
 /* Makes dst hold src's first n positions (dst->pos = n): the KV cache rows
  * a prefill of the same n tokens would compute, copied.  Both states are
  * of the same model and cache format (else TFM_E_INVALID); n <= src->pos
- * and n <= dst->max_seq, else TFM_E_RANGE. */
+ * and n <= dst->max_seq, else TFM_E_RANGE.  A linear layer's state sums
+ * the whole prefix and cannot be cut: with linear layers only n ==
+ * src->pos can be copied (else TFM_E_UNSUPPORTED). */
 tfm_status tfm_state_copy(tfm_state *dst, const tfm_state *src, int n);
 void tfm_state_destroy(tfm_state *s);
 

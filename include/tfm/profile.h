@@ -43,12 +43,14 @@ typedef enum tfm_phase {
     TFM_PHASE_COUNT
 } tfm_phase;
 
-/* What computed an attention: the two kernels of the model's forward, and
- * recall's exact construction (include/tfm/recall.h). */
+/* What computed an attention: the two kernels of the model's forward,
+ * recall's exact construction (include/tfm/recall.h), and the linear
+ * mixer's layers (tfm/linear_attn.h; its peak scratch is its state). */
 typedef enum tfm_attn_kind {
     TFM_ATTN_KIND_NAIVE = 0,
     TFM_ATTN_KIND_TILED,
     TFM_ATTN_KIND_EXACT,
+    TFM_ATTN_KIND_LINEAR,
     TFM_ATTN_KIND_COUNT
 } tfm_attn_kind;
 
@@ -84,7 +86,7 @@ typedef struct tfm_profile {
 const char *tfm_op_class_name(tfm_op_class c);   /* "tensor_contraction", ... */
 const char *tfm_component_name(tfm_component c); /* "attention", "mlp", "other" */
 const char *tfm_phase_name(tfm_phase p);         /* "prefill", "decode", "train" */
-const char *tfm_attn_kind_name(tfm_attn_kind k); /* "naive", "tiled", "exact" */
+const char *tfm_attn_kind_name(tfm_attn_kind k); /* "naive", "tiled", "exact", "linear" */
 
 /* Upper bound (inclusive) of context bucket b: 64 << b. */
 int tfm_ctx_bucket_le(int b);

@@ -50,6 +50,20 @@ done
 cmp -s "$TMP/s1" "$TMP/s2" && ok "same seed, same tokens" || ko "same seed gave different tokens"
 expect_status 0 "text output" "$ATTN" generate --model "$TMP/b.safetensors" --prompt "hello" -n 10 --temperature 0
 
+# a hybrid model (a linear-attention layer, then softmax): made, generated with
+expect_status 0 "random hybrid mixer model" "$ATTN" random --out "$TMP/mix.safetensors" --dim 64 \
+  --hidden 128 --layers 2 --heads 4 --kv-heads 2 --vocab 258 --seq-len 96 --seed 3 \
+  --mixer linear,softmax --feature-dim 8
+expect_status 0 "hybrid greedy generation" "$ATTN" generate --model "$TMP/mix.safetensors" \
+  --prompt "hello" -n 20 --temperature 0 --print-ids
+n=$(wc -w <"$TMP/out")
+[ "$n" -ge 1 ] && [ "$n" -le 20 ] && ok "hybrid greedy produced 1..20 ids ($n)" || ko "hybrid greedy produced $n ids"
+expect_status 2 "random with an unknown mixer" "$ATTN" random --out "$TMP/x" --layers 2 --mixer linear,rnn
+expect_status 2 "random with a mixer list of the wrong length" "$ATTN" random --out "$TMP/x" --layers 3 --mixer linear,softmax
+expect_status 1 "hybrid model as llama2.c is refused" "$ATTN" random --out "$TMP/mix.bin" --dim 64 \
+  --hidden 128 --layers 2 --heads 4 --kv-heads 2 --vocab 258 --seq-len 32 --mixer linear
+grep -q "llama2.c files cannot hold linear" "$TMP/err" && ok "llama2.c refusal names the mixer" || ko "llama2.c refusal message"
+
 # a llama2.c model: export, import, and its tokenizer
 expect_status 0 "random llama2.c model" "$ATTN" random --out "$TMP/l.bin" --dim 64 --hidden 128 \
   --layers 2 --heads 4 --kv-heads 2 --vocab 512 --seq-len 64 --seed 5 --format llama2c

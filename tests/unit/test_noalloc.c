@@ -7,7 +7,8 @@
  * steps at batch 1, 3 and 12 (kernel and sgemm paths) and sampling must
  * leave the counters where they were, with every option of
  * tfm_sampler_params on as well; and with KV caches in f32, bf16 and q8
- * (the 12 states' formats mixed, state 0's in each format in turn).
+ * (the 12 states' formats mixed, state 0's in each format in turn); and
+ * prefill and decode of models with linear-attention layers.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -189,6 +190,52 @@ static void test_noalloc_sampler_options(void **state)
     free(logits);
 }
 
+/* A hybrid model (["linear", "softmax"], f = 8) and an all-linear one:
+ * prefill (chunks of 12 rows, linear states and a cache in each format)
+ * and batched decode at 1, 3 and 12 rows, on 1 and 2 threads. */
+static void test_noalloc_linear_mixer(void **state)
+{
+    (void)state;
+    for (uint64_t lin = 1; lin <= 3; lin += 2)
+        for (int threads = 1; threads <= 2; threads++) {
+            tfm_config c = {.dim = 64, .hidden_dim = 96, .n_layers = 2, .n_heads = 4,
+                            .n_kv_heads = 2, .vocab_size = 300, .seq_len = 64,
+                            .shared_classifier = 1, .linear_layers = lin, .feature_dim = 8};
+            tfm_config_defaults(&c);
+            tfm_model *m;
+            char err[128];
+            assert_int_equal(tfm_model_create(&c, &m, err, sizeof err), TFM_OK);
+            tfm_model_init_random(m, 9);
+            tfm_workspace *ws;
+            tfm_state *st[12];
+            assert_int_equal(tfm_workspace_create(m, 12, threads, &ws), TFM_OK);
+            for (int i = 0; i < 12; i++)
+                assert_int_equal(tfm_state_create_fmt(m, 0, (tfm_kv_format)(i % 3), &st[i]),
+                                 TFM_OK);
+            float *logits = malloc((size_t)12 * 300 * sizeof(float));
+            int toks[30];
+            for (int i = 0; i < 30; i++)
+                toks[i] = (i * 37) % 300;
+            assert_int_equal(tfm_prefill(ws, st[0], toks, 3, logits), TFM_OK); /* warm-up */
+            assert_int_equal(tfm_decode(ws, st, toks, 12, logits), TFM_OK);
+            long before = atomic_load(&allocs);
+            for (int i = 1; i < 12; i++)
+                assert_int_equal(tfm_prefill(ws, st[i], toks, 5 + i, logits), TFM_OK);
+            for (int step = 0; step < 9; step++) {
+                static const int batches[] = {1, 3, 12};
+                assert_int_equal(tfm_decode(ws, st, toks, batches[step % 3], logits), TFM_OK);
+            }
+            tfm_state_reset(st[0]);
+            assert_int_equal(tfm_prefill(ws, st[0], toks, 30, logits), TFM_OK);
+            assert_int_equal(atomic_load(&allocs) - before, 0);
+            free(logits);
+            for (int i = 0; i < 12; i++)
+                tfm_state_destroy(st[i]);
+            tfm_workspace_destroy(ws);
+            tfm_model_destroy(m);
+        }
+}
+
 /* The counter itself works: otherwise the test above could not fail. */
 static void test_noalloc_counter_sees_malloc(void **state)
 {
@@ -204,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_noalloc_counter_sees_malloc),
         cmocka_unit_test(test_noalloc_decode_and_sample),
         cmocka_unit_test(test_noalloc_sampler_options),
+        cmocka_unit_test(test_noalloc_linear_mixer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
