@@ -18,57 +18,15 @@
 #include <cmocka.h>
 
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "internal.h"
+#include "alloc_count.h"
 #include "testutil.h"
 #include "tfm/linear_attn.h"
-
-/* ---- allocation counters (the wrapped malloc family) --------------------- */
-
-static atomic_long allocs;
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void __real_free(void *p);
-int __real_posix_memalign(void **p, size_t a, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-void __wrap_free(void *p);
-int __wrap_posix_memalign(void **p, size_t a, size_t n);
-
-void *__wrap_malloc(size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_malloc(n);
-}
-void *__wrap_calloc(size_t n, size_t k)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_calloc(n, k);
-}
-void *__wrap_realloc(void *p, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_realloc(p, n);
-}
-void __wrap_free(void *p)
-{
-    if (p)
-        atomic_fetch_add(&allocs, 1);
-    __real_free(p);
-}
-int __wrap_posix_memalign(void **p, size_t a, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_posix_memalign(p, a, n);
-}
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -642,7 +600,7 @@ static void test_linattn_noalloc(void **state)
                                               nb),
                          TFM_OK);
     }
-    long before = atomic_load(&allocs);
+    long before = tu_alloc_count();
     tfm_linattn_state_reset(&c.st);
     assert_int_equal(tfm_linattn_prefill(&c.st, T - 10, 64, c.q, c.k, c.v, c.out, c.scratch,
                                          c.nscratch),
@@ -654,10 +612,10 @@ static void test_linattn_noalloc(void **state)
                      TFM_OK);
     assert_int_equal(tfm_linattn_reference(&c.sh, 3, c.q, c.k, c.v, c.ref), TFM_OK);
     (void)tmp;
-    assert_int_equal(atomic_load(&allocs), before);
+    assert_int_equal(tu_alloc_count(), before);
     void *volatile probe = malloc(8); /* the counter counts (volatile: not elided) */
     free(probe);
-    assert_int_equal(atomic_load(&allocs) - before, 2);
+    assert_int_equal(tu_alloc_count() - before, 2);
     free(dout);
     free(bscr);
     free(dq);

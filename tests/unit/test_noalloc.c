@@ -2,7 +2,7 @@
  * test_noalloc.c — the decode path and sampling never allocate.
  *
  * Linked with -Wl,--wrap=malloc,calloc,realloc,free,posix_memalign (see
- * CMakeLists.txt): every call goes through the counters below.  After a
+ * CMakeLists.txt): every call goes through alloc_count.c.  After a
  * warm-up (the first sgemm call lets OpenBLAS set up its buffers), decode
  * steps at batch 1, 3 and 12 (kernel and sgemm paths) and sampling must
  * leave the counters where they were, with every option of
@@ -16,53 +16,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <stdatomic.h>
 #include <stdlib.h>
 
+#include "alloc_count.h"
 #include "testutil.h"
 #include "tfm/model.h"
 #include "tfm/quant.h"
 #include "tfm/sampler.h"
-
-static atomic_long allocs;
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void __real_free(void *p);
-int __real_posix_memalign(void **p, size_t a, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-void __wrap_free(void *p);
-int __wrap_posix_memalign(void **p, size_t a, size_t n);
-
-void *__wrap_malloc(size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_malloc(n);
-}
-void *__wrap_calloc(size_t n, size_t k)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_calloc(n, k);
-}
-void *__wrap_realloc(void *p, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_realloc(p, n);
-}
-void __wrap_free(void *p)
-{
-    if (p)
-        atomic_fetch_add(&allocs, 1);
-    __real_free(p);
-}
-int __wrap_posix_memalign(void **p, size_t a, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_posix_memalign(p, a, n);
-}
 
 static void test_noalloc_decode_and_sample(void **state)
 {
@@ -99,7 +59,7 @@ static void test_noalloc_decode_and_sample(void **state)
                 assert_int_equal(tfm_prefill(ws, st[i], toks, 3 + i, logits), TFM_OK);
             assert_int_equal(tfm_decode(ws, st, toks, 12, logits), TFM_OK);
             assert_int_equal(tfm_decode(ws, st, toks, 1, logits), TFM_OK);
-            long before = atomic_load(&allocs);
+            long before = tu_alloc_count();
             for (int step = 0; step < 10; step++) {
                 static const int batches[] = {1, 3, 12};
                 int B = batches[step % 3];
@@ -122,7 +82,7 @@ static void test_noalloc_decode_and_sample(void **state)
             assert_int_equal(tfm_prefill_rows(ws, st[0], toks, 12, logits), TFM_OK);
             for (int r = 0; r + 1 < 12; r++)
                 tfm_sampler_logprobs(smp_all, logits + (size_t)r * V, toks[r + 1], lp);
-            long after = atomic_load(&allocs);
+            long after = tu_alloc_count();
             assert_int_equal(after - before, 0);
             free(logits);
             tfm_sampler_destroy(smp);
@@ -167,7 +127,7 @@ static void test_noalloc_sampler_options(void **state)
     tfm_sampler *smp;
     assert_int_equal(tfm_sampler_create(V, &ps[0], &smp), TFM_OK);
     uint64_t rng = 99;
-    long before = atomic_load(&allocs);
+    long before = tu_alloc_count();
     for (size_t k = 0; k < sizeof ps / sizeof ps[0]; k++) {
         assert_int_equal(tfm_sampler_reset(smp, &ps[k]), TFM_OK);
         tfm_sampler_set_prompt(smp, prompt, 1000);
@@ -183,7 +143,7 @@ static void test_noalloc_sampler_options(void **state)
             assert_true(id >= 0 && id < V && id != 4);
         }
     }
-    long after = atomic_load(&allocs);
+    long after = tu_alloc_count();
     assert_int_equal(after - before, 0);
     tfm_sampler_destroy(smp);
     free(prompt);
@@ -218,7 +178,7 @@ static void test_noalloc_linear_mixer(void **state)
                 toks[i] = (i * 37) % 300;
             assert_int_equal(tfm_prefill(ws, st[0], toks, 3, logits), TFM_OK); /* warm-up */
             assert_int_equal(tfm_decode(ws, st, toks, 12, logits), TFM_OK);
-            long before = atomic_load(&allocs);
+            long before = tu_alloc_count();
             for (int i = 1; i < 12; i++)
                 assert_int_equal(tfm_prefill(ws, st[i], toks, 5 + i, logits), TFM_OK);
             for (int step = 0; step < 9; step++) {
@@ -227,7 +187,7 @@ static void test_noalloc_linear_mixer(void **state)
             }
             tfm_state_reset(st[0]);
             assert_int_equal(tfm_prefill(ws, st[0], toks, 30, logits), TFM_OK);
-            assert_int_equal(atomic_load(&allocs) - before, 0);
+            assert_int_equal(tu_alloc_count() - before, 0);
             free(logits);
             for (int i = 0; i < 12; i++)
                 tfm_state_destroy(st[i]);
@@ -239,10 +199,10 @@ static void test_noalloc_linear_mixer(void **state)
 /* The counter itself works: otherwise the test above could not fail. */
 static void test_noalloc_counter_sees_malloc(void **state)
 {
-    long before = atomic_load(&allocs);
+    long before = tu_alloc_count();
     void *volatile p = malloc(16); /* volatile: the pair may not be elided */
     free(p);
-    assert_int_equal(atomic_load(&allocs) - before, 2);
+    assert_int_equal(tu_alloc_count() - before, 2);
 }
 
 int main(void)

@@ -13,56 +13,14 @@
 #include <cmocka.h>
 
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc_count.h"
 #include "testutil.h"
 #include "tfm/train.h"
 #include "train_internal.h"
-
-/* ---- allocation counters (the wrapped malloc family) --------------------- */
-
-static atomic_long allocs;
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void __real_free(void *p);
-int __real_posix_memalign(void **p, size_t a, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-void __wrap_free(void *p);
-int __wrap_posix_memalign(void **p, size_t a, size_t n);
-
-void *__wrap_malloc(size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_malloc(n);
-}
-void *__wrap_calloc(size_t n, size_t k)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_calloc(n, k);
-}
-void *__wrap_realloc(void *p, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_realloc(p, n);
-}
-void __wrap_free(void *p)
-{
-    if (p)
-        atomic_fetch_add(&allocs, 1);
-    __real_free(p);
-}
-int __wrap_posix_memalign(void **p, size_t a, size_t n)
-{
-    atomic_fetch_add(&allocs, 1);
-    return __real_posix_memalign(p, a, n);
-}
 
 /* ||got - ref||_inf / ||ref||_inf */
 static double rel_inf(const float *got, const double *ref, size_t n)
@@ -529,13 +487,13 @@ static void test_noalloc_step(void **state)
     for (int w = 0; w < 3; w++)
         for (int s = 0; s < 3; s++)
             assert_int_equal(tfm_trainer_step(t, &c, in, tg, B, T - s * 40, NULL), TFM_OK);
-    long before = atomic_load(&allocs);
+    long before = tu_alloc_count();
     for (int s = 0; s < 3; s++)
         assert_int_equal(tfm_trainer_step(t, &c, in, tg, B, T - s * 40, NULL), TFM_OK);
-    assert_int_equal(atomic_load(&allocs), before);
+    assert_int_equal(tu_alloc_count(), before);
     void *volatile probe = malloc(8); /* the counter counts (volatile: not elided) */
     free(probe);
-    assert_int_equal(atomic_load(&allocs) - before, 2);
+    assert_int_equal(tu_alloc_count() - before, 2);
     tfm_trainer_destroy(t);
     tfm_model_destroy(m);
 }
