@@ -29,6 +29,12 @@ static json_t *model_info(const srv_model *m, const srv_config *sc)
                             c->n_heads, "n_kv_heads", c->n_kv_heads, "vocab_size", c->vocab_size,
                             "seq_len", c->seq_len, "shared_classifier", c->shared_classifier,
                             "norm_eps", (double)c->norm_eps, "rope_theta", (double)c->rope_theta);
+    char mixer[512];
+    if (cfg && tfm_mixer_format(c, mixer, sizeof mixer) == TFM_OK) {
+        json_object_set_new(cfg, "mixer", json_string(mixer));
+        if (c->linear_layers)
+            json_object_set_new(cfg, "feature_dim", json_integer(c->feature_dim));
+    }
     int recall = !strcmp(m->kind, "recall");
     /* a recall model reads MQAR tokens (keys, values, ⊥, padding), not text */
     const char *tok = recall                                        ? "mqar"
@@ -47,9 +53,10 @@ static json_t *model_info(const srv_model *m, const srv_config *sc)
     tfm_kv_format kvf = TFM_KV_F32; /* --kv-cache, validated at startup; text models */
     if (e && !recall && tfm_kv_format_parse(sc->kv_cache, &kvf) == TFM_OK)
         json_object_set_new(e, "kv_cache",
-                            json_pack("{s:s,s:I}", "format", tfm_kv_format_name(kvf),
+                            json_pack("{s:s,s:I,s:I}", "format", tfm_kv_format_name(kvf),
                                       "bytes_per_token",
-                                      (json_int_t)tfm_kv_bytes_per_token(c, kvf)));
+                                      (json_int_t)tfm_kv_bytes_per_token(c, kvf), "state_bytes",
+                                      (json_int_t)tfm_linear_state_bytes(c)));
     /* the float's decimal as trained (0.1, not 0.100000001) */
     double absent = round((double)m->recall.absent_fraction * 1e6) / 1e6;
     if (e && recall)

@@ -178,6 +178,45 @@ class Test03KvCache(unittest.TestCase):
             self.assertIn(b"--kv-cache must be f32, bf16 or q8", r.stderr)
 
 
+class Test04Mixer(unittest.TestCase):
+    """A model with a linear-attention layer (attn random --mixer): /models
+    shows its mixer, feature_dim and the recurrent state beside the KV cache
+    of its one softmax layer; it generates, and /metrics books kernel
+    "linear"."""
+
+    def test_hybrid_model(self):
+        w = work()
+        d = w.mkdir("mixer-models")
+        H.make_model(os.path.join(d, "hybrid.safetensors"), SHAPE, 9,
+                     extra=("--mixer", "linear,softmax", "--feature-dim", "8"))
+        s = H.Server(["--host", "127.0.0.1", "--port", "0", "--models-dir", d,
+                      "--data-dir", w.mkdir("data-mixer"), "--threads", "1", "--quiet"],
+                     name="attnd-mixer", workdir=w.path)
+        SERVERS.append(s)
+        s.start()
+        r = s.get("/models")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(H.validation_errors(r.json(), H.response_schema("GET", "/models", 200)), [])
+        m = {x["name"]: x for x in r.json()["models"]}["hybrid"]
+        self.assertEqual(m["config"]["mixer"], "linear,softmax")
+        self.assertEqual(m["config"]["feature_dim"], 8)
+        head = SHAPE["dim"] // SHAPE["heads"]
+        # keys and values of the one softmax layer, f32
+        self.assertEqual(m["kv_cache"]["bytes_per_token"], 2 * SHAPE["kv_heads"] * head * 4)
+        # S (1 + f + f^2, head) and z (1 + f + f^2) per kv head of the
+        # linear layer, floats, the layer's storage rounded up to 64 bytes
+        need = 4 * SHAPE["kv_heads"] * (1 + 8 + 64) * (head + 1)
+        self.assertTrue(need <= m["kv_cache"]["state_bytes"] < need + 64, m["kv_cache"])
+        r = s.generate({"model": "hybrid", "prompt": "In the beginning", "max_tokens": 40,
+                        "temperature": 0, "ignore_eos": True})
+        self.assertEqual(r.status, 200, r.body[:300])
+        again = s.generate({"model": "hybrid", "prompt": "In the beginning", "max_tokens": 40,
+                            "temperature": 0, "ignore_eos": True})
+        self.assertEqual(again.json()["text"], r.json()["text"], "greedy is deterministic")
+        _, text, _ = s.metrics()
+        self.assertIn('kernel="linear"', text)
+
+
 class Test99Contract(H.ContractTest):
     pass
 
