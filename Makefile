@@ -49,12 +49,12 @@ asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) -LE "^(ui|lb)$$"
 
-# The live-server tests under ThreadSanitizer (the engine, HTTP and loop
-# threads share jobs).
+# The live-server tests and the web console's browser test under
+# ThreadSanitizer (the engine, HTTP and loop threads share jobs).
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTND_TSAN=ON
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L server -LE "^(ui|lb)$$"
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -L "^(server|ui)$$"
 
 # The soak and load test (tests/soak/soak.py): one live attnd under a fixed,
 # seeded mix of good, bad and slow clients for SOAK_SECONDS; fails on a

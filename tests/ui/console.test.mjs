@@ -281,7 +281,10 @@ test('training: a 50-step job\'s curve grows while it runs, and its model appear
       .observe(c, { attributes: true, attributeFilter: ['data-points'] });
   });
   await page.click('#tr-go');
-  await until(page, () => document.getElementById('tr-chart').dataset.status === 'succeeded');
+  // 50 steps take about 2 s, but over 30 s under ThreadSanitizer on a busy
+  // machine (the one failure this test had there was this wait's timeout)
+  await page.waitForFunction(() => document.getElementById('tr-chart').dataset.status === 'succeeded',
+    { timeout: 180000 });
   const seen = await page.evaluate(() => window.seen);
   const counts = seen.map((s) => s[0]);
   assert.ok(new Set(counts.filter((c) => c > 0 && c < 50)).size >= 2, `the curve grew while running: ${JSON.stringify(seen)}`);
