@@ -37,26 +37,6 @@ static void fill(float *p, size_t n, float amp, uint64_t *s)
 }
 
 /* ||got - ref||_inf / ||ref||_inf */
-static double rel_inf(const float *got, const double *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs(ref[i]));
-    }
-    return den > 0.0 ? num / den : num;
-}
-
-static double rel_inf_f(const float *got, const float *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs((double)ref[i]));
-    }
-    return den > 0.0 ? num / den : num;
-}
-
 /* One problem: inputs, a state over its own memory, prefill scratch. */
 typedef struct lcase {
     tfm_linattn_shape sh;
@@ -201,7 +181,7 @@ static void test_linattn_prefill_matches_reference(void **state)
                                                              c.out, scr, ns),
                                          TFM_OK);
                         assert_int_equal(c.st.n_tokens, T);
-                        double e = rel_inf(c.out, c.ref, (size_t)T * 2 * c.sh.head_dim);
+                        double e = tu_rel_inf(c.out, c.ref, (size_t)T * 2 * c.sh.head_dim);
                         if (e > 1e-5)
                             print_error("T %d f %d hd %d kv %d chunk %d: rel err %g\n", T,
                                         c.sh.f, c.sh.head_dim, c.sh.n_kv_heads, chunks[ic], e);
@@ -225,7 +205,7 @@ static void test_linattn_prefill_large_scores(void **state)
     assert_int_equal(tfm_linattn_prefill(&c.st, c.T, TFM_LINATTN_CHUNK, c.q, c.k, c.v, c.out,
                                          c.scratch, c.nscratch),
                      TFM_OK);
-    double e = rel_inf(c.out, c.ref, (size_t)c.T * 4 * 16);
+    double e = tu_rel_inf(c.out, c.ref, (size_t)c.T * 4 * 16);
     printf("    amplitude 2.5, 4 query heads on 1 kv head: rel err %.3g\n", e);
     assert_true(e <= 1e-5);
     lcase_free(&c);
@@ -256,8 +236,8 @@ static void test_linattn_prefill_equals_decode(void **state)
                                                     c.v + (size_t)t * Hkv * hd,
                                                     dec + (size_t)t * H * hd),
                                  TFM_OK);
-            double e = rel_inf_f(dec, c.out, (size_t)T * H * hd);
-            double es = rel_inf_f(st2.S, c.st.S, sb / sizeof(float));
+            double e = tu_rel_inf_f(dec, c.out, (size_t)T * H * hd);
+            double es = tu_rel_inf_f(st2.S, c.st.S, sb / sizeof(float));
             printf("    decode vs prefill (f %d, kv %d): out %.3g, state %.3g\n", f, Hkv, e, es);
             assert_true(e <= 1e-5);
             assert_true(es <= 1e-5);
@@ -294,8 +274,8 @@ static void test_linattn_prefill_in_two_calls(void **state)
                                              two + (size_t)T1 * H * hd, c.scratch, c.nscratch),
                          TFM_OK);
         assert_int_equal(st2.n_tokens, T);
-        assert_true(rel_inf_f(two, c.out, (size_t)T * H * hd) <= 1e-5);
-        assert_true(rel_inf_f(st2.S, c.st.S, sb / sizeof(float)) <= 1e-5);
+        assert_true(tu_rel_inf_f(two, c.out, (size_t)T * H * hd) <= 1e-5);
+        assert_true(tu_rel_inf_f(st2.S, c.st.S, sb / sizeof(float)) <= 1e-5);
     }
     /* a forked state continues like the original */
     tfm_linattn_state st3;
@@ -416,8 +396,8 @@ static void test_linattn_backward_chunked_vs_quadratic(void **state)
                          TFM_OK);
         free(scr);
     }
-    double eq = rel_inf_f(g[0][0], g[1][0], nq), ek = rel_inf_f(g[0][1], g[1][1], nk),
-           ev = rel_inf_f(g[0][2], g[1][2], nv);
+    double eq = tu_rel_inf_f(g[0][0], g[1][0], nq), ek = tu_rel_inf_f(g[0][1], g[1][1], nk),
+           ev = tu_rel_inf_f(g[0][2], g[1][2], nv);
     printf("    backward chunk 32 vs one chunk of 150: dq %.2g dk %.2g dv %.2g\n", eq, ek, ev);
     assert_true(eq <= 1e-4 && ek <= 1e-4 && ev <= 1e-4);
     for (int r = 0; r < 2; r++)

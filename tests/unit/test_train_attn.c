@@ -23,26 +23,6 @@
 #include "train_internal.h"
 
 /* ||got - ref||_inf / ||ref||_inf */
-static double rel_inf(const float *got, const double *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs(ref[i]));
-    }
-    return den > 0.0 ? num / den : num;
-}
-
-static double rel_inf_f(const float *got, const float *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        num = fmax(num, fabs((double)got[i] - ref[i]));
-        den = fmax(den, fabs((double)ref[i]));
-    }
-    return den > 0.0 ? num / den : num;
-}
-
 static void fill(float *p, size_t n, float amp, uint64_t *s)
 {
     for (size_t i = 0; i < n; i++)
@@ -168,7 +148,7 @@ static void run_case(int T, int hs, int group, uint64_t seed)
                {"dq", c.dq, c.rdq, nw, 1e-4}, {"dk", c.dk, c.rdk, nk, 1e-4},
                {"dv", c.dv, c.rdv, nk, 1e-4}};
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        double r = rel_inf(cmp[i].got, cmp[i].ref, cmp[i].n);
+        double r = tu_rel_inf(cmp[i].got, cmp[i].ref, cmp[i].n);
         if (!(r <= cmp[i].tol))
             fail_msg("T %d hs %d group %d: %s off by %.3g relative", T, hs, group, cmp[i].name,
                      r);
@@ -242,7 +222,7 @@ static void trainers_agree(int heads, int kv_heads, int B, int T, int threads)
     assert_int_equal(tfm_trainer_forward(tn, in, tg, B, T, &ln), TFM_OK);
     assert_int_equal(tfm_trainer_forward(tt, in, tg, B, T, &lt), TFM_OK);
     assert_true(fabs((double)ln - lt) <= 1e-5 * fabs((double)ln));
-    double rp = rel_inf_f(tfm_trainer_probs(tt), tfm_trainer_probs(tn), (size_t)B * T * V);
+    double rp = tu_rel_inf_f(tfm_trainer_probs(tt), tfm_trainer_probs(tn), (size_t)B * T * V);
     if (rp > 1e-5)
         fail_msg("heads %d/%d T %d: probabilities off by %.3g", heads, kv_heads, T, rp);
     assert_int_equal(tfm_trainer_backward(tn), TFM_OK);
@@ -256,7 +236,7 @@ static void trainers_agree(int heads, int kv_heads, int B, int T, int threads)
                            "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"};
     for (int r = 0; r < 12; r++) {
         size_t off = (size_t)(bounds[r] - m->data), n = (size_t)(bounds[r + 1] - bounds[r]);
-        double rel = rel_inf_f(tfm_trainer_grads(tt) + off, tfm_trainer_grads(tn) + off, n);
+        double rel = tu_rel_inf_f(tfm_trainer_grads(tt) + off, tfm_trainer_grads(tn) + off, n);
         if (!(rel <= 1e-4))
             fail_msg("heads %d/%d B %d T %d: grad %s off by %.3g relative", heads, kv_heads, B,
                      T, names[r], rel);
@@ -399,7 +379,7 @@ static void test_repeatable_and_close_to_naive(void **state)
     train_steps(TFM_ATTN_NAIVE, 3, 4, c, &n3);
     assert_int_equal(n1, n3);
     /* after four AdamW steps the runs differ only by rounding */
-    double rel = rel_inf_f(a, c, n1);
+    double rel = tu_rel_inf_f(a, c, n1);
     if (!(rel <= 1e-3))
         fail_msg("tiled vs naive weights after 4 steps: %.3g relative", rel);
     assert_true(memcmp(a, c, n1 * sizeof(float)) != 0); /* different kernels ran */

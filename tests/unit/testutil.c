@@ -70,6 +70,32 @@ float tu_max_rel_diff(const float *a, const float *b, size_t n)
     return worst;
 }
 
+double tu_rel_inf(const float *got, const double *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (isnan(d))
+            return INFINITY;
+        num = fmax(num, d);
+        den = fmax(den, fabs(ref[i]));
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+double tu_rel_inf_f(const float *got, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (isnan(d))
+            return INFINITY;
+        num = fmax(num, d);
+        den = fmax(den, fabs((double)ref[i]));
+    }
+    return den > 0.0 ? num / den : num;
+}
+
 void tu_check_tensor(const char *label, const float *got, const float *ref, size_t n, float tol)
 {
     for (size_t i = 0; i < n; i++) {

@@ -24,6 +24,11 @@ tfm_model *tu_random_model(int dim, int hidden, int layers, int heads, int kv_he
 
 /* Largest |a-b| / max(1, |b|) over n values. */
 float tu_max_rel_diff(const float *a, const float *b, size_t n);
+/* max|got - ref| / max|ref| over n values (the infinity norm's relative
+ * error; the absolute one when ref is all zero); INFINITY when got has a
+ * NaN.  _f: a float reference. */
+double tu_rel_inf(const float *got, const double *ref, size_t n);
+double tu_rel_inf_f(const float *got, const float *ref, size_t n);
 /* Fails the test (printing where) unless every value is within tol relative. */
 void tu_check_tensor(const char *label, const float *got, const float *ref, size_t n, float tol);
 
