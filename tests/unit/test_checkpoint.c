@@ -29,31 +29,6 @@ static tfm_model *small_model(int shared, uint64_t seed)
     return tu_random_model(16, 40, 3, 4, 2, 37, 12, shared, seed);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    assert_true(len >= 0);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    buf[len] = 0;
-    *n = (size_t)len;
-    return buf;
-}
-
-static void spit(const char *path, const void *buf, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
-}
-
 static void save_ok(const tfm_model *m, const char *path, tfm_ckpt_format fmt)
 {
     char err[256] = "";
@@ -150,7 +125,7 @@ static void write_st(const char *path, const char *json, size_t data_bytes)
         buf[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
     memcpy(buf + 8, json, len);
     memset(buf + 8 + len, ' ', pad);
-    spit(path, buf, n);
+    tu_spit(path, buf, n);
     free(buf);
 }
 
@@ -159,7 +134,7 @@ static void write_st(const char *path, const char *json, size_t data_bytes)
 static void edit_header(const char *src, const char *dst, const char *from, const char *to)
 {
     size_t n;
-    unsigned char *buf = slurp(src, &n);
+    unsigned char *buf = tu_slurp(src, &n);
     size_t hlen = (size_t)le64(buf);
     char *json = calloc(1, hlen + 1 + strlen(to));
     assert_non_null(json);
@@ -181,7 +156,7 @@ static void edit_header(const char *src, const char *dst, const char *from, cons
     memcpy(out + 8, json, len);
     memset(out + 8 + len, ' ', pad);
     memcpy(out + 8 + len + pad, buf + data_at, n - data_at);
-    spit(dst, out, m);
+    tu_spit(dst, out, m);
     free(out);
     free(json);
     free(buf);
@@ -206,7 +181,7 @@ static void test_checkpoint_safetensors_roundtrip(void **state)
 
         /* Data starts 8-byte aligned; the header is a JSON object. */
         size_t n;
-        unsigned char *buf = slurp(path, &n);
+        unsigned char *buf = tu_slurp(path, &n);
         uint64_t hlen = le64(buf);
         assert_int_equal((8 + hlen) % 8, 0);
         assert_int_equal(buf[8], '{');
@@ -236,7 +211,7 @@ static void test_checkpoint_llama2c_roundtrip(void **state)
         save_ok(m, path, TFM_CKPT_AUTO); /* .bin: llama2.c */
 
         size_t n;
-        unsigned char *buf = slurp(path, &n);
+        unsigned char *buf = tu_slurp(path, &n);
         int32_t h[7];
         memcpy(h, buf, sizeof h);
         assert_int_equal(h[0], 16);
@@ -285,7 +260,7 @@ static void test_checkpoint_llama2c_handwritten(void **state)
         for (size_t i = 0; i < rope; i++)
             f[before_rope + i] = -1.0f; /* must not reach the weights */
         const char *path = tu_path("hand.bin");
-        spit(path, buf, bytes);
+        tu_spit(path, buf, bytes);
 
         tfm_model *m = load_ok(path, TFM_CKPT_AUTO);
         assert_int_equal(m->cfg.vocab_size, V);
@@ -310,9 +285,9 @@ static void test_checkpoint_llama2c_handwritten(void **state)
         unsigned char *longer = calloc(1, bytes + 4);
         assert_non_null(longer);
         memcpy(longer, buf, bytes);
-        spit(path, longer, bytes + 4);
+        tu_spit(path, longer, bytes + 4);
         expect_load(path, TFM_CKPT_AUTO, TFM_E_FORMAT, "trailing");
-        spit(path, buf, bytes - 1);
+        tu_spit(path, buf, bytes - 1);
         expect_load(path, TFM_CKPT_LLAMA2C, TFM_E_TRUNCATED, NULL);
         free(longer);
         free(buf);
@@ -328,12 +303,12 @@ static void test_checkpoint_auto_detection(void **state)
     save_ok(m, bin, TFM_CKPT_AUTO);
     save_ok(m, st, TFM_CKPT_AUTO);
     size_t n;
-    unsigned char *b = slurp(bin, &n);
+    unsigned char *b = tu_slurp(bin, &n);
     int32_t dim;
     memcpy(&dim, b, 4);
     assert_int_equal(dim, 16);
     free(b);
-    b = slurp(st, &n);
+    b = tu_slurp(st, &n);
     assert_int_equal(b[8], '{');
     free(b);
     /* An explicit format overrides the extension. */
@@ -363,12 +338,12 @@ static void test_checkpoint_truncated(void **state)
     save_ok(m, bin, TFM_CKPT_LLAMA2C);
 
     size_t n;
-    unsigned char *buf = slurp(st, &n);
+    unsigned char *buf = tu_slurp(st, &n);
     size_t data_at = 8 + (size_t)le64(buf);
     size_t cuts[] = {0, 1, 7, 8, 9, data_at / 2, data_at - 1, data_at, data_at + 4, n / 2, n - 4,
                      n - 1};
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        spit(cut, buf, cuts[i]);
+        tu_spit(cut, buf, cuts[i]);
         for (int fmt = TFM_CKPT_AUTO; fmt <= TFM_CKPT_SAFETENSORS; fmt++) {
             char err[256] = "";
             tfm_model *out = NULL;
@@ -382,10 +357,10 @@ static void test_checkpoint_truncated(void **state)
     }
     free(buf);
 
-    buf = slurp(bin, &n);
+    buf = tu_slurp(bin, &n);
     size_t bcuts[] = {0, 3, 27, 28, 32, n / 2, n - 1};
     for (size_t i = 0; i < sizeof bcuts / sizeof bcuts[0]; i++) {
-        spit(cut, buf, bcuts[i]);
+        tu_spit(cut, buf, bcuts[i]);
         expect_load(cut, TFM_CKPT_LLAMA2C, TFM_E_TRUNCATED, NULL);
         expect_load(cut, TFM_CKPT_AUTO, TFM_E_TRUNCATED, NULL);
     }
@@ -525,7 +500,7 @@ static void test_checkpoint_oversize_header(void **state)
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
         for (int k = 0; k < 8; k++)
             b[k] = (unsigned char)(lens[i] >> (8 * k));
-        spit(p, b, sizeof b);
+        tu_spit(p, b, sizeof b);
         expect_load(p, TFM_CKPT_SAFETENSORS, TFM_E_FORMAT, "100 MB");
         char err[256];
         tfm_model *m = NULL;
@@ -535,7 +510,7 @@ static void test_checkpoint_oversize_header(void **state)
     /* Under the cap but longer than the file: truncated. */
     b[0] = 0xe8, b[1] = 0x03; /* 1000 */
     memset(b + 2, 0, 6);
-    spit(p, b, sizeof b);
+    tu_spit(p, b, sizeof b);
     expect_load(p, TFM_CKPT_AUTO, TFM_E_TRUNCATED, "exceeds the file");
 }
 
@@ -553,7 +528,7 @@ static void test_checkpoint_fuzz(void **state)
             buf[k] = (unsigned char)tu_rng(&rng);
         if (i % 2 && n > 9) /* look like safetensors half the time */
             memset(buf + 1, 0, 7), buf[0] = (unsigned char)(n - 8), buf[8] = '{';
-        spit(p, buf, n);
+        tu_spit(p, buf, n);
         tfm_model *m = NULL;
         char err[256];
         assert_true(tfm_checkpoint_load(p, TFM_CKPT_AUTO, &m, err, sizeof err) < 0);
@@ -563,7 +538,7 @@ static void test_checkpoint_fuzz(void **state)
     const char *sp = tu_path("fuzz_src.safetensors");
     save_ok(src, sp, TFM_CKPT_SAFETENSORS);
     size_t n;
-    unsigned char *orig = slurp(sp, &n);
+    unsigned char *orig = tu_slurp(sp, &n);
     size_t data_at = 8 + (size_t)le64(orig);
     unsigned char *buf = malloc(n);
     assert_non_null(buf);
@@ -576,7 +551,7 @@ static void test_checkpoint_fuzz(void **state)
             buf[at] = i % 3 ? (unsigned char)alphabet[r % (sizeof alphabet - 1)]
                             : (unsigned char)r;
         }
-        spit(p, buf, n);
+        tu_spit(p, buf, n);
         tfm_model *m = NULL;
         char err[256];
         tfm_status s = tfm_checkpoint_load(p, TFM_CKPT_AUTO, &m, err, sizeof err);
@@ -594,7 +569,7 @@ static void test_checkpoint_not_a_file(void **state)
     expect_load(tu_path("does-not-exist"), TFM_CKPT_AUTO, TFM_E_NOTFOUND, "does-not-exist");
     expect_load(tu_tmpdir(), TFM_CKPT_AUTO, TFM_E_IO, "not a regular file");
     const char *empty = tu_path("empty");
-    spit(empty, "", 0);
+    tu_spit(empty, "", 0);
     expect_load(empty, TFM_CKPT_AUTO, TFM_E_TRUNCATED, NULL);
     expect_load(empty, TFM_CKPT_SAFETENSORS, TFM_E_TRUNCATED, NULL);
     tfm_model *m = NULL;

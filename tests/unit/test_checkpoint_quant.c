@@ -35,30 +35,6 @@ static tfm_model *quantised(int fmt, int shared)
     return m;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    rewind(f);
-    unsigned char *buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    buf[len] = 0;
-    *n = (size_t)len;
-    return buf;
-}
-
-static void spit(const char *path, const void *buf, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
-}
-
 static void save_ok(const tfm_model *m, const char *path)
 {
     char err[256] = "";
@@ -153,14 +129,14 @@ static void test_checkpoint_quant_roundtrip(void **state)
             /* saving the loaded model writes the same file */
             save_ok(b, p2);
             size_t n1, n2;
-            unsigned char *f1 = slurp(p1, &n1), *f2 = slurp(p2, &n2);
+            unsigned char *f1 = tu_slurp(p1, &n1), *f2 = tu_slurp(p2, &n2);
             assert_int_equal(n1, n2);
             assert_memory_equal(f1, f2, n1);
             /* and the file is smaller than float32's by about the format's ratio */
             tfm_model *f32 = tu_random_model(DIM, HID, LAYERS, HEADS, KV, VOCAB, SEQ, shared, 5);
             save_ok(f32, p2);
             size_t nf;
-            free(slurp(p2, &nf));
+            free(tu_slurp(p2, &nf));
             printf("# %s shared %d: %zu bytes (f32 %zu)\n", tfm_wformat_name(fmts[i]), shared, n1,
                    nf);
             assert_true(n1 < nf);
@@ -189,7 +165,7 @@ static uint64_t le64(const unsigned char *b)
 static void edit_header(const char *src, const char *dst, const char *from, const char *to)
 {
     size_t n;
-    unsigned char *f = slurp(src, &n);
+    unsigned char *f = tu_slurp(src, &n);
     size_t hn = (size_t)le64(f);
     char *h = malloc(hn + 1);
     memcpy(h, f + 8, hn);
@@ -206,7 +182,7 @@ static void edit_header(const char *src, const char *dst, const char *from, cons
     memcpy(o + 8 + pre, to, strlen(to));
     memcpy(o + 8 + pre + strlen(to), at + strlen(from), hn - pre - strlen(from));
     memcpy(o + 8 + out_hn, f + 8 + hn, n - 8 - hn);
-    spit(dst, o, 8 + out_hn + (n - 8 - hn));
+    tu_spit(dst, o, 8 + out_hn + (n - 8 - hn));
     free(o);
     free(h);
     free(f);
@@ -232,10 +208,10 @@ static size_t data_offset(const unsigned char *f, const char *name)
 static void poke16(const char *src, const char *dst, const char *name, size_t i, uint16_t v)
 {
     size_t n;
-    unsigned char *f = slurp(src, &n);
+    unsigned char *f = tu_slurp(src, &n);
     size_t at = data_offset(f, name) + 2 * i;
     f[at] = (unsigned char)v, f[at + 1] = (unsigned char)(v >> 8);
-    spit(dst, f, n);
+    tu_spit(dst, f, n);
     free(f);
 }
 
@@ -261,9 +237,9 @@ static void test_checkpoint_quant_corrupt(void **state)
     /* a q8 value of -128 */
     {
         size_t n;
-        unsigned char *f = slurp(q8, &n);
+        unsigned char *f = tu_slurp(q8, &n);
         f[data_offset(f, "layers.0.attention.wk.weight") + 17] = 0x80;
-        spit(bad, f, n);
+        tu_spit(bad, f, n);
         free(f);
         expect_load(bad, TFM_E_FORMAT, "-128");
     }
@@ -284,7 +260,7 @@ static void test_checkpoint_quant_corrupt(void **state)
     /* a short span: the scales' end offset one element early */
     {
         size_t n;
-        unsigned char *f = slurp(q8, &n);
+        unsigned char *f = tu_slurp(q8, &n);
         char key[96], from[64], to[64];
         snprintf(key, sizeof key, "\"%s\":", sc);
         char *o = strstr(strstr((char *)f + 8, key), "\"data_offsets\":[");
@@ -299,8 +275,8 @@ static void test_checkpoint_quant_corrupt(void **state)
     /* data cut short */
     {
         size_t n;
-        unsigned char *f = slurp(q8, &n);
-        spit(bad, f, n - 3);
+        unsigned char *f = tu_slurp(q8, &n);
+        tu_spit(bad, f, n - 3);
         free(f);
         expect_load(bad, TFM_E_TRUNCATED, NULL);
     }
@@ -309,7 +285,7 @@ static void test_checkpoint_quant_corrupt(void **state)
     expect_load(bad, TFM_E_FORMAT, "unknown tensor");
     {
         size_t n;
-        unsigned char *f = slurp(q8, &n);
+        unsigned char *f = tu_slurp(q8, &n);
         const char *key = "\"layers.0.attention.wv.weight.scales\":";
         char *at = strstr((char *)f + 8, key), *end = strchr(strchr(at, ']') + 1, ']') + 2;
         char entry[256];
@@ -362,7 +338,7 @@ static void test_checkpoint_quant_mutations(void **state)
         const char *p = tu_path("mut_src.safetensors"), *bad = tu_path("mut.safetensors");
         save_ok(m, p);
         size_t n;
-        unsigned char *orig = slurp(p, &n), *buf = malloc(n);
+        unsigned char *orig = tu_slurp(p, &n), *buf = malloc(n);
         size_t hn = (size_t)le64(orig);
         int ok = 0;
         for (int i = 0; i < 200; i++) {
@@ -375,7 +351,7 @@ static void test_checkpoint_quant_mutations(void **state)
                 buf[at] = i % 4 == 1 ? (unsigned char)alphabet[r % (sizeof alphabet - 1)]
                                      : (unsigned char)r;
             }
-            spit(bad, buf, n);
+            tu_spit(bad, buf, n);
             tfm_model *got = NULL;
             char err[256];
             tfm_status s = tfm_checkpoint_load(bad, TFM_CKPT_AUTO, &got, err, sizeof err);

@@ -434,25 +434,12 @@ static void test_mixer_profile(void **state)
 
 /* ---- files ----------------------------------------------------------------- */
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    rewind(f);
-    unsigned char *b = malloc(*n);
-    assert_int_equal(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 /* Copies src to dst with the first `from` in the JSON header replaced by
  * `to` (the header's length rewritten). */
 static void edit_header(const char *src, const char *dst, const char *from, const char *to)
 {
     size_t n;
-    unsigned char *b = slurp(src, &n);
+    unsigned char *b = tu_slurp(src, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--)
         hl = hl << 8 | b[i];

@@ -32,6 +32,12 @@ double tu_rel_inf_f(const float *got, const float *ref, size_t n);
 /* Fails the test (printing where) unless every value is within tol relative. */
 void tu_check_tensor(const char *label, const float *got, const float *ref, size_t n, float tol);
 
+/* A whole file read into a NUL-terminated buffer the caller frees (its
+ * length in *n), and a buffer written to a file; either fails the test on
+ * an I/O error. */
+unsigned char *tu_slurp(const char *path, size_t *n);
+void tu_spit(const char *path, const void *buf, size_t n);
+
 /* Deterministic xorshift for test data. */
 uint64_t tu_rng(uint64_t *s);
 float tu_uniform(uint64_t *s); /* [-1, 1) */
