@@ -150,6 +150,12 @@ void tfm__matmul_sgemm(tfm__pool *pool, float *y, const float *x, const float *w
 #define TFM__GEMM_MIN_ROWS 8
 int tfm__use_kernel(int B, int d);
 
+/* n floats to int8 with one scale, max|x| / 127 (0 for an all-zero x),
+ * each rounded to nearest even and clamped to [-127, 127]; returns the
+ * scale (quant.c).  The activations' q8 blocks and the q8 KV cache's head
+ * rows are both made by it. */
+float tfm__q8_absmax(const float *x, int n, int8_t *q);
+
 /* ---- quantised weights (model_quant.c) -------------------------------------- */
 
 /* A model's matrices in one format (tfm/quant.h), one tfm_qmat each: per

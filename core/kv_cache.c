@@ -261,18 +261,8 @@ void tfm__kv_store(tfm_state *st, int values, int l, int pos, const float *row)
     case TFM_KV_Q8: {
         int8_t *d = (int8_t *)(values ? st->vq : st->kq) + r * kv;
         float *sc = (values ? st->vscale : st->kscale) + r * (size_t)nh;
-        for (int h = 0; h < nh; h++) {
-            const float *x = row + (size_t)h * hs;
-            float amax = 0.0f;
-            for (int i = 0; i < hs; i++)
-                amax = fmaxf(amax, fabsf(x[i]));
-            float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            sc[h] = scale;
-            for (int i = 0; i < hs; i++) {
-                float q = nearbyintf(x[i] * inv);
-                d[(size_t)h * hs + i] = (int8_t)(q > 127.0f ? 127 : q < -127.0f ? -127 : q);
-            }
-        }
+        for (int h = 0; h < nh; h++)
+            sc[h] = tfm__q8_absmax(row + (size_t)h * hs, hs, d + (size_t)h * hs);
         break;
     }
     default:

@@ -229,6 +229,19 @@ size_t tfm_qx_bytes(tfm_wformat f, int B, int d)
     }
 }
 
+float tfm__q8_absmax(const float *x, int n, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int i = 0; i < n; i++) {
+        long r = lrintf(x[i] * inv);
+        q[i] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+    }
+    return amax / 127.0f;
+}
+
 void tfm_qx_prepare(tfm_wformat f, const float *x, int B, int d, void *xq)
 {
     size_t n = (size_t)B * (size_t)d;
@@ -240,16 +253,7 @@ void tfm_qx_prepare(tfm_wformat f, const float *x, int B, int d, void *xq)
         int8_t *q = xq;
         float *s = (float *)(q + n);
         for (size_t b = 0; b < n / TFM_QK; b++) {
-            const float *v = x + b * TFM_QK;
-            float amax = 0;
-            for (int i = 0; i < TFM_QK; i++)
-                amax = fmaxf(amax, fabsf(v[i]));
-            float dsc = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-            s[b] = dsc;
-            for (int i = 0; i < TFM_QK; i++) {
-                long r = lrintf(v[i] * inv);
-                q[b * TFM_QK + i] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
-            }
+            s[b] = tfm__q8_absmax(x + b * TFM_QK, TFM_QK, q + b * TFM_QK);
         }
     }
 }
