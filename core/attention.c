@@ -99,6 +99,23 @@ tfm_attn_kernel tfm__attn_pick(tfm_attn_kernel k, int T, int ctx)
 
 static int imin(int a, int b) { return a < b ? a : b; }
 
+/* One decode row's online softmax over a block of nk scores s: the
+ * running max *m and sum *l, the output (hs) rescaled when the max grows
+ * (block 0 starts them).  The caller then adds the block's weighted values. */
+static void online_block(float *s, int nk, int first, float *m, float *l, float *out, int hs)
+{
+    float mx = tfm__max(s, nk);
+    if (first) {
+        *m = mx;
+    } else if (mx > *m) {
+        float a = expf(*m - mx);
+        *l *= a;
+        tfm__scale(out, a, hs);
+        *m = mx;
+    }
+    *l += tfm__exp_sum(s, nk, *m);
+}
+
 size_t tfm__attn_scratch(tfm_attn_kernel k, int T, int ctx)
 {
     if (k == TFM_ATTN_TILED)
@@ -230,16 +247,7 @@ static void decode_tiled(float *out, const float *q, const float *k, const float
         const float *kk = k + (size_t)kb * ldkv, *vv = v + (size_t)kb * ldkv;
         for (int j = 0; j < nk; j++)
             s[j] = tfm__dot(q, kk + (size_t)j * ldkv, hs) * scale;
-        float mx = tfm__max(s, nk);
-        if (kb == 0) {
-            m = mx;
-        } else if (mx > m) {
-            float a = expf(m - mx);
-            l *= a;
-            tfm__scale(out, a, hs);
-            m = mx;
-        }
-        l += tfm__exp_sum(s, nk, m);
+        online_block(s, nk, kb == 0, &m, &l, out, hs);
         for (int j = 0; j < nk; j++)
             tfm__axpy(out, s[j], vv + (size_t)j * ldkv, hs);
     }
@@ -453,16 +461,7 @@ void tfm__attn_decode_kv(tfm_attn_kernel kern, float *out, const float *q, const
     for (int kb = 0; kb < ctx; kb += BK) {
         int nk = imin(BK, ctx - kb);
         scores_kv(scratch, q, k, kb, nk, hs, scale);
-        float mx = tfm__max(scratch, nk);
-        if (kb == 0) {
-            m = mx;
-        } else if (mx > m) {
-            float a = expf(m - mx);
-            l *= a;
-            tfm__scale(out, a, hs);
-            m = mx;
-        }
-        l += tfm__exp_sum(scratch, nk, m);
+        online_block(scratch, nk, kb == 0, &m, &l, out, hs);
         values_kv(out, scratch, v, kb, nk, hs);
     }
     tfm__scale(out, 1.0f / l, hs);
